@@ -19,7 +19,7 @@ from pydantic import BaseModel
 
 from unspur.config import ConfigError, load_config
 
-__all__ = ["parse_job_args", "main_for", "init_ray"]
+__all__ = ["parse_job_args", "main_for", "init_ray", "user_errors"]
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -49,6 +49,16 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     DataContext.get_current().enable_progress_bars = sys.stderr.isatty()
 
 
+def user_errors() -> tuple[type[Exception], ...]:
+    """Exceptions a user's input causes; a job prints them as one line and exits 2."""
+    from actors.proposers import WordNetMissingError
+    from unspur.data.adapters import DatasetError
+    from unspur.models.checkpoint import CheckpointError
+    from unspur.training import NonFiniteLossError
+
+    return (ConfigError, DatasetError, CheckpointError, NonFiniteLossError, WordNetMissingError)
+
+
 def main_for(
     prog: str,
     config_model: type[BaseModel],
@@ -68,7 +78,11 @@ def main_for(
         return 2
     if needs_ray:
         init_ray(args.address)
-    result = run(cfg)
+    try:
+        result = run(cfg)
+    except user_errors() as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     if isinstance(result, dict):
         print(json.dumps(result, indent=2, default=str))
     return 0

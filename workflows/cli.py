@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+from pathlib import Path
 
 import typer
 
@@ -64,11 +65,82 @@ for _name, (_module, _help) in JOBS.items():
 
 @data_app.command("synth", context_settings=_JOB_SETTINGS, add_help_option=False)
 def data_synth(ctx: typer.Context) -> None:
-    """Generate SpuriousWorld (Parquet image table, parts table, object masks).
+    """Generate SpuriousWorld or digits-grid (--kind): Parquet image, parts (and regions) tables.
 
     Example: unspur data synth --out DIR --n-train 2000 --rho 0.95 --seed 0
     """
     _call_main("synth", list(ctx.args))
+
+
+# --- cluster: Ray Jobs submission (workflows/submit.py) and the MLflow UI (workflows/ui.py) ---
+_ADDRESS = typer.Option(
+    None, "--address", help="Head's dashboard URL (default: RAY_API_SERVER_ADDRESS, RAY_ADDRESS, local)"
+)
+
+
+@app.command("submit", context_settings={"allow_interspersed_args": False})
+def submit_cmd(
+    command: list[str] | None = typer.Argument(
+        None, help="The unspur subcommand and its arguments, after --"
+    ),
+    address: str | None = _ADDRESS,
+    working_dir: Path | None = typer.Option(None, help="Upload this folder and run its code (e.g. .)"),
+    num_cpus: float | None = typer.Option(None, help="CPUs reserved for the entrypoint"),
+    num_gpus: float | None = typer.Option(None, help="GPUs reserved for the entrypoint"),
+    env: list[str] = typer.Option([], help="NAME=VALUE set in the job (repeatable)"),
+    pip: list[str] = typer.Option([], help="Extra pip requirement for the job (repeatable)"),
+    runtime_env: Path | None = typer.Option(None, help="runtime_env YAML, e.g. deploy/runtime_env.yaml"),
+    follow: bool = typer.Option(True, "--follow/--no-follow", help="Stream logs, exit with the job's status"),
+) -> None:
+    """Run an unspur subcommand as a Ray job: unspur submit --address http://HEAD:8265 -- masks --config c.yaml"""
+    from workflows.submit import submit_command
+
+    root = typer.main.get_command(app)
+    raise typer.Exit(
+        submit_command(
+            command or [], root, address, working_dir, num_cpus, num_gpus, env, pip, runtime_env, follow
+        )
+    )
+
+
+@app.command("status")
+def status_cmd(job_id: str, address: str | None = _ADDRESS) -> None:
+    """Print a submitted job's status."""
+    from workflows.submit import status_command
+
+    raise typer.Exit(status_command(job_id, address))
+
+
+@app.command("logs")
+def logs_cmd(
+    job_id: str,
+    address: str | None = _ADDRESS,
+    follow: bool = typer.Option(False, "--follow", help="Stream until the job ends, exit with its status"),
+) -> None:
+    """Print a submitted job's logs."""
+    from workflows.submit import logs_command
+
+    raise typer.Exit(logs_command(job_id, address, follow))
+
+
+@app.command("stop")
+def stop_cmd(job_id: str, address: str | None = _ADDRESS) -> None:
+    """Stop a submitted job and wait until it has stopped."""
+    from workflows.submit import stop_command
+
+    raise typer.Exit(stop_command(job_id, address))
+
+
+@app.command("ui")
+def ui_cmd(
+    out: Path = typer.Option(Path("."), help="The --out folder of the runs (its mlflow.db)"),
+    port: int = typer.Option(5000, help="Port of the UI"),
+    host: str = typer.Option("127.0.0.1", help="Interface to bind (0.0.0.0 exposes it)"),
+) -> None:
+    """Open the MLflow UI on the runs under --out (or MLFLOW_TRACKING_URI)."""
+    from workflows.ui import ui_command
+
+    raise typer.Exit(ui_command(out, host, port))
 
 
 def main() -> None:  # pragma: no cover - console entry
