@@ -1,0 +1,109 @@
+"""Every loss against values worked out by hand on a 2x2 image."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from unspur.config import LossConfig
+from unspur.losses import LOSSES, get_loss
+
+EPS = 1e-6
+PHI = torch.tensor([[[0.9, 0.2], [0.5, 0.1]]])
+MASK = torch.tensor([[[1.0, 0.0], [1.0, 0.0]]])
+LOGITS = torch.tensor([[2.0, 0.0, -1.0]])
+CLS_T1 = math.log(1 + math.exp(-2) + math.exp(-3))  # CE(logits, argmax = 0)
+
+
+def _call(name: str, phi=PHI, masks=MASK, **kw):
+    cfg = LossConfig(name=name, **kw.pop("cfg", {}))
+    return get_loss(name).fn(logits=kw.pop("logits", LOGITS), labels=torch.tensor([1]), phi=phi,
+                             masks=masks, cfg=cfg, **kw)
+
+
+def test_erm_is_cross_entropy_on_labels() -> None:
+    out = _call("erm")
+    assert out["loss"].item() == pytest.approx(math.log(math.exp(2) + 1 + math.exp(-1)), rel=1e-6)
+    assert set(out) == {"loss", "ce"}
+
+
+@pytest.mark.parametrize("normalize", ["region", "image"])
+def test_cft_terms(normalize: str) -> None:
+    out = _call("cft", cfg={"normalize": normalize})
+    pos = -(math.log(0.9 + EPS) + math.log(0.5 + EPS))
+    neg = -(math.log(0.8 + EPS) + math.log(0.9 + EPS))
+    div_pos, div_neg = (2, 2) if normalize == "region" else (4, 4)
+    concept, non = pos / div_pos, neg / div_neg
+    align = 0.5 * concept + 1.2 * non
+    assert out["concept"].item() == pytest.approx(concept, rel=1e-6)
+    assert out["non_concept"].item() == pytest.approx(non, rel=1e-6)
+    assert out["align"].item() == pytest.approx(align, rel=1e-6)
+    assert out["cls"].item() == pytest.approx(CLS_T1, rel=1e-6)
+    assert out["kl"].item() == 0.0 and out["n_no_mask"].item() == 0
+    assert out["loss"].item() == pytest.approx(0.8 * align + 0.2 * CLS_T1, rel=1e-6)
+
+
+def test_cft_gradient_on_phi_and_temperature() -> None:
+    phi = PHI.clone().requires_grad_(True)
+    _call("cft", phi=phi)["loss"].backward()
+    assert phi.grad[0, 0, 0].item() == pytest.approx(0.8 * 0.5 * (-1 / (0.9 + EPS)) / 2, rel=1e-5)
+    assert phi.grad[0, 0, 1].item() == pytest.approx(0.8 * 1.2 * (1 / (0.8 + EPS)) / 2, rel=1e-5)
+    out = _call("cft", cfg={"temperature": 2.0})
+    assert out["cls"].item() == pytest.approx(math.log(1 + math.exp(-1) + math.exp(-1.5)), rel=1e-6)
+
+
+def test_cft_skips_and_counts_images_without_mask() -> None:
+    phi = torch.cat([PHI, torch.full((2, 2, 2), 0.3)])
+    masks = torch.cat([MASK, torch.zeros(1, 2, 2), MASK])
+    logits = LOGITS.repeat(3, 1)
+    out = _call("cft", phi=phi, masks=masks, logits=logits, has_mask=torch.tensor([True, True, False]))
+    assert out["n_no_mask"].item() == 2
+    only_first = _call("cft")
+    assert out["concept"].item() == pytest.approx(only_first["concept"].item(), rel=1e-6)
+    none = _call("cft", masks=torch.zeros(1, 2, 2), phi=PHI.clone().requires_grad_(True))
+    assert none["align"].item() == 0.0 and none["loss"].item() == pytest.approx(0.2 * CLS_T1, rel=1e-6)
+
+
+def test_kl_guard() -> None:
+    out = _call("cft", cfg={"lambda_kl": 0.5}, base_logits=torch.zeros(1, 3))
+    logp = torch.log_softmax(LOGITS, 1)[0].tolist()
+    kl = sum((1 / 3) * (math.log(1 / 3) - lp) for lp in logp)
+    assert out["kl"].item() == pytest.approx(kl, rel=1e-5)
+    assert out["loss"].item() == pytest.approx(0.8 * out["align"].item() + 0.2 * CLS_T1 + 0.5 * kl, rel=1e-5)
+    with pytest.raises(ValueError, match="lambda_kl > 0 needs base_logits"):
+        _call("cft", cfg={"lambda_kl": 0.5})
+
+
+def test_robustvit_terms() -> None:
+    out = _call("robustvit")
+    bg = (0.2**2 + 0.1**2) / 4
+    fg = ((0.9 - 1) ** 2 + (0.5 - 1) ** 2) / 4
+    assert out["bg"].item() == pytest.approx(bg, rel=1e-5)
+    assert out["fg"].item() == pytest.approx(fg, rel=1e-5)
+    assert out["loss"].item() == pytest.approx(0.8 * (2 * bg + 0.3 * fg) + 0.2 * CLS_T1, rel=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_registry_contract(name: str) -> None:
+    torch.manual_seed(0)
+    logits = torch.randn(4, 3, requires_grad=True)
+    phi = torch.rand(4, 8, 8, requires_grad=True)
+    masks = (torch.rand(4, 8, 8) > 0.5).float()
+    out = get_loss(name).fn(logits=logits, labels=torch.tensor([0, 1, 2, 0]), phi=phi, masks=masks,
+                            has_mask=torch.ones(4, dtype=torch.bool), cfg=LossConfig(name=name))
+    assert "loss" in out and all(v.ndim == 0 and torch.isfinite(v) for v in out.values())
+    out["loss"].backward()
+    assert logits.grad is not None
+    assert (phi.grad is not None) == LOSSES[name].needs_relevance
+
+
+@pytest.mark.parametrize("name", [n for n, s in LOSSES.items() if s.needs_relevance])
+def test_relevance_losses_reject_bad_inputs(name: str) -> None:
+    with pytest.raises(ValueError, match="masks shape"):
+        _call(name, masks=torch.ones(1, 4, 4))
+    with pytest.raises(ValueError, match="needs phi"):
+        _call(name, phi=None)
+    with pytest.raises(ValueError, match="unknown loss"):
+        get_loss("focal")

@@ -1,0 +1,336 @@
+"""The training loop of ``unspur finetune``, run by every Ray Train worker or in-process.
+
+One loop, two sessions: :class:`RaySession` (inside a TorchTrainer: DDP model, distributed
+sampler, ``ray.train.report`` checkpoints, ``ray.train.get_checkpoint`` on resume) and
+:class:`LocalSession` (``run.num_workers`` 0: plain model, checkpoints written to
+``storage_path/name/checkpoint_<epoch>``, the latest one picked up on rerun). Rank 0 evaluates,
+writes checkpoints (``model.safetensors`` + resolved ``config.yaml`` + ``train_state.pt``) and
+logs to MLflow; every rank reports each epoch (Ray Train needs the same number of reports).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from unspur.config import FinetuneConfig
+from unspur.data.torch_dataset import ImageMaskDataset, few_shot
+from unspur.losses import get_loss
+from unspur.models import build_model, load_weights, read_extra, save_checkpoint, unwrap
+from unspur.training import evaluate, make_optimizer, make_scheduler, seed_everything, train_one_epoch
+from workflows._finetune_report import Tracker, relevance_figure
+
+__all__ = ["LocalSession", "RaySession", "load_tables", "run_loop", "train_loop_per_worker"]
+
+TRAIN_STATE = "train_state.pt"
+SUMMARY = "finetune_summary.json"
+
+
+# --- sessions -------------------------------------------------------------------------------
+
+
+class LocalSession:
+    """In-process execution: rank 0 of 1, checkpoints in ``root/checkpoint_<epoch:06d>``."""
+
+    rank = 0
+    world_size = 1
+
+    def __init__(self, root: Path, keep: int) -> None:
+        self.root, self.keep = root, keep
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        return model
+
+    def reduce(self, terms: dict[str, float], device: torch.device) -> dict[str, float]:
+        return terms
+
+    def prepare_loader(self, loader: DataLoader) -> DataLoader:
+        return loader
+
+    def _checkpoints(self) -> list[Path]:
+        return sorted(p for p in self.root.glob("checkpoint_*") if (p / TRAIN_STATE).is_file())
+
+    @contextmanager
+    def latest_checkpoint(self) -> Iterator[Path | None]:
+        found = self._checkpoints()
+        yield found[-1] if found else None
+
+    def report(self, metrics: dict[str, Any], write: Callable[[Path], None], epoch: int) -> None:
+        tmp = self.root / f".tmp_checkpoint_{epoch:06d}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        write(tmp)
+        final = self.root / f"checkpoint_{epoch:06d}"
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        for old in self._checkpoints()[: -self.keep]:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+class RaySession:
+    """Inside a Ray Train worker: DDP via ``prepare_model``, reports via ``ray.train.report``."""
+
+    def __init__(self) -> None:
+        import ray.train
+
+        context = ray.train.get_context()
+        self.rank, self.world_size = context.get_world_rank(), context.get_world_size()
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        import ray.train.torch
+
+        return ray.train.torch.prepare_model(model)
+
+    def reduce(self, terms: dict[str, float], device: torch.device) -> dict[str, float]:
+        """Average each loss term over the workers (``n_*`` counts are summed)."""
+        import torch.distributed as dist
+
+        if self.world_size < 2 or not dist.is_initialized():
+            return terms
+        keys = sorted(terms)
+        values = torch.tensor([terms[k] for k in keys], dtype=torch.float64, device=device)
+        dist.all_reduce(values)
+        return {k: float(v) if k.startswith("n_") else float(v) / self.world_size
+                for k, v in zip(keys, values.tolist(), strict=True)}
+
+    def prepare_loader(self, loader: DataLoader) -> DataLoader:
+        import ray.train.torch
+
+        return ray.train.torch.prepare_data_loader(loader)
+
+    @contextmanager
+    def latest_checkpoint(self) -> Iterator[Path | None]:
+        import ray.train
+
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is None:
+            yield None
+            return
+        with checkpoint.as_directory() as directory:
+            yield Path(directory)
+
+    def report(self, metrics: dict[str, Any], write: Callable[[Path], None], epoch: int) -> None:
+        import ray.train
+
+        with tempfile.TemporaryDirectory() as tmp:
+            checkpoint = None
+            if self.rank == 0:
+                write(Path(tmp))
+                checkpoint = ray.train.Checkpoint.from_directory(tmp)
+            ray.train.report(_flat_numbers(metrics), checkpoint=checkpoint)
+
+
+def _flat_numbers(metrics: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in metrics.items():
+        if isinstance(value, dict):
+            out.update(_flat_numbers(value, f"{prefix}{key}/"))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+# --- data and model -------------------------------------------------------------------------
+
+
+def load_tables(tables: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """Read the image table(s) and the masks / parts table named by ``tables``."""
+    images = pd.concat([pd.read_parquet(p) for p in tables["images"]], ignore_index=True)
+    masks = pd.read_parquet(tables["masks"]) if tables.get("masks") else None
+    return images, masks
+
+
+def _split(images: pd.DataFrame, split: str, what: str) -> pd.DataFrame:
+    if "split" not in images.columns:
+        raise ValueError(f"the image table has no 'split' column, so the {what} split {split!r} cannot be "
+                         "selected; add a split column (train/val/test)")
+    rows = images[images["split"] == split].reset_index(drop=True)
+    if rows.empty:
+        raise ValueError(f"the {what} split {split!r} is empty; splits present: {sorted(images['split'].unique())}")
+    return rows
+
+
+def _norm_stats(model: nn.Module) -> dict[str, tuple[float, ...]]:
+    """The input mean/std of a timm model's pretrained config ({} = the dataset's ImageNet default)."""
+    pretrained = getattr(unwrap(model), "pretrained_cfg", None) or {}
+    if "mean" in pretrained and "std" in pretrained:
+        return {"mean": tuple(pretrained["mean"]), "std": tuple(pretrained["std"])}
+    return {}
+
+
+def datasets(cfg: FinetuneConfig, tables: dict[str, Any], norm: dict[str, tuple[float, ...]] | None = None
+             ) -> tuple[ImageMaskDataset, ImageMaskDataset]:
+    """(train dataset, few-shot subset if enabled; evaluation dataset over every class).
+
+    ``norm``: ``{"mean", "std"}`` of the model's inputs (default: the dataset's ImageNet stats).
+    """
+    images, masks = load_tables(tables)
+    train = _split(images, cfg.data.train_split, "training")
+    test = _split(images, cfg.data.eval_split, "evaluation")
+    if cfg.data.eval_max_images is not None:
+        test = test.iloc[: cfg.data.eval_max_images]
+    n_labels = int(images["label"].max()) + 1
+    if n_labels > cfg.model.num_classes:
+        raise ValueError(f"the image table has labels up to {n_labels - 1} but model.num_classes is "
+                         f"{cfg.model.num_classes}; set model.num_classes={n_labels}")
+    if cfg.fewshot.enabled:
+        fs = cfg.fewshot
+        train = few_shot(train, fs.per_class, fs.class_fraction, fs.seed)
+    size, norm = cfg.model.img_size, norm or {}
+    return (ImageMaskDataset(train, masks, size, train_aug=cfg.train.augment, **norm),
+            ImageMaskDataset(test, masks, size, **norm))
+
+
+def initial_model(cfg: FinetuneConfig) -> nn.Module:
+    """The model training starts from: built with ``train.seed``, weights from ``init_from``."""
+    seed_everything(cfg.train.seed)
+    model = build_model(cfg.model)
+    if cfg.init_from:
+        load_weights(model, cfg.init_from, cfg.model)
+    return model
+
+
+# --- checkpoint state -----------------------------------------------------------------------
+
+
+def _write_state(directory: Path, cfg: FinetuneConfig, model: nn.Module, optimizer: Any, scheduler: Any,
+                 extra: dict[str, Any]) -> None:
+    save_checkpoint(directory, model, cfg, extra=extra)
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "torch_rng": torch.get_rng_state()}, directory / TRAIN_STATE)
+
+
+def _restore(directory: Path, cfg: FinetuneConfig, model: nn.Module, optimizer: Any, scheduler: Any) -> dict:
+    load_weights(model, directory, cfg.model)
+    state = torch.load(directory / TRAIN_STATE, map_location="cpu", weights_only=True)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["torch_rng"])
+    return read_extra(directory)
+
+
+# --- the loop -------------------------------------------------------------------------------
+
+
+def _evaluate(cfg: FinetuneConfig, model: nn.Module, loader: DataLoader, with_relevance: bool) -> dict:
+    result = evaluate(unwrap(model), loader, with_relevance=with_relevance, relevance=cfg.relevance)
+    return {k: v for k, v in result.items() if k != "worst_group"}
+
+
+def _print_progress(cfg: FinetuneConfig, record: dict[str, Any]) -> None:
+    ev = record.get("eval", {})
+    shown = [f"{k}={v:.4f}" for k, v in record["train"].items() if k in ("loss", "ce", "align", "cls")]
+    shown += [f"{k}={ev[k]:.3f}" for k in ("acc", "wga", "align_mass_in") if k in ev]
+    print(f"[finetune {cfg.run.name}] epoch {record['epoch'] + 1}/{cfg.train.epochs} " + " ".join(shown), flush=True)
+
+
+def run_loop(cfg: FinetuneConfig, tables: dict[str, Any], session: Any) -> dict[str, Any] | None:
+    """Train ``cfg.train.epochs`` epochs (resuming from the session's latest checkpoint).
+
+    Returns the summary on rank 0 (also written to ``<out>/finetune_summary.json``), else None.
+    """
+    if cfg.train.num_threads > 0:
+        torch.set_num_threads(cfg.train.num_threads)
+    model = initial_model(cfg)
+    train_ds, eval_ds = datasets(cfg, tables, _norm_stats(model))
+    base = None
+    if cfg.loss.lambda_kl > 0:
+        base = initial_model(cfg).eval().requires_grad_(False)
+    model = session.prepare_model(model)
+    if base is not None:
+        base.to(next(model.parameters()).device)
+    batch = min(cfg.train.batch_size, len(train_ds))
+    loader = session.prepare_loader(DataLoader(train_ds, batch_size=batch, shuffle=True,
+                                               num_workers=cfg.data.loader_workers))
+    eval_loader = DataLoader(eval_ds, batch_size=64, num_workers=cfg.data.loader_workers)
+    optimizer = make_optimizer(model, cfg.train)
+    scheduler = make_scheduler(optimizer, cfg.train, len(loader))
+    with session.latest_checkpoint() as directory:
+        extra = _restore(directory, cfg, model, optimizer, scheduler) if directory is not None else {}
+    start = int(extra.get("epoch", -1)) + 1
+    history: list[dict[str, Any]] = list(extra.get("history", []))
+    starts = [*extra.get("start_epochs", []), start]
+    rank0 = session.rank == 0
+    tracker = Tracker.open(cfg, extra.get("mlflow_run_id")) if rank0 and cfg.run.track else None
+    with_rel = bool(cfg.data.masks or cfg.data.spuriousworld)  # alignment needs masks
+    if rank0 and start == 0:
+        history.append({"epoch": -1, "eval": _evaluate(cfg, model, eval_loader, with_rel)})
+        if tracker:
+            tracker.log_epoch(history[-1], step=0)
+    spec = get_loss(cfg.loss.name)
+    for epoch in range(start, cfg.train.epochs):
+        if hasattr(loader, "sampler") and hasattr(loader.sampler, "set_epoch"):
+            loader.sampler.set_epoch(epoch)
+        terms = train_one_epoch(model, loader, spec, cfg.loss, optimizer, scheduler, base_model=base,
+                                relevance=cfg.relevance, grad_clip=cfg.train.grad_clip,
+                                freeze_norm=cfg.train.freeze_norm)
+        terms = session.reduce(terms, next(model.parameters()).device)
+        record: dict[str, Any] = {"epoch": epoch, "train": terms, "lr": scheduler.get_last_lr()[0]}
+        last = epoch == cfg.train.epochs - 1
+        if rank0 and ((epoch + 1) % cfg.run.eval_every == 0 or last):
+            record["eval"] = _evaluate(cfg, model, eval_loader, with_rel)
+        if rank0:
+            _print_progress(cfg, record)
+            history.append(record)
+            if tracker:
+                tracker.log_epoch(record, step=epoch + 1)
+        extra = {"epoch": epoch, "history": history, "start_epochs": starts,
+                 "mlflow_run_id": tracker.run_id if tracker else None}
+        session.report(record, partial(_write_state, cfg=cfg, model=model, optimizer=optimizer,
+                                       scheduler=scheduler, extra=extra), epoch)
+    return _finish(cfg, model, eval_ds, history, starts, tracker) if rank0 else None
+
+
+def _finish(cfg: FinetuneConfig, model: nn.Module, eval_ds: ImageMaskDataset, history: list[dict],
+            starts: list[int], tracker: Tracker | None) -> dict[str, Any]:
+    """Save the final model to ``<out>/model``, draw the before/after figure, log, summarise."""
+    out = Path(cfg.out)
+    final_dir = save_checkpoint(out / "model", unwrap(model), cfg,
+                                extra={"epoch": cfg.train.epochs - 1, "history": history})
+    figure_path = None
+    if cfg.run.figure_images > 0:
+        figure = relevance_figure(initial_model(cfg), unwrap(model), eval_ds, cfg.run.figure_images,
+                                  cfg.relevance)
+        figure_path = out / "relevance_before_after.png"
+        figure.savefig(figure_path, dpi=100)
+        if tracker:
+            tracker.log_figure(figure, "figures/relevance_before_after.png")
+        import matplotlib.pyplot as plt
+
+        plt.close(figure)
+    evals = [h for h in history if "eval" in h]
+    summary = {
+        "checkpoint": str(final_dir),
+        "run_name": cfg.run.name,
+        "start_epochs": starts,
+        "epochs_trained_this_run": cfg.train.epochs - starts[-1],
+        "initial": evals[0]["eval"] if evals and evals[0]["epoch"] == -1 else None,
+        "final": evals[-1]["eval"] if evals else None,
+        "history": history,
+        "figure": str(figure_path) if figure_path else None,
+        "mlflow_run_id": tracker.run_id if tracker else None,
+    }
+    (out / SUMMARY).write_text(json.dumps(summary, indent=2, default=str))
+    if tracker:
+        tracker.finish(final_dir, summary)
+    return summary
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Ray Train entry: ``config`` holds the resolved FinetuneConfig (JSON) and the table paths."""
+    if config.get("mlflow_tracking_uri"):
+        os.environ["MLFLOW_TRACKING_URI"] = config["mlflow_tracking_uri"]
+    cfg = FinetuneConfig.model_validate(config["cfg"])
+    run_loop(cfg, config["tables"], RaySession())

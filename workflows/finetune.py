@@ -1,0 +1,177 @@
+"""``unspur finetune``: train a classifier with erm / cft / robustvit on Ray Train (V2).
+
+Reads the image table and the masks table of ARCHITECTURE.md (an image's training mask is the
+union of its concept masks; a SpuriousWorld parts table serves too), or renders SpuriousWorld
+into ``<out>/data`` when ``data.spuriousworld`` is given. ``build(cfg)`` returns the unexecuted
+TorchTrainer (``run.num_workers`` DDP workers; ``use_gpu`` for GPUs); ``run(cfg)`` executes it,
+or trains in this process when ``run.num_workers`` is 0. Every epoch ends in a checkpoint
+(safetensors + resolved config + optimizer state); rerunning with the same ``run.name`` and
+``run.storage_path`` resumes from the latest one. The final model lands in ``<out>/model``.
+
+    unspur finetune --config workflows/configs/finetune_base.yaml --out runs/base
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from unspur.config import ConfigError, FinetuneConfig
+from unspur.relevance import RELEVANCE
+from workflows._finetune_loop import SUMMARY, LocalSession, run_loop, train_loop_per_worker
+from workflows._job import init_ray, main_for, parse_job_args, user_errors
+
+__all__ = ["CONFIG", "build", "main", "prepare_data", "resolve", "run", "table_paths"]
+
+CONFIG = FinetuneConfig
+
+
+def resolve(cfg: FinetuneConfig) -> FinetuneConfig:
+    """Make ``out``, ``storage_path`` and data paths absolute (workers may run elsewhere); check
+    the relevance method and ``init_from``."""
+    if cfg.relevance not in RELEVANCE:
+        raise ConfigError(f"unknown relevance method {cfg.relevance!r}; choose one of {sorted(RELEVANCE)}")
+    if cfg.init_from and not Path(cfg.init_from).is_dir():
+        raise ConfigError(f"init_from {cfg.init_from!r} is not a checkpoint folder; pass the <out>/model "
+                         "folder of an earlier finetune run")
+    out = Path(cfg.out).resolve()
+    data = cfg.data.model_copy(update={
+        "images": [str(Path(p).resolve()) for p in cfg.data.images] if cfg.data.images else None,
+        "masks": str(Path(cfg.data.masks).resolve()) if cfg.data.masks else None,
+    })
+    storage = Path(cfg.run.storage_path).resolve() if cfg.run.storage_path else out / "checkpoints"
+    return cfg.model_copy(update={
+        "out": str(out),
+        "data": data,
+        "init_from": str(Path(cfg.init_from).resolve()) if cfg.init_from else None,
+        "run": cfg.run.model_copy(update={"storage_path": str(storage)}),
+    })
+
+
+def table_paths(cfg: FinetuneConfig) -> dict[str, Any]:
+    """``{"images": [paths], "masks": path | None}``; for SpuriousWorld the cached render under
+    ``<out>/data/spuriousworld-<config hash>/`` (rendered by :func:`run` if missing)."""
+    if cfg.data.images:
+        return {"images": list(cfg.data.images), "masks": cfg.data.masks}
+    sw = cfg.data.spuriousworld
+    digest = hashlib.sha256(json.dumps(sw.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:12]
+    folder = Path(cfg.out) / "data" / f"spuriousworld-{digest}"
+    return {"images": [str(folder / "images.parquet")], "masks": str(folder / "parts.parquet")}
+
+
+def _render_spuriousworld(cfg: FinetuneConfig, tables: dict[str, Any]) -> None:
+    from unspur.data.spuriousworld import generate_tables
+
+    images_path, parts_path = Path(tables["images"][0]), Path(tables["masks"])
+    if images_path.is_file() and parts_path.is_file():
+        return
+    splits = tuple(dict.fromkeys((cfg.data.train_split, cfg.data.eval_split)))
+    images, parts = generate_tables(cfg.data.spuriousworld, splits=splits)
+    images_path.parent.mkdir(parents=True, exist_ok=True)
+    parts.to_parquet(parts_path.with_suffix(".tmp"))
+    images.to_parquet(images_path.with_suffix(".tmp"))
+    os.replace(parts_path.with_suffix(".tmp"), parts_path)
+    os.replace(images_path.with_suffix(".tmp"), images_path)
+
+
+def prepare_data(cfg: FinetuneConfig) -> dict[str, Any]:
+    """:func:`table_paths` of a resolved ``cfg``, rendering SpuriousWorld first if it is not cached."""
+    tables = table_paths(cfg)
+    if cfg.data.spuriousworld is not None:
+        _render_spuriousworld(cfg, tables)
+    return tables
+
+
+def build(cfg: FinetuneConfig, callbacks: list[Any] | None = None) -> Any:
+    """The unexecuted Ray Train V2 TorchTrainer of this job (``run.num_workers`` >= 1).
+
+    ``callbacks``: extra Ray Train callbacks (e.g. Tune's ``TuneReportCallback`` in a sweep trial).
+    """
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    cfg = resolve(cfg)
+    if cfg.run.num_workers < 1:
+        raise ValueError("run.num_workers=0 trains in-process without Ray Train; set run.num_workers >= 1 "
+                         "to build a TorchTrainer")
+    resources = {"CPU": cfg.run.cpus_per_worker, **({"GPU": 1} if cfg.run.use_gpu else {})}
+    loop_config = {
+        "cfg": cfg.model_dump(mode="json"),
+        "tables": table_paths(cfg),
+        "mlflow_tracking_uri": os.environ.get("MLFLOW_TRACKING_URI"),
+    }
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config,
+        scaling_config=ScalingConfig(num_workers=cfg.run.num_workers, use_gpu=cfg.run.use_gpu,
+                                     resources_per_worker=resources),
+        run_config=RunConfig(
+            name=cfg.run.name,
+            storage_path=cfg.run.storage_path,
+            failure_config=FailureConfig(max_failures=cfg.run.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.run.keep_checkpoints),
+            callbacks=list(callbacks or []),
+        ),
+    )
+
+
+def run(cfg: FinetuneConfig) -> dict[str, Any]:
+    """Train (Ray Train, or in-process for ``num_workers`` 0); returns the run summary."""
+    cfg = resolve(cfg)
+    tables = table_paths(cfg)
+    if cfg.data.spuriousworld is not None:
+        _render_spuriousworld(cfg, tables)
+    Path(cfg.out).mkdir(parents=True, exist_ok=True)
+    if cfg.run.num_workers == 0:
+        session = LocalSession(Path(cfg.run.storage_path) / cfg.run.name, cfg.run.keep_checkpoints)
+        summary = run_loop(cfg, tables, session)
+    else:
+        init_ray()
+        result = _fit(build(cfg))
+        summary = json.loads((Path(cfg.out) / SUMMARY).read_text())
+        summary["ray_checkpoint"] = result.checkpoint.path if result.checkpoint else None
+    return _brief(summary)
+
+
+def _fit(trainer: Any) -> Any:
+    """``trainer.fit()``; a worker's user error (bad checkpoint, NaN loss...) is re-raised as itself."""
+    from ray.train import WorkerGroupError
+
+    try:
+        result = trainer.fit()
+    except WorkerGroupError as err:
+        for failure in err.worker_failures.values():
+            if isinstance(failure, user_errors()):
+                raise failure from err
+        raise
+    if result.error is not None:
+        raise result.error
+    return result
+
+
+def _brief(summary: dict[str, Any]) -> dict[str, Any]:
+    """The printed result: paths, epochs, and the headline metrics before and after."""
+    keys = ("acc", "wga", "align_mass_in", "align_pointing")
+    pick = lambda m: {k: m[k] for k in keys if m and k in m}  # noqa: E731
+    return {
+        **{k: summary.get(k) for k in ("checkpoint", "run_name", "start_epochs", "epochs_trained_this_run",
+                                       "figure", "mlflow_run_id", "ray_checkpoint") if k in summary},
+        "initial": pick(summary.get("initial")),
+        "final": pick(summary.get("final")),
+        "train_last": summary["history"][-1].get("train") if summary.get("history") else None,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``unspur finetune --config FILE --out DIR [--address A] key.sub=value ...``."""
+    args = parse_job_args("finetune", argv)
+    if args.address:
+        os.environ["RAY_ADDRESS"] = args.address
+    return main_for("finetune", FinetuneConfig, run, argv, needs_ray=False)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
