@@ -1,0 +1,458 @@
+"""``unspur masks``: image table + concept bank -> concept masks (Parquet shards of COCO RLE).
+
+Ray Data pipeline: read the image table (only the columns needed) -> drop image ids already
+written and repeated ids (a repeated id comes back once, its first row) -> a pool of segmenter
+actors (``ActorPoolStrategy``; GPUs / fractional CPUs per actor from the config), each batch
+segmented and written as one atomic shard -> per-shard counts back to the driver.
+
+With ``validation.enabled`` (CFT) a first pass segments every candidate concept on P images per
+class into ``<out>/validation``, computes occurrence and coverage (``unspur.validation``), writes
+``<out>/concepts_validated.json``, and the main pass segments only the kept concepts into
+``<out>/masks`` (the training input). A rerun skips finished work: image ids already in a
+store, and the whole validation when its bank exists. Images/s, masks/s and a grid of mask
+overlays go to MLflow.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import pyarrow.fs as pafs
+import ray
+
+from actors.segmenters import SegmenterActor, decode_rgb
+from unspur.config import MasksConfig, SegmenterConfig, dump_config
+from unspur.masks import decode
+from unspur.validation import concept_statistics, decide, select_validation_images, validated_bank
+from workflows._job import main_for
+from workflows._mask_store import ShardStore, resolve_fs
+
+__all__ = ["CONFIG", "MaskPass", "Inputs", "build", "main", "plan_pass", "prepare", "run"]
+
+CONFIG = MasksConfig
+VALIDATED_BANK = "concepts_validated.json"
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+@dataclass
+class Inputs:
+    """Resolved inputs of a run: image table, bank document, concepts per class, segmenter."""
+
+    images: str
+    bank: dict[str, Any]
+    concepts: dict[str, list[str]]
+    segmenter: SegmenterConfig
+    columns: list[str]
+
+
+def _write_parquet_atomic(table: pa.Table, path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    tmp = path.with_name(f".tmp-{path.name}")
+    pq.write_table(table, tmp)
+    tmp.replace(path)
+
+
+def _synth_tables(cfg: MasksConfig) -> tuple[str, str]:
+    """Generate the SpuriousWorld set once into ``<out>/data`` (reused by reruns)."""
+    from unspur.data.spuriousworld import generate_tables
+
+    data = Path(cfg.out) / "data"
+    images, parts = data / "images.parquet", data / "parts.parquet"
+    if not (images.is_file() and parts.is_file()):
+        data.mkdir(parents=True, exist_ok=True)
+        images_df, parts_df = generate_tables(cfg.synth, splits=tuple(cfg.synth_splits))
+        _write_parquet_atomic(pa.Table.from_pandas(parts_df, preserve_index=False), parts)
+        _write_parquet_atomic(pa.Table.from_pandas(images_df, preserve_index=False), images)
+    return str(images), str(parts)
+
+
+def _bank_document(cfg: MasksConfig) -> dict[str, Any]:
+    if cfg.bank is not None:
+        from unspur.concept_bank import load_bank
+
+        return load_bank(cfg.bank).data
+    from unspur.concept_bank import BANK_FORMAT
+
+    concepts = {
+        cls: [{"concept": c, "kind": "important", "source": "masks-config", "score": 1.0} for c in items]
+        for cls, items in (cfg.concepts or {}).items()
+    }
+    return {
+        "format": BANK_FORMAT,
+        "classes": list(concepts),
+        "meta": {"backend": "masks-config"},
+        "concepts": concepts,
+        "dropped": {c: [] for c in concepts},
+    }
+
+
+def _per_class(bank: dict[str, Any], kinds: list[str]) -> dict[str, list[str]]:
+    return {
+        cls: [e["concept"] for e in entries if e.get("kind") in kinds]
+        for cls, entries in bank.get("concepts", {}).items()
+    }
+
+
+def prepare(cfg: MasksConfig) -> Inputs:
+    """Resolve the image table (generating SpuriousWorld if asked), the bank and the segmenter."""
+    segmenter = cfg.segmenter
+    if cfg.synth is not None:
+        images, parts = _synth_tables(cfg)
+        gt = segmenter.ground_truth
+        if segmenter.name == "ground_truth" and not (gt.parts or gt.mask_dir):
+            segmenter = segmenter.model_copy(update={"ground_truth": gt.model_copy(update={"parts": parts})})
+    else:
+        images = str(cfg.images)
+    fs, path = resolve_fs(images)
+    if fs.get_file_info(path).type == pafs.FileType.NotFound:
+        raise FileNotFoundError(
+            f"image table {images} does not exist; set images to a Parquet file or folder"
+        )
+    names = pads.dataset(path, filesystem=fs, format="parquet").schema.names
+    missing = [c for c in ("image_id", "class_name") if c not in names]
+    if missing or not ({"image", "path"} & set(names)):
+        raise ValueError(f"image table {images} needs image_id, class_name and image or path; has {names}")
+    if cfg.splits is not None and "split" not in names:
+        raise ValueError(f"splits={cfg.splits} is set but image table {images} has no split column")
+    columns = ["image_id", "class_name"] + [c for c in ("image", "path", "split") if c in names]
+    bank = _bank_document(cfg)
+    return Inputs(images, bank, _per_class(bank, list(cfg.kinds)), segmenter, columns)
+
+
+def _table(inputs: Inputs, columns: list[str], flt: Any = None) -> pa.Table:
+    fs, path = resolve_fs(inputs.images)
+    return pads.dataset(path, filesystem=fs, format="parquet").to_table(columns=columns, filter=flt)
+
+
+# ----------------------------------------------------------------------------- one pass
+
+
+@dataclass
+class MaskPass:
+    """One pipeline pass, planned on the driver: what to read, skip and where to write."""
+
+    inputs: Inputs
+    concepts: dict[str, list[str]]
+    store: str
+    splits: list[str] | None
+    keep: list[str] | None
+    skip: list[str]
+    firsts: pa.Table | None
+    counts: dict[str, int] = field(default_factory=dict)
+    wanted: set[str] = field(default_factory=set)
+
+
+def plan_pass(
+    inputs: Inputs,
+    concepts: dict[str, list[str]],
+    store: str,
+    splits: list[str] | None = None,
+    keep: list[str] | None = None,
+) -> MaskPass:
+    """Scan ids (one column), find done and repeated ids; repeated ids are read once, first row wins."""
+    cols = ["image_id"] + (["split"] if splits is not None else [])
+    ids = _table(inputs, cols)
+    if splits is not None:
+        ids = ids.filter(pc.is_in(ids["split"], value_set=pa.array(splits, pa.string())))
+    if keep is not None:
+        ids = ids.filter(pc.is_in(ids["image_id"], value_set=pa.array(keep, pa.string())))
+    counts = Counter(ids.column("image_id").to_pylist())
+    shards = ShardStore(store)
+    shards.remove_partial()
+    done = shards.done_ids() & set(counts)
+    repeated = sorted(i for i, n in counts.items() if n > 1)
+    firsts = None
+    todo_repeated = [i for i in repeated if i not in done]
+    if todo_repeated:
+        rows = _table(inputs, inputs.columns, pc.field("image_id").isin(pa.array(todo_repeated, pa.string())))
+        if splits is not None:
+            rows = rows.filter(pc.is_in(rows["split"], value_set=pa.array(splits, pa.string())))
+        seen: set[str] = set()
+        first_idx = []
+        for i, image_id in enumerate(rows.column("image_id").to_pylist()):
+            if image_id not in seen:
+                seen.add(image_id)
+                first_idx.append(i)
+        firsts = rows.take(pa.array(first_idx, pa.int64()))
+    stats = {
+        "rows_in": int(ids.num_rows),
+        "unique_images": len(counts),
+        "duplicate_rows": int(ids.num_rows) - len(counts),
+        "already_done": len(done),
+        "to_do": len(counts) - len(done),
+    }
+    return MaskPass(
+        inputs, concepts, store, splits, keep, sorted(done | set(repeated)), firsts, stats, set(counts)
+    )
+
+
+def _strings(values: list[str] | None) -> pa.Array | None:
+    return None if values is None else pa.array(values, pa.string())
+
+
+def _select_rows(batch: pa.Table, skip: pa.Array, keep: pa.Array | None, splits: pa.Array | None) -> pa.Table:
+    """Ray Data filter: drop ids in ``skip``, keep only ``keep`` ids and ``splits`` (None = all)."""
+    mask = pc.invert(pc.is_in(batch["image_id"], value_set=skip))
+    if keep is not None:
+        mask = pc.and_(mask, pc.is_in(batch["image_id"], value_set=keep))
+    if splits is not None:
+        mask = pc.and_(mask, pc.is_in(batch["split"], value_set=splits))
+    return batch.filter(mask)
+
+
+class MaskShardWriter:
+    """Segmenter actor + shard writer: segments a batch, writes it as one atomic shard, returns counts."""
+
+    def __init__(self, segmenter: dict[str, Any], concepts: dict[str, list[str]], store: str) -> None:
+        self.segment = SegmenterActor(segmenter, concepts)
+        self.store = ShardStore(store)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        start = time.perf_counter()
+        rows = self.segment(batch)
+        seconds = time.perf_counter() - start
+        if len(rows["image_id"]):
+            self.store.write(rows)
+        status = Counter(rows["status"].tolist())
+        error_images = len({i for i, s in zip(rows["image_id"], rows["status"], strict=True) if s == "error"})
+        out = {
+            "images": len(batch["image_id"]),
+            "rows": len(rows["image_id"]),
+            "ok": status["ok"],
+            "empty": status["empty"],
+            "error": status["error"],
+            "error_images": error_images,
+        }
+        return {**{k: np.array([v], dtype=np.int64) for k, v in out.items()}, "seconds": np.array([seconds])}
+
+
+def build(cfg: MasksConfig, mask_pass: MaskPass | None = None) -> ray.data.Dataset:
+    """The unexecuted pipeline of one pass (default: the main pass over every image, all concepts)."""
+    if mask_pass is None:
+        inputs = prepare(cfg)
+        mask_pass = plan_pass(inputs, inputs.concepts, str(Path(cfg.out) / "masks"), cfg.splits)
+    inputs, c = mask_pass.inputs, cfg.compute
+    ds = ray.data.read_parquet(inputs.images).select_columns(inputs.columns)
+    ds = ds.map_batches(
+        _select_rows,
+        batch_format="pyarrow",
+        fn_kwargs={
+            "skip": _strings(mask_pass.skip),
+            "keep": _strings(mask_pass.keep),
+            "splits": _strings(mask_pass.splits),
+        },
+    )
+    if mask_pass.firsts is not None and mask_pass.firsts.num_rows:
+        ds = ds.union(ray.data.from_arrow(mask_pass.firsts.select(inputs.columns)))
+    return ds.map_batches(
+        MaskShardWriter,
+        fn_constructor_kwargs={
+            "segmenter": inputs.segmenter.model_dump(mode="json"),
+            "concepts": mask_pass.concepts,
+            "store": mask_pass.store,
+        },
+        compute=ray.data.ActorPoolStrategy(min_size=c.min_actors, max_size=c.max_actors),
+        batch_size=c.batch_size,
+        num_cpus=c.num_cpus,
+        num_gpus=c.num_gpus,
+    )
+
+
+def execute(cfg: MasksConfig, mask_pass: MaskPass) -> dict[str, Any]:
+    """Run one pass; returns its counts and throughput."""
+    totals: Counter[str] = Counter()
+    seconds = 0.0
+    start = time.perf_counter()
+    if mask_pass.counts["to_do"] > 0:
+        for row in build(cfg, mask_pass).iter_rows():
+            totals.update({k: int(v) for k, v in row.items() if k != "seconds"})
+            seconds += float(row["seconds"])
+    wall = time.perf_counter() - start
+    summary: dict[str, Any] = {
+        **mask_pass.counts,
+        **{k: totals[k] for k in ("images", "rows", "ok", "empty", "error", "error_images")},
+    }
+    summary["wall_s"] = round(wall, 3)
+    summary["images_per_s"] = totals["images"] / wall if totals["images"] else 0.0
+    summary["masks_per_s"] = totals["ok"] / wall if totals["images"] else 0.0
+    summary["actor_images_per_s"] = totals["images"] / seconds if seconds > 0 else 0.0
+    summary["missing_images"] = len(mask_pass.wanted - ShardStore(mask_pass.store).done_ids())
+    summary["complete"] = summary["missing_images"] == 0
+    return summary
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _object_masks(inputs: Inputs, ids: list[str]) -> dict[str, Any]:
+    fs, path = resolve_fs(inputs.images)
+    if "object_rle" not in pads.dataset(path, filesystem=fs, format="parquet").schema.names:
+        return {}
+    table = _table(inputs, ["image_id", "object_rle"], pc.field("image_id").isin(pa.array(ids, pa.string())))
+    return {
+        i: r
+        for i, r in zip(
+            table.column("image_id").to_pylist(), table.column("object_rle").to_pylist(), strict=True
+        )
+        if r is not None
+    }
+
+
+def _write_json_atomic(data: dict[str, Any], path: Path) -> None:
+    tmp = path.with_name(f".tmp-{path.name}")
+    tmp.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
+    tmp.replace(path)
+
+
+def validate(
+    cfg: MasksConfig, inputs: Inputs, main_store: str
+) -> tuple[dict[str, list[str]], dict[str, Any]]:
+    """Validation pass (see the module docstring) -> (kept concepts per class, summary).
+
+    A finished validation (its bank exists) is reused as it is. The validation images' rows of
+    kept concepts are copied into ``main_store`` so the main pass does not segment them again.
+    """
+    out, v = Path(cfg.out), cfg.validation
+    bank_path = out / VALIDATED_BANK
+    if bank_path.is_file():
+        bank = json.loads(bank_path.read_text(encoding="utf-8"))
+        return _per_class(bank, list(cfg.kinds)), {"reused": True, **_bank_counts(bank)}
+    scan = _table(inputs, ["image_id", "class_name"] + (["split"] if cfg.splits is not None else []))
+    if cfg.splits is not None:
+        scan = scan.filter(pc.is_in(scan["split"], value_set=pa.array(cfg.splits, pa.string())))
+    chosen = select_validation_images(
+        scan.column("image_id").to_pylist(),
+        scan.column("class_name").to_pylist(),
+        v.images_per_class,
+        wanted=[c for c, items in inputs.concepts.items() if items],
+    )
+    ids = sorted(i for members in chosen.values() for i in members)
+    val_store = str(out / "validation")
+    summary = execute(cfg, plan_pass(inputs, inputs.concepts, val_store, cfg.splits, keep=ids))
+    rows = ShardStore(val_store).read(ids=ids)
+    stats = decide(
+        concept_statistics(rows.to_pylist(), _object_masks(inputs, ids)), v.min_occurrence, v.min_coverage
+    )
+    params = {
+        "images_per_class": v.images_per_class,
+        "min_occurrence": v.min_occurrence,
+        "min_coverage": v.min_coverage,
+        "segmenter": inputs.segmenter.name,
+        "kinds": list(cfg.kinds),
+        "images": {cls: len(members) for cls, members in chosen.items()},
+    }
+    bank = validated_bank(inputs.bank, stats, params)
+    kept = _per_class(bank, list(cfg.kinds))
+    main = ShardStore(main_store)
+    pairs = {(cls, c) for cls, items in kept.items() for c in items}
+    done = main.done_ids()
+    copy = [
+        r
+        for r in rows.to_pylist()
+        if r["image_id"] not in done and ((r["class_name"], r["concept"]) in pairs or r["concept"] == "")
+    ]
+    if copy:
+        main.write({name: [r[name] for r in copy] for name in rows.column_names})
+    _write_json_atomic(bank, bank_path)
+    return kept, {"reused": False, "pass": summary, **_bank_counts(bank)}
+
+
+def _bank_counts(bank: dict[str, Any]) -> dict[str, Any]:
+    val = bank.get("validation", {})
+    validated = {s["class_name"] for s in val.get("concepts", [])}
+    kept = {s["class_name"] for s in val.get("concepts", []) if s["kept"]}
+    return {
+        "kept": val.get("kept", 0),
+        "dropped": val.get("dropped", 0),
+        "classes_without_concepts": sorted(validated - kept),
+    }
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def _overlays(cfg: MasksConfig, inputs: Inputs, store: str) -> Any:
+    """A figure of up to ``cfg.overlays`` images with their ok masks, or None."""
+    from workflows._mask_report import overlay_grid
+
+    shards = ShardStore(store)
+    index = shards.read(columns=["image_id", "status"])
+    ok = index.filter(pc.equal(index["status"], "ok")).column("image_id").to_pylist()
+    ids = sorted(set(ok))[: cfg.overlays]
+    if not ids:
+        return None
+    rows = [r for r in shards.read(ids=ids).to_pylist() if r["status"] == "ok"]
+    images = _table(
+        inputs,
+        [c for c in inputs.columns if c in ("image_id", "image", "path", "class_name")],
+        pc.field("image_id").isin(pa.array(ids, pa.string())),
+    ).to_pylist()
+    by_id = {r["image_id"]: r for r in images}
+    samples = []
+    for image_id in ids:
+        src = by_id.get(image_id)
+        try:
+            image = decode_rgb(src.get("image"), src.get("path")) if src else None
+        except ValueError:
+            image = None
+        if image is None:
+            continue
+        masks = [(r["concept"], decode(r["rle"])) for r in rows if r["image_id"] == image_id]
+        samples.append((f"{image_id} ({src['class_name']})", image, masks))
+    return overlay_grid(samples) if samples else None
+
+
+def _track(cfg: MasksConfig, summary: dict[str, Any], figure: Any, bank_path: Path | None) -> None:
+    from unspur import tracking
+
+    with tracking.start_run(cfg.out, cfg.experiment, run_name=f"masks-{cfg.segmenter.name}"):
+        tracking.log_config(cfg)
+        tracking.log_metrics(summary)
+        tracking.log_dict(summary, "summary.json")
+        if figure is not None:
+            tracking.log_figure(figure, "figures/mask_overlays.png")
+        if bank_path is not None and bank_path.is_file():
+            tracking.log_dict(json.loads(bank_path.read_text(encoding="utf-8")), VALIDATED_BANK)
+
+
+def run(cfg: MasksConfig) -> dict[str, Any]:
+    """Validation (if enabled) then the main pass; writes summary.json and the overlay grid."""
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    dump_config(cfg, out / "config.yaml")
+    inputs = prepare(cfg)
+    store = str(out / "masks")
+    summary: dict[str, Any] = {"segmenter": inputs.segmenter.name}
+    concepts = inputs.concepts
+    if cfg.validation.enabled:
+        concepts, summary["validation"] = validate(cfg, inputs, store)
+    summary.update(execute(cfg, plan_pass(inputs, concepts, store, cfg.splits)))
+    summary["masks"] = store
+    figure = _overlays(cfg, inputs, store) if cfg.overlays else None
+    if figure is not None:
+        figure.savefig(out / "mask_overlays.png", dpi=100)
+    _write_json_atomic(summary, out / "summary.json")
+    if cfg.track:
+        _track(cfg, summary, figure, out / VALIDATED_BANK if cfg.validation.enabled else None)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``unspur masks --config FILE --out DIR [key.sub=value ...]``."""
+    return main_for("masks", MasksConfig, run, argv)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
