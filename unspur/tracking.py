@@ -26,6 +26,7 @@ from unspur.config import flatten
 __all__ = [
     "MAX_PARAMS_PER_BATCH",
     "MAX_PARAM_VALUE_LENGTH",
+    "log_artifact",
     "log_config",
     "log_dict",
     "log_figure",
@@ -68,6 +69,13 @@ def _set_uri(uri: str) -> None:
         os.environ[_ENV] = before
 
 
+def _artifact_root(uri: str) -> Path | None:
+    """Artifacts of a local sqlite store live beside the database (``<db folder>/mlartifacts``), not
+    in the current directory; a tracking server keeps its own artifact root (None)."""
+    prefix = "sqlite:///"
+    return Path(uri[len(prefix):]).parent / "mlartifacts" if uri.startswith(prefix) else None
+
+
 def _experiment_id(name: str, artifacts: Path | None) -> str:
     import mlflow
 
@@ -93,9 +101,9 @@ def start_run(
     """
     import mlflow
 
-    user_uri = os.environ.get(_ENV)
-    _set_uri(tracking_uri(out_dir))
-    experiment_id = _experiment_id(experiment, None if user_uri else Path(out_dir) / "mlartifacts")
+    uri = tracking_uri(out_dir)
+    _set_uri(uri)
+    experiment_id = _experiment_id(experiment, _artifact_root(uri))
     nested = mlflow.active_run() is not None
     with mlflow.start_run(
         experiment_id=experiment_id,
@@ -167,6 +175,13 @@ def log_figure(figure: Any, artifact_file: str) -> None:
     import mlflow
 
     mlflow.log_figure(figure, artifact_file)
+
+
+def log_artifact(path: str | Path, artifact_path: str | None = None) -> None:
+    """Log a local file (e.g. a report) to the active run."""
+    import mlflow
+
+    mlflow.log_artifact(str(path), artifact_path)
 
 
 def log_dict(data: Mapping[str, Any], artifact_file: str) -> None:

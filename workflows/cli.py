@@ -72,6 +72,24 @@ def data_synth(ctx: typer.Context) -> None:
     _call_main("synth", list(ctx.args))
 
 
+@app.command("demo", context_settings=_JOB_SETTINGS, add_help_option=False)
+def demo(ctx: typer.Context) -> None:
+    """The whole CFT flow on SpuriousWorld on this machine, nothing downloaded (a few minutes).
+
+    Renders SpuriousWorld, proposes concepts offline (WordNet), grounds them with the dataset's
+    part masks, trains a shortcut-reliant base model, fixes it with CFT, trains the ERM control,
+    evaluates all three and writes report.md. Same arguments as `unspur run` (default --out
+    runs/demo); a rerun reuses finished stages.
+    """
+    from workflows.pipeline import DEMO_CONFIG
+    from workflows.pipeline import main as pipeline_main
+
+    argv = list(ctx.args)
+    if "--out" not in argv and "-o" not in argv:
+        argv += ["--out", "runs/demo"]
+    raise typer.Exit(pipeline_main(argv, defaults=DEMO_CONFIG))
+
+
 # --- cluster: Ray Jobs submission (workflows/submit.py) and the MLflow UI (workflows/ui.py) ---
 _ADDRESS = typer.Option(
     None, "--address", help="Head's dashboard URL (default: RAY_API_SERVER_ADDRESS, RAY_ADDRESS, local)"

@@ -1,0 +1,83 @@
+"""The pipeline's outputs for people: the comparison table (terminal) and ``report.md``."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+__all__ = ["print_table", "write_report", "HEADLINE"]
+
+#: (metric key, column title) of the comparison table, in order.
+HEADLINE = (("acc", "avg acc"), ("wga", "wga (worst-group acc)"), ("align_mass_in", "relevance in object"))
+LABELS = {"base": "base (ERM, biased data)", "cft": "CFT (few-shot)", "control": "control (ERM, same few images)"}
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.3f}" if isinstance(value, (int, float)) else "-"
+
+
+def print_table(evaluations: dict[str, dict[str, Any]], split: str) -> None:
+    """A rich table of base vs CFT vs control, then one plain ``model: acc=.. wga=..`` line each."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    table = Table(title=f"SpuriousWorld {split} split: base vs CFT vs control")
+    table.add_column("model")
+    for _, title in HEADLINE:
+        table.add_column(title, justify="right")
+    for name, result in evaluations.items():
+        table.add_row(LABELS.get(name, name), *(_fmt(result.get(key)) for key, _ in HEADLINE))
+    console.print(table)
+    for name, result in evaluations.items():
+        console.print(f"{name}: " + " ".join(f"{key}={_fmt(result.get(key))}" for key, _ in HEADLINE))
+    if "base" in evaluations and "cft" in evaluations:
+        gain = evaluations["cft"]["wga"] - evaluations["base"]["wga"]
+        drop = evaluations["base"]["acc"] - evaluations["cft"]["acc"]
+        console.print(f"CFT worst-group gain over base: {gain:+.3f} (average accuracy change {-drop:+.3f})")
+
+
+def _markdown_table(evaluations: dict[str, dict[str, Any]]) -> list[str]:
+    lines = ["| model | " + " | ".join(t for _, t in HEADLINE) + " |", "|---" * (len(HEADLINE) + 1) + "|"]
+    for name, result in evaluations.items():
+        lines.append(f"| {LABELS.get(name, name)} | " + " | ".join(_fmt(result.get(k)) for k, _ in HEADLINE) + " |")
+    return lines
+
+
+def _group_table(evaluations: dict[str, dict[str, Any]]) -> list[str]:
+    groups = sorted({g for r in evaluations.values() for g in r.get("per_group", {})})
+    names = list(evaluations)
+    lines = ["| group (class/background) | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for group in groups:
+        cells = [_fmt(evaluations[n].get("per_group", {}).get(group)) for n in names]
+        lines.append(f"| {group} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def write_report(out: Path, cfg: BaseModel, results: dict[str, dict[str, Any]],
+                 evaluations: dict[str, dict[str, Any]]) -> Path:
+    """Write ``<out>/report.md``: headline table, per-group accuracies, relevance figures."""
+    figures = out / "figures"
+    figures.mkdir(parents=True, exist_ok=True)
+    lines = ["# unspur report", "", f"Output folder: `{out}`", "",
+             f"## Held-out evaluation ({cfg.evaluate.split} split, balanced over class x background)", ""]
+    lines += _markdown_table(evaluations)
+    lines += ["", "wga = worst-group accuracy; relevance in object = share of the relevance map "
+              "(gradient-weighted attention rollout) that falls on the object's pixels.", "",
+              "## Accuracy per group", ""] + _group_table(evaluations)
+    for name in ("cft", "control"):
+        figure = (results.get(name) or {}).get("figure")
+        if figure and Path(figure).is_file():
+            target = figures / f"{name}_relevance_before_after.png"
+            shutil.copyfile(figure, target)
+            lines += ["", f"## Relevance maps: base (before) vs {name} (after)", "",
+                      "Columns: image, object/concept mask, relevance before, relevance after "
+                      "(validation images).", "", f"![{name}](figures/{target.name})"]
+    lines += ["", "## Stages", ""] + [f"- `{name}`: `{out / name}`" for name in results if not name.startswith("eval")]
+    lines += ["", "Open the tracked runs with `unspur ui --out " + str(out) + "`.", ""]
+    path = out / "report.md"
+    path.write_text("\n".join(lines))
+    return path
