@@ -998,7 +998,7 @@ class SweepConfig(StrictModel):
     are ranked on ``finetune.data.eval_split``, which must be a validation split, never test.
     ``base``: optional; a model trained once into ``<out>/base`` before the trials (reused when it is
     there with the same config) and used as every trial's ``init_from``. ``num_samples``: trials of a
-    random / optuna search; for grid search the number of passes over the grid.
+    random / optuna search (a grid search runs each grid point once).
     ``max_concurrent_trials``: None = as many as the cluster's resources fit (more is refused).
     Tune keeps its state in ``storage_path/name`` (default ``<out>/tune``): rerunning the same command
     resumes an interrupted sweep and re-runs no finished trial. ``trial_max_failures``: retries of a

@@ -1,0 +1,135 @@
+"""SpuriousWorld: split statistics, determinism, named part masks, table rows, config errors."""
+
+from __future__ import annotations
+
+import io
+from collections import Counter
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from unspur.config import ConfigError, SpuriousWorldConfig, validate_config
+from unspur.data.spuriousworld import (
+    BACKGROUNDS,
+    CLASS_PARTS,
+    generate_tables,
+    render_sample,
+    sample_rows,
+)
+from unspur.masks import decode
+
+
+def _cfg(**kw) -> SpuriousWorldConfig:
+    return SpuriousWorldConfig(**{"n_train": 64, "n_val": 32, "n_test": 32, **kw})
+
+
+def test_train_background_matches_class_with_probability_rho():
+    cfg = _cfg(rho=0.8, n_train=400, seed=3)
+    samples = [render_sample(cfg, "train", i) for i in range(cfg.n_train)]
+    own = np.mean([s.background == cfg.backgrounds[s.label] for s in samples])
+    assert abs(own - 0.8) < 0.07
+    assert set(Counter(s.label for s in samples)) == set(range(len(cfg.classes)))
+
+
+def test_rho_one_and_zero_are_exact():
+    assert all(render_sample(_cfg(rho=1.0), "train", i).background == _cfg().backgrounds[
+        render_sample(_cfg(rho=1.0), "train", i).label] for i in range(40))
+    cfg = _cfg(rho=0.0)
+    assert not any(render_sample(cfg, "train", i).background == cfg.backgrounds[
+        render_sample(cfg, "train", i).label] for i in range(40))
+
+
+def test_val_and_test_are_balanced_over_every_group():
+    cfg = _cfg(n_test=64)
+    groups = Counter(render_sample(cfg, "test", i).group for i in range(cfg.n_test))
+    expected = {f"{c}/{b}" for c in cfg.classes for b in cfg.backgrounds}
+    assert set(groups) == expected
+    assert set(groups.values()) == {64 // len(expected)}
+
+
+def test_extra_backgrounds_are_used_off_class():
+    cfg = _cfg(classes=["bird", "tree"], backgrounds=["water", "grass", "brick"], rho=0.0)
+    seen = {render_sample(cfg, "train", i).background for i in range(60)}
+    assert "brick" in seen
+
+
+def test_rendering_is_deterministic_per_seed_split_index():
+    cfg = _cfg()
+    a, b = render_sample(cfg, "train", 7), render_sample(cfg, "train", 7)
+    assert np.array_equal(a.image, b.image) and a.group == b.group
+    assert all(np.array_equal(a.parts[p], b.parts[p]) for p in a.parts)
+    assert not np.array_equal(a.image, render_sample(cfg, "val", 7).image)
+    assert not np.array_equal(a.image, render_sample(_cfg(seed=1), "train", 7).image)
+
+
+@pytest.mark.parametrize("class_name", sorted(CLASS_PARTS))
+def test_parts_are_the_named_ones_disjoint_and_make_up_the_object(class_name):
+    cfg = _cfg(classes=[class_name], backgrounds=["sand"])
+    for i in range(8):
+        s = render_sample(cfg, "test", i)
+        assert s.image.shape == (64, 64, 3) and s.image.dtype == np.uint8
+        assert tuple(s.parts) == CLASS_PARTS[class_name]
+        stacked = np.stack(list(s.parts.values()))
+        assert (stacked.sum(0) <= 1).all(), "part masks overlap"
+        assert np.array_equal(stacked.any(0), s.object_mask)
+        assert 0.02 < s.object_mask.mean() < 0.6
+        assert sum(m.any() for m in s.parts.values()) >= 2
+
+
+def test_object_is_painted_on_its_mask_only():
+    cfg = _cfg()
+    s = render_sample(cfg, "test", 0)
+    plain = render_sample(_cfg(contrast=0.01), "test", 0)
+    diff = np.abs(s.image.astype(int) - plain.image.astype(int)).sum(-1)
+    assert diff[~s.object_mask].max() == 0
+    assert diff[s.object_mask].mean() > 20
+
+
+def test_sample_rows_match_the_rendered_sample():
+    cfg = _cfg()
+    row, part_rows = sample_rows(cfg, "val", 5)
+    s = render_sample(cfg, "val", 5)
+    assert row["image_id"] == "val-000005" and row["split"] == "val"
+    assert (row["label"], row["class_name"], row["background"], row["group"]) == (
+        s.label, s.class_name, s.background, s.group)
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(row["image"]))), s.image)
+    assert np.array_equal(decode(row["object_rle"]), s.object_mask)
+    assert [r["part"] for r in part_rows] == list(CLASS_PARTS[s.class_name])
+    for r in part_rows:
+        assert r["image_id"] == "val-000005"
+        assert np.array_equal(decode(r["rle"]), s.parts[r["part"]])
+
+
+def test_generate_tables_row_counts():
+    cfg = _cfg(n_train=10, n_val=6, n_test=4)
+    images, parts = generate_tables(cfg)
+    assert len(images) == 20 and images["image_id"].is_unique
+    assert images["split"].value_counts().to_dict() == {"train": 10, "val": 6, "test": 4}
+    assert len(parts) == 3 * 20 and list(parts.columns) == ["image_id", "part", "rle"]
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        ({"classes": ["bird", "unicorn"]}, "unknown classes"),
+        ({"backgrounds": ["water", "lava", "sand", "snow"]}, "unknown backgrounds"),
+        ({"backgrounds": ["water", "grass"]}, "at least one background per class"),
+        ({"rho": 1.5}, "rho"),
+        ({"n_train": 0}, "n_train"),
+        ({"image_size": -4}, "image_size"),
+        ({"contrast": 0.0}, "contrast"),
+        ({"classes": ["bird", "bird"]}, "without repeats"),
+    ],
+)
+def test_config_errors_name_the_bad_key(bad, match):
+    with pytest.raises(ConfigError, match=match):
+        validate_config(SpuriousWorldConfig, bad)
+
+
+def test_every_background_renders_in_range():
+    rng = np.random.default_rng(0)
+    for name, fn in BACKGROUNDS.items():
+        tex = fn(rng, 32)
+        assert tex.shape == (32, 32, 3), name
+        assert tex.min() >= 0 and tex.max() <= 1, name

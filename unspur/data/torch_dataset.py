@@ -1,0 +1,191 @@
+"""A torch Dataset over the image table joined with the masks table, and the few-shot split.
+
+Rows of the image table carry ``image_id``, ``image`` (encoded bytes) or ``path``, ``label`` and
+optionally ``group``. Masks come from the masks table (``image_id, concept, rle, status``) or,
+for SpuriousWorld, its parts table (``image_id, part, rle``); an image's training mask is the
+union of all its ``ok`` masks. A mask whose size differs from the image is resized (nearest);
+one whose aspect ratio differs cannot be placed and becomes an error row (``dataset.errors``)
+while the image trains without a mask (``has_mask`` False), so no image is dropped silently.
+"""
+
+from __future__ import annotations
+
+import io
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from unspur.masks import decode, resize_mask
+
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "ImageMaskDataset", "few_shot", "load_image"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+_ASPECT_TOL = 0.02
+
+
+def load_image(row: Mapping[str, Any]) -> np.ndarray:
+    """Decode one image-table row (``image`` bytes or ``path``) -> (H, W, 3) uint8 RGB."""
+    from PIL import Image
+
+    data = row.get("image")
+    source: Any = io.BytesIO(data) if data is not None and not _isna(data) else row.get("path")
+    if source is None or _isna(source):
+        raise ValueError(f"image row {row.get('image_id')!r} has neither 'image' bytes nor a 'path'")
+    with Image.open(source) as img:
+        return np.array(img.convert("RGB"))
+
+
+def _isna(value: Any) -> bool:
+    return isinstance(value, float) and np.isnan(value)
+
+
+def _mask_rows(masks_df: Any) -> dict[str, list[Mapping[str, Any]]]:
+    """image_id -> its usable RLEs (status ok, or no status column, i.e. a parts table)."""
+    if masks_df is None:
+        return {}
+    cols = set(masks_df.columns)
+    if "rle" not in cols or "image_id" not in cols or not ({"concept", "part"} & cols):
+        raise ValueError(
+            f"masks table needs columns image_id, rle and concept (masks table) or part (parts table); "
+            f"got {sorted(cols)}"
+        )
+    by_id: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
+    status = masks_df["status"] if "status" in cols else None
+    for i, (image_id, rle) in enumerate(zip(masks_df["image_id"], masks_df["rle"], strict=True)):
+        if status is not None and status.iloc[i] != "ok":
+            continue
+        if rle is None or _isna(rle):
+            continue
+        by_id[str(image_id)].append(rle)
+    return dict(by_id)
+
+
+class ImageMaskDataset(Dataset):
+    """Image-table rows as tensors, each with the union of its concept masks.
+
+    Item: ``image`` (3, S, S) float normalised with ``mean``/``std``, ``label`` int, ``group`` str
+    (empty if the table has none), ``image_id`` str, ``mask`` (S, S) float {0, 1}, ``has_mask``
+    bool (False when the image has no usable mask: it then skips the alignment terms).
+    ``train_aug`` flips image and mask horizontally with probability 0.5.
+    """
+
+    def __init__(
+        self,
+        images_df: Any,
+        masks_df: Any = None,
+        img_size: int = 64,
+        train_aug: bool = False,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        cache: bool = True,
+    ) -> None:
+        if img_size <= 0:
+            raise ValueError(f"img_size must be > 0, got {img_size}")
+        missing = {"image_id", "label"} - set(images_df.columns)
+        if missing:
+            raise ValueError(f"image table lacks columns {sorted(missing)}; got {sorted(images_df.columns)}")
+        self.rows = images_df.reset_index(drop=True).to_dict("records")
+        self.img_size = img_size
+        self.train_aug = train_aug
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+        self._masks = _mask_rows(masks_df)
+        self._cache: dict[int, tuple[np.ndarray, np.ndarray, bool]] | None = {} if cache else None
+        self.errors: list[dict[str, str]] = []
+        self._error_ids: set[str] = set()
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def n_no_mask(self) -> int:
+        """Images without a usable mask (no mask rows, all empty, or an aspect error)."""
+        return sum(1 for i in range(len(self)) if not self._load(i)[2])
+
+    def _union_mask(self, image_id: str, shape: tuple[int, int]) -> np.ndarray:
+        out = np.zeros(shape, dtype=bool)
+        for rle in self._masks.get(image_id, []):
+            mask = decode(rle)
+            if mask.shape != shape:
+                (mh, mw), (h, w) = mask.shape, shape
+                if abs(mh / mw - h / w) > _ASPECT_TOL * (h / w):
+                    raise ValueError(
+                        f"mask of image {image_id!r} is {mh}x{mw} but the image is {h}x{w}: the aspect "
+                        "ratios differ, so it cannot be resized onto the image; recompute the mask"
+                    )
+                mask = resize_mask(mask, shape)
+            out |= mask
+        return out
+
+    def _load(self, index: int) -> tuple[np.ndarray, np.ndarray, bool]:
+        if self._cache is not None and index in self._cache:
+            return self._cache[index]
+        row = self.rows[index]
+        image_id = str(row["image_id"])
+        image = load_image(row)
+        if image.shape[:2] != (self.img_size, self.img_size):
+            from PIL import Image
+
+            image = np.asarray(Image.fromarray(image).resize((self.img_size,) * 2, Image.BILINEAR))
+        try:
+            mask = self._union_mask(image_id, image.shape[:2])
+        except ValueError as err:
+            if image_id not in self._error_ids:
+                self._error_ids.add(image_id)
+                self.errors.append({"image_id": image_id, "error": str(err)})
+            mask = np.zeros(image.shape[:2], dtype=bool)
+        item = (image, mask, bool(mask.any()))
+        if self._cache is not None:
+            self._cache[index] = item
+        return item
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        image, mask, has_mask = self._load(index)
+        row = self.rows[index]
+        img = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 255.0
+        msk = torch.from_numpy(mask.astype(np.float32))
+        if self.train_aug and torch.rand(()) < 0.5:
+            img, msk = img.flip(-1), msk.flip(-1)
+        group = row.get("group")
+        return {
+            "image": (img - self.mean) / self.std,
+            "label": int(row["label"]),
+            "group": "" if group is None or _isna(group) else str(group),
+            "image_id": str(row["image_id"]),
+            "mask": msk,
+            "has_mask": has_mask,
+        }
+
+
+def few_shot(images_df: Any, per_class: int = 3, class_fraction: float = 0.5, seed: int = 0) -> Any:
+    """The few-shot training subset: ``per_class`` images from each of a random fraction of classes.
+
+    ``round(class_fraction * n_classes)`` classes (at least one) are drawn with ``seed``, then
+    ``per_class`` images of each, uniformly. Returns the selected rows (a DataFrame, index reset),
+    sorted by class then image_id. Raises ValueError if a chosen class has too few images.
+    """
+    if per_class <= 0:
+        raise ValueError(f"per_class must be >= 1, got {per_class}")
+    if not 0.0 < class_fraction <= 1.0:
+        raise ValueError(f"class_fraction must lie in (0, 1], got {class_fraction}")
+    rng = np.random.default_rng(seed)
+    labels = sorted(int(v) for v in images_df["label"].unique())
+    n_pick = max(1, int(round(class_fraction * len(labels))))
+    chosen = sorted(int(c) for c in rng.choice(labels, size=n_pick, replace=False))
+    picked = []
+    for label in chosen:
+        rows = images_df[images_df["label"] == label].sort_values("image_id")
+        if len(rows) < per_class:
+            raise ValueError(
+                f"class {label} has {len(rows)} images but few-shot asks for {per_class}; lower per_class"
+            )
+        idx = rng.choice(len(rows), size=per_class, replace=False)
+        picked.append(rows.iloc[np.sort(idx)])
+    import pandas as pd
+
+    return pd.concat(picked).reset_index(drop=True)

@@ -1,0 +1,260 @@
+"""The core train / evaluate loop, pure torch (no ray): used in-process and inside Ray Train.
+
+``train_one_epoch`` runs one pass of any registered loss (``unspur.losses.LOSSES``), computing
+relevance maps only for losses that need them and the frozen base model's logits only when the
+KL guard is on. ``evaluate`` reports accuracy, worst-group accuracy and, optionally, how much of
+the relevance map lies on the concept masks. Everything works on a DDP-wrapped model too: hooks
+go to the bare module (``unspur.models.unwrap``), the forward through the wrapper.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from unspur.config import FewShotConfig, TrainConfig
+from unspur.metrics import relevance_alignment, summarize
+
+__all__ = [
+    "FewShotConfig",
+    "NonFiniteLossError",
+    "TrainConfig",
+    "evaluate",
+    "fit",
+    "make_optimizer",
+    "make_scheduler",
+    "predict",
+    "relevance_maps",
+    "seed_everything",
+    "set_norm_eval",
+    "train_one_epoch",
+]
+
+Batch = dict[str, Any]
+RelevanceFn = Callable[[nn.Module, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+_COUNTS = ("n_no_mask",)  # terms summed over the epoch instead of averaged
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN/inf; ``image_ids`` names the batch that produced it."""
+
+    def __init__(self, image_ids: list[str], terms: dict[str, float]) -> None:
+        self.image_ids = image_ids
+        self.terms = terms
+        super().__init__(
+            f"non-finite loss {terms} on the batch with image ids {image_ids}; lower the learning rate, "
+            "check these images and their masks, or turn on train.grad_clip"
+        )
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def set_norm_eval(model: nn.Module) -> None:
+    """Put every BatchNorm layer in eval mode (running statistics frozen)."""
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW; biases, norms and token/position embeddings get no weight decay."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        flat = p.ndim <= 1 or name.endswith(("cls_token", "pos_embed", "reg_token"))
+        (no_decay if flat else decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr)
+
+
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per-step schedule: linear warm-up, then step decay / cosine / constant (see TrainConfig)."""
+    steps_per_epoch = max(1, steps_per_epoch)
+    warmup = cfg.warmup_epochs * steps_per_epoch
+    total = cfg.epochs * steps_per_epoch
+
+    def factor(step: int) -> float:
+        if warmup > 0 and step < warmup:
+            return (step + 1) / warmup
+        if cfg.schedule == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1.0, total - warmup))))
+        if cfg.schedule == "step":
+            return cfg.lr_decay ** ((step // steps_per_epoch) // cfg.lr_decay_every)
+        return 1.0
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _relevance_fn(relevance: str | RelevanceFn) -> RelevanceFn:
+    if callable(relevance):
+        return relevance
+    from unspur.relevance import relevance_map
+
+    return lambda model, images: relevance_map(model, images, method=relevance)
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _check_finite(loss: torch.Tensor, terms: dict[str, torch.Tensor], batch: Batch) -> None:
+    if not torch.isfinite(loss).all():
+        values = {k: float(v.detach().float().mean()) for k, v in terms.items()}
+        raise NonFiniteLossError([str(i) for i in batch["image_id"]], values)
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: Iterable[Batch],
+    loss_spec: Any,
+    loss_cfg: Any,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any = None,
+    base_model: nn.Module | None = None,
+    relevance: str | RelevanceFn = "rollout",
+    grad_clip: float = 0.0,
+    freeze_norm: bool = False,
+) -> dict[str, float]:
+    """One pass over ``loader``; returns the mean of every loss term (``n_no_mask`` summed).
+
+    ``loss_spec``: a ``LossSpec`` (``fn``, ``needs_relevance``); ``loss_cfg`` its ``LossConfig``.
+    ``base_model``: the frozen base model whose logits feed the KL guard (used only when
+    ``loss_cfg.lambda_kl > 0``). ``scheduler`` steps once per batch. Raises
+    :class:`NonFiniteLossError` with the batch's image ids on a NaN/inf loss.
+    """
+    model.train()
+    if freeze_norm:
+        set_norm_eval(model)
+    device = _device(model)
+    rel = _relevance_fn(relevance) if loss_spec.needs_relevance else None
+    use_kl = getattr(loss_cfg, "lambda_kl", 0.0) > 0
+    if use_kl and base_model is None:
+        raise ValueError("loss.lambda_kl > 0 needs the frozen base model; pass base_model=")
+    sums: dict[str, float] = {}
+    n_batches = 0
+    for batch in loader:
+        images = batch["image"].to(device)
+        labels = batch["label"].to(device)
+        kwargs: dict[str, Any] = {}
+        if rel is not None:
+            logits, phi = rel(model, images)
+            kwargs.update(phi=phi, masks=batch["mask"].to(device), has_mask=batch["has_mask"].to(device))
+        else:
+            logits = model(images)
+        if use_kl:
+            with torch.no_grad():
+                kwargs["base_logits"] = base_model(images)
+        terms = loss_spec.fn(logits=logits, labels=labels, cfg=loss_cfg, **kwargs)
+        loss = terms["loss"]
+        _check_finite(loss, terms, batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        for key, value in terms.items():
+            sums[key] = sums.get(key, 0.0) + float(value.detach().float().mean())
+        if "n_no_mask" not in terms and "has_mask" in batch:
+            sums["n_no_mask"] = sums.get("n_no_mask", 0.0) + float((~batch["has_mask"]).sum())
+        n_batches += 1
+    if n_batches == 0:
+        raise ValueError("the training loader yielded no batches; check the dataset and batch size")
+    return {k: (v if k in _COUNTS else v / n_batches) for k, v in sums.items()}
+
+
+@torch.no_grad()
+def predict(model: nn.Module, loader: Iterable[Batch]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Arg-max predictions over ``loader`` -> (preds (N,), labels (N,), groups (N,) str)."""
+    model.eval()
+    device = _device(model)
+    preds, labels, groups = [], [], []
+    for batch in loader:
+        preds.append(model(batch["image"].to(device)).argmax(1).cpu().numpy())
+        labels.append(np.asarray(batch["label"]))
+        groups.extend(str(g) for g in batch["group"])
+    if not preds:
+        return np.zeros(0, int), np.zeros(0, int), np.zeros(0, str)
+    return np.concatenate(preds), np.concatenate(labels), np.asarray(groups)
+
+
+def relevance_maps(
+    model: nn.Module, loader: Iterable[Batch], relevance: str | RelevanceFn = "rollout"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Relevance maps of the model's own predictions -> (phi (N, H, W) in [0, 1], masks (N, H, W) bool)."""
+    model.eval()
+    rel = _relevance_fn(relevance)
+    device = _device(model)
+    phis, masks = [], []
+    with torch.enable_grad():
+        for batch in loader:
+            _, phi = rel(model, batch["image"].to(device))
+            phis.append(phi.detach().cpu().numpy())
+            masks.append(batch["mask"].numpy() > 0.5)
+    return np.concatenate(phis), np.concatenate(masks)
+
+
+def evaluate(
+    model: nn.Module,
+    loader: Iterable[Batch],
+    with_relevance: bool = False,
+    relevance: str | RelevanceFn = "rollout",
+) -> dict[str, Any]:
+    """``{"acc", "wga", "worst_group", "per_group", "n"}`` plus, with relevance, ``align_mass_in``,
+    ``align_iou``, ``align_pointing`` (over images with a non-empty mask) and ``align_n``."""
+    preds, labels, groups = predict(model, loader)
+    out = summarize(preds, labels, groups)
+    if with_relevance:
+        phi, masks = relevance_maps(model, loader, relevance)
+        for key, value in relevance_alignment(phi, masks).items():
+            out[f"align_{key}"] = value
+    return out
+
+
+def fit(
+    model: nn.Module,
+    train_loader: Iterable[Batch],
+    loss_spec: Any,
+    loss_cfg: Any,
+    cfg: TrainConfig,
+    base_model: nn.Module | None = None,
+    relevance: str | RelevanceFn = "rollout",
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+) -> list[dict[str, float]]:
+    """Train ``cfg.epochs`` epochs in-process (AdamW + schedule); returns each epoch's loss terms.
+
+    ``on_epoch(epoch, terms)`` runs after every epoch (evaluation, logging, checkpoints).
+    """
+    if cfg.num_threads > 0:
+        torch.set_num_threads(cfg.num_threads)
+    if base_model is not None:
+        base_model.eval()
+        for p in base_model.parameters():
+            p.requires_grad_(False)
+    optimizer = make_optimizer(model, cfg)
+    scheduler = make_scheduler(optimizer, cfg, len(train_loader))  # type: ignore[arg-type]
+    history = []
+    for epoch in range(cfg.epochs):
+        terms = train_one_epoch(
+            model, train_loader, loss_spec, loss_cfg, optimizer, scheduler, base_model=base_model,
+            relevance=relevance, grad_clip=cfg.grad_clip, freeze_norm=cfg.freeze_norm,
+        )
+        history.append(terms)
+        if on_epoch is not None:
+            on_epoch(epoch, terms)
+    return history
