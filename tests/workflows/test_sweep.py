@@ -1,0 +1,211 @@
+"""``unspur sweep`` on the local Ray: Ray Train trials with MLflow parent/child runs and the best
+config exported; in-process trials interrupted, resumed without re-running finished trials, and a
+failing trial recorded; bad spaces and resource requests refused before any trial runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import yaml
+from ray import tune
+
+from unspur.config import ConfigError, FinetuneConfig, SweepConfig, load_config
+from workflows import sweep
+
+TINY_FINETUNE = {
+    "data": {"spuriousworld": {"image_size": 32, "n_train": 16, "n_val": 16, "n_test": 1}, "eval_split": "val"},
+    "model": {"name": "vit_tiny_synth", "img_size": 32, "kwargs": {"depth": 1, "embed_dim": 48, "num_heads": 2}},
+    "loss": {"name": "cft"},
+    "train": {"epochs": 2, "batch_size": 8, "warmup_epochs": 0, "num_threads": 1},
+    "run": {"figure_images": 0, "num_workers": 0},
+}
+
+
+def _write(path: Path, data: dict) -> Path:
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def _space(tmp_path: Path, params: dict, search: str = "grid", scheduler: str = "fifo") -> Path:
+    return _write(tmp_path / f"space_{search}_{scheduler}.yaml", {
+        "method": "cft", "search": search, "scheduler": {"name": scheduler, "grace_period": 1}, "params": params})
+
+
+def _config(tmp_path: Path, space: Path, **changes) -> Path:
+    finetune = json.loads(json.dumps(TINY_FINETUNE))
+    for key, value in changes.pop("finetune", {}).items():
+        section, name = key.split(".")
+        finetune[section][name] = value
+    return _write(tmp_path / "sweep.yaml", {"space": str(space), "finetune": finetune, **changes})
+
+
+def _client(out: Path):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
+
+
+def _runs(out: Path) -> tuple:
+    client = _client(out)
+    experiment = client.get_experiment_by_name("sweep")
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    return client, parents, children
+
+
+@pytest.fixture(autouse=True)
+def _own_tracking(monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
+def test_optuna_sweep_of_ray_train_trials_logs_parent_children_and_exports_best(ray_local, tmp_path: Path) -> None:
+    space = _space(tmp_path, {"loss.lambda_align": {"type": "uniform", "low": 0.2, "high": 1.0},
+                              "relevance": {"type": "choice", "values": ["rollout"]}}, search="optuna")
+    cfg = _config(tmp_path, space, finetune={"run.num_workers": 1, "run.cpus_per_worker": 1})
+    out = tmp_path / "out"
+    assert sweep.main(["--config", str(cfg), "--out", str(out), "--samples", "2"]) == 0
+
+    summary = json.loads((out / "sweep_summary.json").read_text())
+    assert summary["trials"] == 2 and summary["failed"] == 0 and not summary["interrupted"]
+    assert summary["trial_epochs"] == 4 and summary["metric"] == "val_wga"
+    best = summary["best"]
+    exported = load_config(FinetuneConfig, summary["best_config"])  # what `unspur finetune --config` reads
+    assert exported.loss.lambda_align == pytest.approx(best["params"]["loss.lambda_align"])
+    assert exported.data.eval_split == "val" and exported.out == str(out / "best")
+    assert (Path(summary["best_model"]) / "model.safetensors").is_file()
+    assert (out / "metric_vs_params.png").stat().st_size > 1000
+
+    client, parents, children = _runs(out)
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    parent = parents[0]
+    assert parent.info.run_id == summary["parent_run_id"]
+    assert parent.data.metrics["best_val_wga"] == pytest.approx(best["val_wga"])
+    assert parent.data.params["finetune.run.num_workers"] == "1"
+    assert len(children) == 2 and {c.info.status for c in children} == {"FINISHED"}
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
+    history = client.get_metric_history(children[0].info.run_id, "val_wga")
+    assert len(history) == 2  # one validation report per epoch
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"best_finetune.yaml", "trials.csv", "space.yaml", "figures"} <= artifacts
+
+
+class InterruptAfterFirstTrial(tune.Callback):
+    """Interrupts the sweep (as Ctrl+C does: Tune saves its state and returns) when a trial completes."""
+
+    fired = False  # once per test session (a restored sweep restores this callback too)
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        if not InterruptAfterFirstTrial.fired:
+            InterruptAfterFirstTrial.fired = True
+            os.kill(os.getpid(), signal.SIGUSR1)
+
+
+def test_interrupted_sweep_resumes_without_rerunning_finished_trials_and_records_failure(
+        ray_local, tmp_path: Path) -> None:
+    space = _space(tmp_path, {"train.lr": {"type": "grid", "values": [1.0e-4, 1.0e30]}}, scheduler="asha")
+    cfg = load_config(SweepConfig, _config(tmp_path, space, max_concurrent_trials=1), [f"out={tmp_path / 'out'}"])
+    first = sweep.run(cfg, callbacks=[InterruptAfterFirstTrial()])
+    assert first["interrupted"] and "best_config" not in first
+    done = sorted((tmp_path / "out" / "trials").glob("*/finetune_summary.json"))
+    assert len(done) == 1
+    stamp = done[0].stat().st_mtime_ns
+
+    second = sweep.run(cfg)  # the same sweep again: restore
+    assert second["resumed"] and not second["interrupted"]
+    assert second["trials"] == 2 and second["failed"] == 1
+    assert done[0].stat().st_mtime_ns == stamp  # the finished trial was not re-run
+    assert second["best"]["params"] == {"train.lr": 1.0e-4} and second["parent_run_id"] == first["parent_run_id"]
+    table = (tmp_path / "out" / "trials.csv").read_text()
+    assert "NonFiniteLossError" in table
+
+    _, parents, children = _runs(tmp_path / "out")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    statuses = sorted(c.info.status for c in children)
+    assert "RUNNING" not in statuses and statuses.count("FINISHED") == 1 and statuses.count("FAILED") == 1
+    failed = next(c for c in children if c.info.status == "FAILED")
+    assert "NonFiniteLossError" in failed.data.tags["error"]
+    with pytest.raises(ConfigError, match="with another config exists"):  # not silently mixed into it
+        sweep.run(cfg.model_copy(update={"seed": 1}))
+
+
+@pytest.mark.parametrize(("param", "message"), [
+    ({"loss.lambda_bogus": {"type": "uniform", "low": 0.1, "high": 1.0}}, "unknown parameter"),
+    ({"loss.lambda_align": {"type": "uniform", "low": 1.0, "high": 0.5}}, "impossible range"),
+    ({"loss.lambda_concept": {"type": "uniform", "low": -1.0, "high": 1.0}}, "lambda_concept must be >= 0"),
+    ({"relevance": {"type": "grid", "values": ["rollout", "gradcam"]}}, "unknown relevance method 'gradcam'"),
+])
+def test_bad_space_fails_before_any_ray_work(tmp_path: Path, monkeypatch, capsys, param, message) -> None:
+    monkeypatch.setattr(sweep, "_start_ray", lambda: pytest.fail("Ray was started for an invalid sweep"))
+    search = "grid" if next(iter(param.values()))["type"] == "grid" else "random"
+    cfg = _config(tmp_path, _space(tmp_path, param, search=search))
+    assert sweep.main(["--config", str(cfg), "--out", str(tmp_path / "out")]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out" / "tune").exists()
+
+
+def test_bad_config_is_refused(tmp_path: Path, capsys) -> None:
+    space = _space(tmp_path, {"loss.lambda_align": {"type": "grid", "values": [0.5]}})
+    cfg = _config(tmp_path, space, finetune={"data.eval_split": "test"})
+    assert sweep.main(["--config", str(cfg), "--out", str(tmp_path / "out")]) == 2
+    assert "never on test" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="is for method 'cft' but finetune.loss.name is 'erm'"):
+        sweep.prepare(load_config(SweepConfig, _config(tmp_path, space, finetune={"loss.name": "erm"})))
+    asha = _space(tmp_path, {"loss.lambda_align": {"type": "grid", "values": [0.5]}}, scheduler="asha")
+    cfg = load_config(SweepConfig, _config(tmp_path, asha), ["finetune.train.epochs=1"])
+    assert sweep.prepare(cfg).n_trials == 1
+    with pytest.raises(ConfigError, match="grace_period 2 exceeds finetune.train.epochs 1"):
+        sweep.prepare(cfg.model_copy(update={"space": str(_write(tmp_path / "g.yaml", {
+            **yaml.safe_load(asha.read_text()), "scheduler": {"name": "asha", "grace_period": 2}}))}))
+
+
+def test_concurrency_fits_trials_to_the_cluster() -> None:
+    cpu2 = {"CPU": 2.0}
+    driver, need = sweep.trial_resources(load_config(FinetuneConfig, None, ["run.num_workers=1"]))
+    assert driver["cpu"] == 0 and need == {"CPU": 1.0, "GPU": 0.0}
+    assert sweep.concurrency(cpu2, need, None, n_trials=4) == 2
+    assert sweep.concurrency(cpu2, need, None, n_trials=1) == 1
+    driver, need = sweep.trial_resources(load_config(FinetuneConfig, None, ["run.num_workers=0",
+                                                                            "run.cpus_per_worker=2"]))
+    assert driver["cpu"] == 2 and sweep.concurrency(cpu2, need, None, 4) == 1
+    with pytest.raises(ConfigError, match="fit only 2 trials"):
+        sweep.concurrency(cpu2, {"CPU": 1.0}, 3, n_trials=4)
+    with pytest.raises(ConfigError, match="one trial needs"):
+        sweep.concurrency({"CPU": 8.0}, {"CPU": 1.0, "GPU": 1.0}, None, n_trials=4)
+
+
+def test_more_concurrent_trials_than_the_cluster_fits_is_refused(ray_local, tmp_path: Path, capsys) -> None:
+    space = _space(tmp_path, {"loss.lambda_align": {"type": "grid", "values": [0.2, 0.5, 0.8]}})
+    cfg = _config(tmp_path, space, max_concurrent_trials=3,
+                  finetune={"run.num_workers": 1, "run.cpus_per_worker": 1})
+    assert sweep.main(["--config", str(cfg), "--out", str(tmp_path / "out")]) == 2
+    assert "max_concurrent_trials=3 but the cluster's {'CPU': 2.0" in capsys.readouterr().err
+    asha = _space(tmp_path, {"loss.lambda_align": {"type": "grid", "values": [0.2]}}, scheduler="asha")
+    cfg = _config(tmp_path, asha, finetune={"run.num_workers": 1, "run.cpus_per_worker": 1})
+    assert sweep.main(["--config", str(cfg), "--out", str(tmp_path / "out2")]) == 2  # no dashboard here
+    assert "no State API" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "trials").exists()
+
+
+def test_trial_metrics_and_best_trial_rules() -> None:
+    import pandas as pd
+
+    from tune_spaces import load_space
+    from workflows._sweep_report import best_trial
+    from workflows._sweep_trial import trial_metrics
+
+    report = {"epoch": 0, "eval/wga": 0.5, "eval/per_group/bird/water": 1.0, "train/loss": 2.0, "lr": 1e-4}
+    assert trial_metrics(report, "val") == {"epoch": 0, "val_wga": 0.5, "val_per_group/bird/water": 1.0,
+                                            "train_loss": 2.0, "lr": 1e-4, "epochs_done": 1}
+    space = load_space("cft")
+    rows = [("collapsed", 8, 0.0, "complete"), ("stopped", 1, 0.775, "stopped"), ("done", 8, 0.775, "complete"),
+            ("broken", 3, 0.9, "failed")]
+    table = pd.DataFrame([{"trial_id": t, "epochs": e, "val_wga": v, "status": s, **{k: 0.5 for k in space.params}}
+                          for t, e, v, s in rows])
+    assert best_trial(table, space)["trial_id"] == "done"  # last metric first, then epochs; failed left out
+    assert best_trial(table[table["trial_id"] != "done"], space)["trial_id"] == "stopped"
+    assert best_trial(table[table["status"] == "failed"], space) is None

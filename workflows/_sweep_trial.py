@@ -1,0 +1,92 @@
+"""The trial side of ``unspur sweep``: what runs in a Tune trial's driver (and its Train workers).
+
+A trial validates its point against the sweep's finetune config, then trains with the TorchTrainer
+of :mod:`workflows.finetune` (a :class:`SweepReportCallback` forwards every epoch's report to Tune),
+or in-process with ``finetune.run.num_workers: 0`` (:class:`TuneSession`). Tune sees each epoch's
+validation metrics as ``<split>_<name>`` (``val_wga``) and ``epochs_done``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from ray.tune.integration.ray_train import TuneReportCallback
+
+from tune_spaces import validate_point
+from unspur.config import FinetuneConfig, validate_config
+from workflows import finetune
+from workflows._finetune_loop import LocalSession, _flat_numbers, run_loop
+
+__all__ = ["SweepReportCallback", "TuneSession", "run_trial", "trial_config", "trial_metrics"]
+
+
+def trial_metrics(flat: Mapping[str, Any], split: str) -> dict[str, Any]:
+    """Finetune's epoch report (``eval/wga``, ``train/loss``, ``epoch`` 0-based) -> Tune's result
+    (``<split>_wga``, ``train_loss``, ``epochs_done`` = epochs finished)."""
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
+        head, _, rest = key.partition("/")
+        if head == "eval" and rest:
+            out[f"{split}_{rest}"] = value
+        elif head == "train" and rest:
+            out[f"train_{rest}"] = value
+        else:
+            out[key] = value
+    out["epochs_done"] = int(flat["epoch"]) + 1
+    return out
+
+
+class SweepReportCallback(TuneReportCallback):
+    """Forwards rank 0's epoch report of a trial's TorchTrainer to Tune, renamed by :func:`trial_metrics`."""
+
+    def __init__(self, split: str) -> None:
+        super().__init__()
+        self.split = split
+
+    def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
+        super().after_report(run_context, [trial_metrics(metrics[0], self.split)], checkpoint)
+
+
+class TuneSession(LocalSession):
+    """In-process trial (``num_workers`` 0): local checkpoints, every epoch reported to Tune."""
+
+    def __init__(self, root: Path, keep: int, split: str) -> None:
+        super().__init__(root, keep)
+        self.split = split
+
+    def report(self, metrics: dict[str, Any], write: Any, epoch: int) -> None:
+        from ray import tune
+
+        super().report(metrics, write, epoch)
+        tune.report(trial_metrics(_flat_numbers(metrics), self.split))
+
+
+def trial_config(setup: Mapping[str, Any], point: Mapping[str, Any], trial_id: str) -> FinetuneConfig:
+    """The trial's FinetuneConfig: the point applied, out/checkpoints in the trial's folder, the
+    sweep's rendered tables as data, tracking off (the sweep logs the trial as a child run)."""
+    base = FinetuneConfig.model_validate(setup["finetune"])
+    cfg = validate_point(base, dict(point), f"trial {trial_id}")
+    folder = Path(setup["trials"]) / trial_id
+    data = {**cfg.data.model_dump(mode="json"), "images": setup["tables"]["images"],
+            "masks": setup["tables"]["masks"], "spuriousworld": None}
+    run = {**cfg.run.model_dump(mode="json"), "name": "finetune", "storage_path": str(folder / "checkpoints"),
+           "track": False}
+    updated = {**cfg.model_dump(mode="json"), "out": str(folder), "data": data, "run": run,
+               "init_from": setup["init_from"] or cfg.init_from}
+    return validate_config(FinetuneConfig, updated, f"trial {trial_id}")
+
+
+def run_trial(point: dict[str, Any], setup: dict[str, Any]) -> None:
+    """Tune driver of one trial: Ray Train workers (``num_workers`` >= 1) or in-process training."""
+    from ray import tune
+
+    cfg = trial_config(setup, point, tune.get_context().get_trial_id())
+    if cfg.run.num_workers == 0:
+        session = TuneSession(Path(cfg.run.storage_path) / cfg.run.name, cfg.run.keep_checkpoints, setup["split"])
+        run_loop(cfg, setup["tables"], session)
+        return
+    result = finetune.build(cfg, callbacks=[SweepReportCallback(setup["split"])]).fit()
+    if result.error is not None:
+        raise result.error

@@ -1,0 +1,453 @@
+"""``unspur sweep``: loss-weight sweeps with Ray Tune over the Ray Train job of ``unspur finetune``.
+
+The Ray 2.60 pattern: the Tuner runs a driver function per trial
+(:func:`workflows._sweep_trial.run_trial`) that validates its point of the search space against
+the training config (``tune_spaces.validate_point``) and builds the TorchTrainer of
+:mod:`workflows.finetune` with a ``TuneReportCallback``; the trial's driver holds no CPU (its
+workers do), so ``max_concurrent_trials`` is what the cluster's CPUs / GPUs fit. With
+``finetune.run.num_workers: 0`` the driver trains in-process and holds the CPUs itself. Trials
+report the VALIDATION metrics of every epoch (``val_wga``, ``val_acc``, ... named after
+``finetune.data.eval_split``) and ``epochs_done``, ASHA's time axis. Before any Ray work the
+config, the space and every point that will run (the grid, or the pre-drawn random samples; for
+Optuna the range ends and choices) are validated. Outputs under ``out``: ``trials/<trial id>/``
+(each trial's model and checkpoints), ``tune/<name>/`` (Tune state: rerun the same command to
+resume), ``trials.csv``, ``best_finetune.yaml`` (the best trial's config, for ``unspur finetune
+--config``), ``metric_vs_params.png``, ``sweep_summary.json``, and MLflow: one parent run, one
+child run per trial (failed trials show as FAILED, with an ``error`` tag).
+
+    unspur sweep --config workflows/configs/sweep_synth.yaml --space tune_spaces/cft.yaml \
+        --samples 4 --out runs/sweep
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import random
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
+
+from tune_spaces import SearchSpace, grid_points, load_space, sample_point, validate_point
+from unspur.config import ConfigError, FinetuneConfig, SweepConfig
+from workflows import finetune
+from workflows._job import init_ray, main_for, parse_job_args
+from workflows._sweep_report import ParentRun, best_trial, export_best, metric_plot, trial_table
+from workflows._sweep_trial import run_trial
+
+__all__ = ["CONFIG", "EpochASHA", "Plan", "build", "concurrency", "main", "prepare", "run", "trial_resources"]
+
+CONFIG = SweepConfig
+STATE = "unspur_sweep.json"  # in the Tune experiment folder: the parent run and the config digest
+DRIVER_MEMORY = 2**20  # bytes: a trial driver's token reservation (Tune needs a non-empty bundle)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A validated sweep: resolved config, space, the points that will run, and where things go."""
+
+    cfg: SweepConfig
+    space: SearchSpace
+    points: list[dict[str, Any]]  # grid: every point; random: the samples; optuna: probes only
+    split: str  # the evaluation split the metric is computed on (validation)
+    experiment_path: Path
+
+    @property
+    def n_trials(self) -> int:
+        return self.cfg.num_samples if self.space.search == "optuna" else len(self.points)
+
+    @property
+    def tune_samples(self) -> int:
+        """Tune's num_samples: Optuna draws them; the grid expands once; random runs its drawn points."""
+        return {"optuna": self.cfg.num_samples, "grid": 1}.get(self.space.search, len(self.points))
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256(self.cfg.model_dump_json().encode()).hexdigest()[:16]
+
+
+# --- validation (no Ray) ----------------------------------------------------------------------
+
+
+def _resolve(cfg: SweepConfig) -> SweepConfig:
+    out = Path(cfg.out).resolve()
+    storage = Path(cfg.storage_path).resolve() if cfg.storage_path else out / "tune"
+    space = Path(cfg.space)
+    space_ref = str(space.resolve()) if space.suffix or space.exists() else cfg.space
+    return cfg.model_copy(update={"out": str(out), "storage_path": str(storage), "space": space_ref})
+
+
+def _probe_points(space: SearchSpace) -> list[dict[str, Any]]:
+    """Points at every range end and every choice (the values an adaptive search may pick)."""
+    ends: dict[str, list[Any]] = {}
+    for key, p in space.params.items():
+        kind = p.type
+        if kind in ("uniform", "loguniform"):
+            ends[key] = [p.low, p.high]
+        elif kind == "randint":
+            ends[key] = [p.low, p.high - 1]
+        else:
+            ends[key] = list(p.values)
+    first = {k: v[0] for k, v in ends.items()}
+    return [first] + [{**first, k: v} for k, values in ends.items() for v in values[1:]]
+
+
+def _check_point(base: FinetuneConfig, point: dict[str, Any], source: str) -> None:
+    cfg = validate_point(base, point, source)
+    try:
+        finetune.resolve(cfg)  # relevance method names, init_from folders
+    except ValueError as err:
+        raise ConfigError(f"{source} {point}: {err}") from None
+
+
+def prepare(cfg: SweepConfig) -> Plan:
+    """Validate the sweep before any Ray work: space, metric, scheduler, every point that will run."""
+    cfg = _resolve(cfg)
+    space = load_space(cfg.space)
+    ft = cfg.finetune
+    split = ft.data.eval_split
+    if "loss.name" not in space.params and space.method != ft.loss.name:
+        raise ConfigError(f"space {cfg.space} is for method {space.method!r} but finetune.loss.name is "
+                          f"{ft.loss.name!r}; use that method's space or set finetune.loss.name: {space.method}")
+    if not space.metric.startswith(f"{split}_"):
+        raise ConfigError(f"space metric {space.metric!r} is not a metric of the evaluation split {split!r} "
+                          f"(trials report {split}_acc, {split}_wga, ...); set the space's metric to "
+                          f"{split}_<name> or finetune.data.eval_split to the metric's split")
+    if space.scheduler.name == "asha" and space.scheduler.grace_period > ft.train.epochs:
+        raise ConfigError(f"scheduler.grace_period {space.scheduler.grace_period} exceeds finetune.train.epochs "
+                          f"{ft.train.epochs}; lower the grace period or train longer")
+    if space.search == "grid":
+        points = grid_points(space)
+    elif space.search == "random":
+        rng = random.Random(cfg.seed)
+        points = [sample_point(space, rng) for _ in range(cfg.num_samples)]
+    else:
+        points = _probe_points(space)
+    for i, point in enumerate(points):
+        _check_point(ft, point, f"space {cfg.space} point {i}")
+    if cfg.base is not None:
+        _check_point(cfg.base, {}, "base")
+    return Plan(cfg, space, points, split, Path(cfg.storage_path) / cfg.name)
+
+
+# --- resources ----------------------------------------------------------------------------------
+
+
+def trial_resources(ft: FinetuneConfig) -> tuple[dict[str, float], dict[str, float]]:
+    """(Tune's reservation for a trial's driver, everything one trial holds: driver + workers).
+
+    Ray Train workers: the driver holds no CPU (a token of memory), the workers hold
+    ``num_workers * cpus_per_worker`` CPUs (and one GPU each with ``use_gpu``). In-process
+    (``num_workers`` 0): the driver trains and holds ``cpus_per_worker`` CPUs (and a GPU).
+    """
+    run = ft.run
+    gpus = (float(max(run.num_workers, 1)) if run.use_gpu else 0.0)
+    if run.num_workers == 0:
+        driver = {"cpu": run.cpus_per_worker, "gpu": gpus}
+        return driver, {"CPU": run.cpus_per_worker, "GPU": gpus}
+    return {"cpu": 0, "memory": DRIVER_MEMORY}, {"CPU": run.num_workers * run.cpus_per_worker, "GPU": gpus}
+
+
+def concurrency(cluster: Mapping[str, float], need: Mapping[str, float], requested: int | None,
+                n_trials: int) -> int:
+    """How many trials run at once: what ``cluster`` fits of ``need`` each, capped by ``requested``.
+
+    Raises :class:`ConfigError` when one trial does not fit, or ``requested`` exceeds what fits.
+    """
+    have = {k: float(cluster.get(k, 0.0)) for k in need}
+    fits = min(int(have[k] // v + 1e-9) for k, v in need.items() if v > 0)
+    if fits < 1:
+        raise ConfigError(f"one trial needs {dict(need)} but the cluster has {have}; lower "
+                          "finetune.run.num_workers / cpus_per_worker, or add nodes")
+    if requested is not None and requested > fits:
+        raise ConfigError(f"max_concurrent_trials={requested} but the cluster's {have} fit only {fits} trials "
+                          f"of {dict(need)} each; set max_concurrent_trials <= {fits} (or null)")
+    return max(1, min(requested or fits, n_trials))
+
+
+def _trial_name(trial: Any) -> str:
+    return f"trial_{trial.trial_id}"
+
+
+# --- Tune objects ---------------------------------------------------------------------------------
+
+
+def _domain(param: Any) -> Any:
+    from ray import tune
+
+    if param.type == "grid":
+        return tune.grid_search(list(param.values))
+    if param.type == "choice":
+        return tune.choice(list(param.values))
+    return {"uniform": tune.uniform, "loguniform": tune.loguniform, "randint": tune.randint}[param.type](
+        param.low, param.high)
+
+
+def _search_alg(plan: Plan, max_concurrent: int) -> Any:
+    """Optuna (capped by a ConcurrencyLimiter), or Tune's variant generator over the grid / the
+    pre-drawn random points (it takes the cap itself: Tune ignores max_concurrent_trials for it)."""
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    if plan.space.search == "optuna":
+        from ray.tune.search.optuna import OptunaSearch
+
+        return ConcurrencyLimiter(OptunaSearch(seed=plan.cfg.seed), max_concurrent=max_concurrent)
+    points = plan.points if plan.space.search == "random" else None
+    return BasicVariantGenerator(points_to_evaluate=points, random_state=plan.cfg.seed,
+                                 max_concurrent=max_concurrent)
+
+
+class EpochASHA(ASHAScheduler):
+    """ASHA on epochs that never stops a trial at its last epoch: the trial ends by itself there,
+    and a stop would kill its driver while it saves the final model."""
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> str:
+        action = super().on_trial_result(tune_controller, trial, result)
+        if action == TrialScheduler.STOP and result.get(self._time_attr, 0) >= self._max_t:
+            self._num_stopped -= 1
+            return TrialScheduler.CONTINUE
+        return action
+
+
+def _scheduler(plan: Plan) -> Any:
+    sched = plan.space.scheduler
+    if sched.name == "fifo":
+        return FIFOScheduler()
+    return EpochASHA(time_attr="epochs_done", max_t=plan.cfg.finetune.train.epochs,
+                     grace_period=sched.grace_period, reduction_factor=sched.reduction_factor)
+
+
+def _setup(plan: Plan, tables: dict[str, Any], init_from: str | None) -> dict[str, Any]:
+    return {"finetune": plan.cfg.finetune.model_dump(mode="json"), "tables": tables, "init_from": init_from,
+            "trials": str(Path(plan.cfg.out) / "trials"), "split": plan.split}
+
+
+def _trainable(plan: Plan, setup: dict[str, Any]) -> Any:
+    from ray import tune
+
+    driver, _ = trial_resources(plan.cfg.finetune)
+    return tune.with_resources(tune.with_parameters(run_trial, setup=setup), driver)
+
+
+def build(plan: Plan, setup: dict[str, Any], max_concurrent: int, parent_run_id: str | None = None,
+          callbacks: Sequence[Any] = ()) -> Any:
+    """The unexecuted Tuner of a prepared sweep (never starts Ray).
+
+    ``setup``: what every trial needs (:func:`_setup`); ``parent_run_id``: the MLflow parent run
+    (each trial becomes its child run); ``callbacks``: extra Tune callbacks.
+    """
+    from ray import tune
+    from ray.air.integrations.mlflow import MLflowLoggerCallback
+
+    from unspur import tracking
+
+    cfg, space = plan.cfg, plan.space
+    loggers = []
+    if parent_run_id is not None:
+        tags = {"mlflow.parentRunId": parent_run_id, "job": "sweep_trial", "sweep": cfg.name}
+        loggers.append(MLflowLoggerCallback(tracking_uri=tracking.tracking_uri(cfg.out),
+                                            experiment_name=cfg.experiment, tags=tags))
+    return tune.Tuner(
+        _trainable(plan, setup),
+        param_space={key: _domain(p) for key, p in space.params.items()},
+        tune_config=tune.TuneConfig(
+            metric=space.metric, mode=space.mode, search_alg=_search_alg(plan, max_concurrent),
+            scheduler=_scheduler(plan), num_samples=plan.tune_samples,
+            trial_name_creator=_trial_name, trial_dirname_creator=_trial_name,
+        ),
+        run_config=tune.RunConfig(
+            name=cfg.name, storage_path=cfg.storage_path, verbose=1,
+            failure_config=tune.FailureConfig(max_failures=cfg.trial_max_failures),
+            callbacks=[*loggers, *callbacks],
+        ),
+    )
+
+
+# --- running ----------------------------------------------------------------------------------------
+
+
+def _train_base(plan: Plan) -> tuple[str | None, dict[str, Any] | None]:
+    """Train ``cfg.base`` once into ``<out>/base`` (reused when there with the same config)."""
+    cfg = plan.cfg
+    if cfg.base is None:
+        return (str(Path(cfg.finetune.init_from).resolve()) if cfg.finetune.init_from else None), None
+    base = cfg.base.model_copy(update={"out": str(Path(cfg.out) / "base")})
+    base = finetune.resolve(base.model_copy(update={"run": base.run.model_copy(update={"track": False})}))
+    model_dir = Path(base.out) / "model"
+    saved = model_dir / "config.yaml"
+    if saved.is_file():
+        if yaml.safe_load(saved.read_text()) != base.model_dump(mode="json"):
+            raise ConfigError(f"{model_dir} holds a base model trained with another config than `base`; "
+                              "use another --out, or delete that folder to retrain it")
+        return str(model_dir), None
+    return str(model_dir), finetune.run(base)
+
+
+def _start_ray() -> None:
+    """Join RAY_ADDRESS (or the Ray already running here), else start a local Ray WITH its dashboard:
+    Ray Train frees the workers of a trial the scheduler stopped through Ray's State API."""
+    import ray
+
+    if not ray.is_initialized() and not os.environ.get("RAY_ADDRESS"):
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=True, log_to_driver=True)
+    init_ray()
+
+
+def _check_stoppable(plan: Plan) -> None:
+    """Refuse ASHA over Ray Train trials where Ray's State API is unavailable (Ray started without
+    its dashboard): the placement groups of stopped trials would never be freed and later trials
+    would wait for CPUs forever."""
+    import ray
+
+    if plan.cfg.finetune.run.num_workers == 0 or plan.space.scheduler.name != "asha":
+        return
+
+    @ray.remote(num_cpus=0)
+    def state_api_ok() -> bool:
+        from ray.util.state import list_actors
+
+        try:
+            list_actors(limit=1, timeout=10)
+        except Exception:
+            return False
+        return True
+
+    if not ray.get(state_api_ok.remote()):
+        raise ConfigError("the ASHA scheduler stops trials early, but this Ray has no State API (started "
+                          "without its dashboard), so Ray Train cannot free a stopped trial's workers; start "
+                          "Ray with its dashboard, use scheduler fifo, or set finetune.run.num_workers: 0")
+
+
+@contextmanager
+def _kept_env(name: str) -> Iterator[None]:
+    """MLflow's Ray callback sets MLFLOW_TRACKING_URI process-wide; put it back afterwards."""
+    before = os.environ.get(name)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
+
+
+def _state(plan: Plan) -> dict[str, Any] | None:
+    """The sweep state of an earlier run of this sweep (None: first run); refuses another config."""
+    state_file = plan.experiment_path / STATE
+    state = json.loads(state_file.read_text()) if state_file.is_file() else None
+    if state is not None and state["digest"] != plan.digest:
+        raise ConfigError(f"a sweep named {plan.cfg.name!r} with another config exists in {plan.experiment_path}; "
+                          "rerun it with the same config to resume it, or pick a new name / out")
+    return state
+
+
+def _tuner(plan: Plan, setup: dict[str, Any], callbacks: Sequence[Any]) -> tuple[Any, ParentRun, bool]:
+    """A fresh Tuner with a new parent run, or the interrupted sweep's Tuner restored."""
+    import ray
+    from ray import tune
+
+    cfg, path = plan.cfg, plan.experiment_path
+    state_file = path / STATE
+    state = _state(plan)
+    restorable = tune.Tuner.can_restore(str(path))
+    if restorable and state is None:
+        raise ConfigError(f"{path} holds Tune state but no {STATE} (not an unspur sweep, or damaged); pick "
+                          "a new name / out")
+    if restorable:
+        parent = ParentRun.reopen(cfg.out, state["parent_run_id"])
+        parent.end_stale_children()
+        tuner = tune.Tuner.restore(str(path), trainable=_trainable(plan, setup), resume_unfinished=True,
+                                   resume_errored=False, restart_errored=False)
+        return tuner, parent, True
+    _, need = trial_resources(cfg.finetune)
+    limit = concurrency(ray.cluster_resources(), need, cfg.max_concurrent_trials, plan.n_trials)
+    parent = (ParentRun.reopen(cfg.out, state["parent_run_id"]) if state is not None
+              else ParentRun.create(cfg, plan.space, plan.points))
+    path.mkdir(parents=True, exist_ok=True)
+    state_file.write_text(json.dumps({"digest": plan.digest, "parent_run_id": parent.run_id}))
+    return build(plan, setup, limit, parent.run_id, callbacks), parent, False
+
+
+def run(cfg: SweepConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
+    """Validate, train the base (if any), run or resume the sweep, log and export the best config.
+
+    ``callbacks``: extra Ray Tune callbacks. Returns the summary (also ``<out>/sweep_summary.json``).
+    """
+    plan = prepare(cfg)
+    cfg = plan.cfg
+    _state(plan)  # a changed config is refused before Ray starts
+    _start_ray()
+    _check_stoppable(plan)
+    init_from, base_summary = _train_base(plan)
+    ft = cfg.finetune.model_copy(update={"out": cfg.out, "init_from": None})
+    tables = finetune.prepare_data(finetune.resolve(ft))
+    setup = _setup(plan, tables, init_from)
+    tuner, parent, resumed = _tuner(plan, setup, callbacks)
+    if base_summary:
+        parent.log_base(base_summary)
+    with _kept_env("MLFLOW_TRACKING_URI"):
+        results = tuner.fit()
+    summary, table = _summarize(plan, results, init_from, Path(setup["trials"]))
+    summary.update({"parent_run_id": parent.run_id, "resumed": resumed})
+    out = Path(cfg.out)
+    (out / "sweep_summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    figure = metric_plot(table, plan.space) if cfg.plot and len(table) else None
+    if figure is not None:
+        figure.savefig(out / "metric_vs_params.png", dpi=100)
+    parent.finish(summary, table, figure, summary.get("best_config"))
+    if summary["interrupted"]:
+        print(f"sweep interrupted: rerun the same command to resume it ({plan.experiment_path})", file=sys.stderr)
+    return summary
+
+
+def _summarize(plan: Plan, results: Any, init_from: str | None, trials_dir: Path) -> tuple[dict[str, Any], Any]:
+    """Write ``trials.csv`` (and, once every trial has ended, ``best_finetune.yaml``); (summary, table)."""
+    out = Path(plan.cfg.out)
+    interrupted = results.num_terminated + results.num_errors < plan.n_trials
+    table = trial_table(results, plan.space, plan.split, plan.cfg.finetune.train.epochs, interrupted)
+    table.to_csv(out / "trials.csv", index=False)
+    summary: dict[str, Any] = {
+        "experiment_path": str(plan.experiment_path), "interrupted": interrupted, "metric": plan.space.metric,
+        "trials": len(table), "failed": int((table["status"] == "failed").sum()),
+        "trial_epochs": int(table["epochs"].sum()), "base_model": init_from,
+    }
+    best = best_trial(table, plan.space)
+    if best is not None and not interrupted:
+        model = trials_dir / best["trial_id"] / "model"
+        summary.update({"best": best, "best_config": str(export_best(plan.cfg.finetune, best, out, init_from)),
+                        "best_model": str(model) if model.is_dir() else None})
+    if plan.cfg.plot and len(table):
+        summary["plot"] = str(out / "metric_vs_params.png")
+    return summary, table
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``unspur sweep --config FILE --out DIR [--space SPACE] [--samples N] [--address A] key=value ...``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra = argparse.ArgumentParser(prog="unspur sweep", add_help=False)
+    extra.add_argument("--space", help="search space YAML, or a name under tune_spaces/ (sets space=)")
+    extra.add_argument("--samples", type=int, help="trials of a random/optuna search (sets num_samples=)")
+    if "-h" in argv or "--help" in argv:
+        extra.print_help()
+    known, rest = extra.parse_known_args(argv)
+    if known.space is not None:
+        rest.append(f"space={known.space}")
+    if known.samples is not None:
+        rest.append(f"num_samples={known.samples}")
+    args = parse_job_args("sweep", rest)
+    if args.address:
+        os.environ["RAY_ADDRESS"] = args.address
+    return main_for("sweep", SweepConfig, run, rest, needs_ray=False)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
