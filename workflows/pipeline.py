@@ -4,8 +4,9 @@
     -> base (ERM on the biased train split) -> cft (few-shot, from base) [+ control: ERM on the
     very same few images] -> evaluate every model on the held-out split -> report.md
 
-Every stage writes into ``<out>/<stage>`` and finishes by writing ``stage.json`` (its config
-hash and result). A rerun skips a stage whose ``stage.json`` matches its current config, so a
+Every stage writes into ``<out>/<stage>`` and finishes by writing ``stage.json`` (a digest of
+its config and of every stage before it, and its result). A rerun skips a stage whose
+``stage.json`` matches that digest (a changed stage reruns itself and what follows), so a
 pipeline that failed half way resumes from the last finished stage (and the stages themselves
 resume: masks skip written image ids, finetune restarts from its last checkpoint). MLflow: one
 parent run, a child run per stage (the stage jobs' own runs nest below it), in
@@ -58,6 +59,7 @@ class Stage:
     name: str
     config: BaseModel
     job: Callable[[Any], dict[str, Any]]
+    upstream: str = ""  # digest of the stages before this one: a rerun upstream reruns this too
 
     @property
     def out(self) -> Path:
@@ -65,7 +67,7 @@ class Stage:
 
     def digest(self) -> str:
         text = json.dumps(self.config.model_dump(mode="json"), sort_keys=True, default=str)
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+        return hashlib.sha256((self.upstream + text).encode()).hexdigest()[:16]
 
 
 def _stage_config(model: type[BaseModel], wired: dict[str, Any], user: dict[str, Any], name: str) -> BaseModel:
@@ -191,7 +193,10 @@ def run(cfg: PipelineConfig, stages: list[Stage] | None = None, log: Callable[[s
     reused: list[str] = []
     with tracking.start_run(out, cfg.experiment, run_name="pipeline") as parent:
         tracking.log_config(cfg)
+        upstream = ""
         for stage in stages:
+            stage.upstream = upstream
+            upstream = stage.digest()
             results[stage.name], was_reused = _execute(stage, cfg.reuse, log)
             if was_reused:
                 reused.append(stage.name)

@@ -1,0 +1,101 @@
+"""``unspur run`` end to end on a tiny SpuriousWorld: every stage, reuse on rerun, resume after a
+failed stage, and errors named before anything runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from unspur.config import ConfigError, PipelineConfig, load_config
+from workflows import pipeline
+
+TINY_MODEL = {"name": "vit_tiny_synth", "img_size": 32, "kwargs": {"depth": 1, "embed_dim": 48, "num_heads": 2}}
+
+
+def _tiny(out: Path) -> Path:
+    cfg = {
+        "out": str(out),
+        "data": {"spuriousworld": {"image_size": 32, "n_train": 48, "n_val": 16, "n_test": 32}},
+        "concepts": {"backend": "wordnet", "kinds": ["important"], "track": False},
+        "masks": {"validation": {"images_per_class": 4, "min_coverage": 0.02}, "overlays": 0,
+                  "compute": {"num_cpus": 0.25, "batch_size": 16}, "track": False},
+        "base": {"model": TINY_MODEL, "train": {"epochs": 1, "batch_size": 16}, "run": {"figure_images": 0}},
+        "cft": {"train": {"epochs": 1, "batch_size": 8}, "fewshot": {"per_class": 2},
+                "run": {"figure_images": 2}},
+        "evaluate": {"batch_size": 32},
+    }
+    path = out.parent / f"{out.name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_pipeline_runs_every_stage_then_reuses_them(tmp_path: Path, ray_local, monkeypatch) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    out = tmp_path / "run"
+    config = _tiny(out)
+    assert pipeline.main(["--config", str(config)]) == 0
+    names = [s.name for s in pipeline.plan(load_config(PipelineConfig, config))]
+    assert names == ["data", "concepts", "masks", "base", "cft", "control",
+                     "evaluate_base", "evaluate_cft", "evaluate_control"]
+    for name in names:
+        assert (Path(pipeline.plan(load_config(PipelineConfig, config))[names.index(name)].config.out)
+                / "stage.json").is_file()
+    report = (out / "report.md").read_text()
+    assert "wga" in report and "figures/cft_relevance_before_after.png" in report
+    assert (out / "figures" / "cft_relevance_before_after.png").is_file()
+    metrics = json.loads((out / "evaluate" / "cft" / "metrics.json").read_text())
+    assert 0.0 <= metrics["wga"] <= metrics["acc"] <= 1.0
+
+    # a rerun reuses every finished stage before cft; a changed cft section reruns cft and what follows
+    cfg = load_config(PipelineConfig, config, ["cft.train.lr=0.0002"])
+    result = pipeline.run(cfg, log=lambda _: None)
+    assert set(result["reused_stages"]) == {"data", "concepts", "masks", "base"}
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("pipeline")
+    runs = client.search_runs([exp.experiment_id])
+    parents = {r.info.run_id for r in runs if r.info.run_name == "pipeline"}
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") in parents]
+    assert {r.info.run_name for r in children} >= {"cft", "control", "evaluate_cft"}
+
+
+def test_failed_stage_resumes_from_the_last_finished_one(tmp_path: Path, ray_local, monkeypatch) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cfg = load_config(PipelineConfig, _tiny(tmp_path / "run"), ["run_control=false"])
+    stages = pipeline.plan(cfg)
+    calls: list[str] = []
+
+    def boom(_cfg):
+        raise RuntimeError("injected failure in concepts")
+
+    failing = [pipeline.Stage(s.name, s.config, boom) if s.name == "concepts" else s for s in stages[:3]]
+    with pytest.raises(RuntimeError, match="injected"):
+        pipeline.run(cfg, failing, log=calls.append)
+    assert (Path(stages[0].config.out) / "stage.json").is_file()  # data finished
+    assert not (Path(stages[1].config.out) / "stage.json").exists()
+    calls.clear()
+    pipeline.run(cfg, stages[:3], log=calls.append)
+    assert any("data: reusing" in c for c in calls) and any("concepts: running" in c for c in calls)
+
+
+def test_bad_sections_and_missing_inputs_fail_before_running(tmp_path: Path) -> None:
+    config = _tiny(tmp_path / "run")
+    with pytest.raises(ConfigError, match="cft"):
+        pipeline.plan(load_config(PipelineConfig, config, ["cft.train.lrr=1"]))
+    with pytest.raises(ConfigError, match="cft"):
+        pipeline.plan(load_config(PipelineConfig, config, ["cft.loss.name=erm"]))
+    missing = ["data.spuriousworld=null", f"data.images={tmp_path / 'nope'}"]
+    with pytest.raises(ConfigError, match="does not exist"):
+        pipeline.plan(load_config(PipelineConfig, config, missing))
+    assert pipeline.main(["--config", str(config), "masks.segmenter.name=sam9"]) == 2
+    assert not (tmp_path / "run").exists()
+
+
+def test_demo_config_plans() -> None:
+    stages = pipeline.plan(load_config(PipelineConfig, pipeline.DEMO_CONFIG))
+    assert stages[-1].name == "evaluate_control"
