@@ -212,7 +212,35 @@ def _write_state(directory: Path, cfg: FinetuneConfig, model: nn.Module, optimiz
                 "torch_rng": torch.get_rng_state()}, directory / TRAIN_STATE)
 
 
+#: config sections a resumed run must share with the run that wrote the checkpoint
+RESUME_KEYS = ("data", "model", "loss", "relevance", "train", "fewshot", "init_from")
+
+
+def check_resumable(directory: Path, cfg: FinetuneConfig) -> None:
+    """Refuse to resume a checkpoint written under another objective or data (``train.epochs``
+    may grow: that is how a finished run is extended)."""
+    import yaml
+
+    from unspur.models import CheckpointError
+
+    saved_path = directory / "config.yaml"
+    if not saved_path.is_file():
+        return
+    saved = yaml.safe_load(saved_path.read_text()) or {}
+    now = cfg.model_dump(mode="json")
+    for section in (saved, now):
+        if isinstance(section.get("train"), dict):
+            section["train"] = {k: v for k, v in section["train"].items() if k != "epochs"}
+    differ = [k for k in RESUME_KEYS if k in saved and saved.get(k) != now.get(k)]
+    if differ:
+        raise CheckpointError(
+            f"run {cfg.run.name!r} in {directory.parent} was checkpointed with a different {', '.join(differ)}; "
+            "resuming would mix two runs. Use a new run.name (or out), or delete that folder to start over"
+        )
+
+
 def _restore(directory: Path, cfg: FinetuneConfig, model: nn.Module, optimizer: Any, scheduler: Any) -> dict:
+    check_resumable(directory, cfg)
     load_weights(model, directory, cfg.model)
     state = torch.load(directory / TRAIN_STATE, map_location="cpu", weights_only=True)
     optimizer.load_state_dict(state["optimizer"])

@@ -6,7 +6,8 @@
 
 Every stage writes into ``<out>/<stage>`` and finishes by writing ``stage.json`` (a digest of
 its config and of every stage before it, and its result). A rerun skips a stage whose
-``stage.json`` matches that digest (a changed stage reruns itself and what follows), so a
+``stage.json`` matches that digest (a changed stage clears its stale output and reruns, and so
+does everything after it), so a
 pipeline that failed half way resumes from the last finished stage (and the stages themselves
 resume: masks skip written image ids, finetune restarts from its last checkpoint). MLflow: one
 parent run, a child run per stage (the stage jobs' own runs nest below it), in
@@ -18,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -171,6 +173,9 @@ def _execute(stage: Stage, reuse: bool, log: Callable[[str], None]) -> tuple[dic
     if previous is not None:
         log(f"[stage] {stage.name}: reusing {stage.out} (finished earlier with this config)")
         return previous, True
+    if (stage.out / STAGE_FILE).is_file():  # finished under another config: its outputs are stale
+        log(f"[stage] {stage.name}: config changed, clearing {stage.out}")
+        shutil.rmtree(stage.out)
     log(f"[stage] {stage.name}: running -> {stage.out}")
     start = time.perf_counter()
     with tracking.start_run(stage.out, "pipeline", run_name=stage.name):

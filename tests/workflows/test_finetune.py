@@ -121,3 +121,9 @@ def test_ray_train_two_workers_resumes_after_the_driver_is_killed(ray_local, tmp
 def test_shipped_configs_validate(path: Path) -> None:
     cfg = load_config(FinetuneConfig, path)
     assert cfg.out and cfg.model.name and cfg.loss.name in {"erm", "cft", "robustvit"}
+
+
+def test_resume_refuses_a_checkpoint_of_another_objective(tmp_path: Path) -> None:
+    assert job.main(["--out", str(tmp_path), *TINY, "loss.name=erm", "train.epochs=1", "run.figure_images=0"]) == 0
+    # same run name and folder, another loss: resuming would mix two runs -> a one-line error
+    assert job.main(["--out", str(tmp_path), *TINY, "loss.name=cft", "train.epochs=2", "run.figure_images=0"]) == 2

@@ -53,6 +53,7 @@ def test_pipeline_runs_every_stage_then_reuses_them(tmp_path: Path, ray_local, m
     cfg = load_config(PipelineConfig, config, ["cft.train.lr=0.0002"])
     result = pipeline.run(cfg, log=lambda _: None)
     assert set(result["reused_stages"]) == {"data", "concepts", "masks", "base"}
+    assert json.loads((out / "cft" / "stage.json").read_text())["result"]["start_epochs"] == [0]  # fresh, not resumed
 
     from mlflow import MlflowClient
 
