@@ -25,6 +25,7 @@ __all__ = [
     "FewShotConfig",
     "NonFiniteLossError",
     "TrainConfig",
+    "apply_trainable",
     "evaluate",
     "fit",
     "make_optimizer",
@@ -67,13 +68,68 @@ def set_norm_eval(model: nn.Module) -> None:
             m.eval()
 
 
+def _attention_layers(model: nn.Module, params: str) -> list[nn.Module]:
+    from unspur.models import attention_modules, unwrap
+
+    try:
+        attention_modules(model)
+    except ValueError as err:
+        raise ValueError(f"train.params={params} needs transformer blocks: {err}; use train.params=all") from None
+    layers = [b.attn for b in unwrap(model).blocks]
+    if params == "qk" and not all(isinstance(getattr(a, "qkv", None), nn.Linear) for a in layers):
+        raise ValueError(
+            f"train.params=qk needs timm attention with a fused qkv Linear in every block; "
+            f"{type(unwrap(model)).__name__} has none: use train.params=attention or all"
+        )
+    return layers
+
+
+def _mask_value_rows(grad: torch.Tensor) -> torch.Tensor:
+    grad = grad.clone()
+    grad[2 * (grad.shape[0] // 3):] = 0  # qkv rows are [query; key; value]
+    return grad
+
+
+def apply_trainable(model: nn.Module, params: str) -> int:
+    """Freeze what ``train.params`` leaves out; returns the number of trainable parameters.
+
+    ``all``: everything. ``attention``: parameters of ``blocks[i].attn`` only. ``qk``: the qkv
+    projections only, with the value third of their rows held fixed (a gradient mask), so the
+    model can change where it attends but not the features it reads. Call it before wrapping
+    the model in DDP; calling it twice is harmless.
+    """
+    if params not in ("all", "attention", "qk"):
+        raise ValueError(f"train.params must be all, attention or qk, got {params!r}")
+    if params == "all":
+        return sum(p.numel() for p in model.parameters() if p.requires_grad)
+    keep: set[int] = set()
+    for attn in _attention_layers(model, params):
+        if params == "attention":
+            keep.update(id(p) for p in attn.parameters())
+            continue
+        for p in attn.qkv.parameters():
+            keep.add(id(p))
+            if not getattr(p, "_unspur_qk_mask", False):
+                p.register_hook(_mask_value_rows)
+                p._unspur_qk_mask = True  # type: ignore[attr-defined]
+    for p in model.parameters():
+        p.requires_grad_(id(p) in keep)
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW; biases, norms and token/position embeddings get no weight decay."""
+    """AdamW over the parameters ``cfg.params`` selects (see :func:`apply_trainable`, applied here).
+
+    Biases, norms and token/position embeddings get no weight decay; with ``params=qk`` neither
+    do the qkv weights (their fixed value rows must not decay).
+    """
+    apply_trainable(model, cfg.params)
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         flat = p.ndim <= 1 or name.endswith(("cls_token", "pos_embed", "reg_token"))
+        flat = flat or getattr(p, "_unspur_qk_mask", False)
         (no_decay if flat else decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=cfg.lr)

@@ -29,7 +29,7 @@ from unspur.config import FinetuneConfig
 from unspur.data.torch_dataset import ImageMaskDataset, few_shot
 from unspur.losses import get_loss
 from unspur.models import build_model, load_weights, read_extra, save_checkpoint, unwrap
-from unspur.training import evaluate, make_optimizer, make_scheduler, seed_everything, train_one_epoch
+from unspur.training import apply_trainable, evaluate, make_optimizer, make_scheduler, seed_everything, train_one_epoch
 from workflows._finetune_report import Tracker, relevance_figure
 
 __all__ = ["LocalSession", "RaySession", "load_tables", "run_loop", "train_loop_per_worker"]
@@ -276,6 +276,7 @@ def run_loop(cfg: FinetuneConfig, tables: dict[str, Any], session: Any) -> dict[
     base = None
     if cfg.loss.lambda_kl > 0:
         base = initial_model(cfg).eval().requires_grad_(False)
+    apply_trainable(model, cfg.train.params)  # before DDP: it must see which parameters train
     model = session.prepare_model(model)
     if base is not None:
         base.to(next(model.parameters()).device)

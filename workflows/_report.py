@@ -12,7 +12,8 @@ __all__ = ["print_table", "write_report", "HEADLINE"]
 
 #: (metric key, column title) of the comparison table, in order.
 HEADLINE = (("acc", "avg acc"), ("wga", "wga (worst-group acc)"), ("align_mass_in", "relevance in object"))
-LABELS = {"base": "base (ERM, biased data)", "cft": "CFT (few-shot)", "control": "control (ERM, same few images)"}
+LABELS = {"base": "base (ERM, biased data)", "cft": "CFT (few-shot)", "control": "control (ERM, same few images)",
+          "sweep": "CFT (best of sweep)"}
 
 
 def _fmt(value: Any) -> str:

@@ -2,7 +2,8 @@
 
     data (SpuriousWorld render or an existing table) -> concepts -> masks (+ validation)
     -> base (ERM on the biased train split) -> cft (few-shot, from base) [+ control: ERM on the
-    very same few images] -> evaluate every model on the held-out split -> report.md
+    very same few images] [+ sweep: Ray Tune over cft's loss weights, best model kept]
+    -> evaluate every model on the held-out split -> report.md
 
 Every stage writes into ``<out>/<stage>`` and finishes by writing ``stage.json`` (a digest of
 its config and of every stage before it, and its result). A rerun skips a stage whose
@@ -37,6 +38,7 @@ from unspur.config import (
     FinetuneConfig,
     MasksConfig,
     PipelineConfig,
+    SweepConfig,
     SynthConfig,
     apply_overrides,
     load_config,
@@ -48,7 +50,7 @@ from workflows._report import print_table, write_report
 __all__ = ["CONFIG", "DEMO_CONFIG", "MODELS", "Stage", "main", "plan", "run"]
 
 CONFIG = PipelineConfig
-MODELS = ("base", "cft", "control")
+MODELS = ("base", "cft", "control", "sweep")
 STAGE_FILE = "stage.json"
 #: the embedded defaults of ``unspur demo`` (SpuriousWorld, WordNet concepts, ground-truth masks)
 DEMO_CONFIG = Path(__file__).parent / "configs" / "cft_pipeline.yaml"
@@ -84,6 +86,30 @@ def _job(module: str) -> Callable[[Any], dict[str, Any]]:
         return importlib.import_module(f"workflows.{module}").run(stage_cfg)
 
     return call
+
+
+def _sweep_job(cfg: SweepConfig) -> dict[str, Any]:
+    """Run the sweep, then copy its best trial's model to ``<out>/best_model`` for evaluation."""
+    from workflows import sweep
+
+    summary = sweep.run(cfg)
+    best = summary.get("best_model")
+    if not best:
+        raise ConfigError(f"sweep {cfg.out}: no trial finished with a model (see {cfg.out}/trials.csv); "
+                          "rerun the pipeline to resume the sweep, or drop the sweep section")
+    target = Path(cfg.out) / "best_model"
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(best, target)
+    return {"best": summary.get("best"), "best_config": summary.get("best_config"), "best_model": str(target)}
+
+
+def _sweep_stage(cfg: PipelineConfig, cft: FinetuneConfig, out: Path) -> Stage:
+    """The optional sweep: every trial is the cft stage's config with one point of the space applied."""
+    trial = cft.model_dump(mode="json")
+    trial["run"]["figure_images"] = 0
+    wired = {"out": str(out / "sweep"), "finetune": trial, "base": None}
+    return Stage("sweep", _stage_config(SweepConfig, wired, cfg.sweep or {}, "sweep"), _sweep_job)
 
 
 def _data_inputs(cfg: PipelineConfig, out: Path) -> tuple[list[Stage], str, str | None, list[str] | None]:
@@ -142,10 +168,13 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
             update={"name": "erm"}), "run": cft.run.model_copy(update={"name": "control"})})
         stages.append(Stage("control", validate_config(FinetuneConfig, control.model_dump(), "control"),
                             _job("finetune")))
+    if cfg.sweep is not None:
+        stages.append(_sweep_stage(cfg, cft, out))
     for name in [s.name for s in stages if s.name in MODELS]:
         ev = cfg.evaluate
+        model = out / name / ("best_model" if name == "sweep" else "model")
         stages.append(Stage(f"evaluate_{name}", EvaluateConfig(
-            out=str(out / "evaluate" / name), checkpoint=str(out / name / "model"), images=images,
+            out=str(out / "evaluate" / name), checkpoint=str(model), images=images,
             masks=parts, split=ev.split, batch_size=ev.batch_size, relevance=ev.relevance,
             num_actors=ev.num_actors, num_cpus=ev.num_cpus, num_gpus=ev.num_gpus), _job("evaluate")))
     return stages

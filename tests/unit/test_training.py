@@ -13,6 +13,7 @@ from unspur.losses import LOSSES, LossSpec
 from unspur.models import build_model
 from unspur.training import (
     NonFiniteLossError,
+    apply_trainable,
     evaluate,
     fit,
     make_optimizer,
@@ -99,3 +100,40 @@ def test_schedule_warms_up_then_decays_in_steps():
         sched.step()
     assert lrs[:2] == [0.5, 1.0]
     assert lrs[2:4] == [1.0, 1.0] and lrs[4:8] == [0.5] * 4 and lrs[8:] == [0.25] * 4
+
+
+def _one_step(model, params: str) -> dict[str, torch.Tensor]:
+    """Parameters before one AdamW step under ``train.params``, for comparing afterwards."""
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opt = make_optimizer(model, TrainConfig(lr=1e-2, params=params, weight_decay=0.1))
+    model(torch.randn(4, 3, SIZE, SIZE)).sum().backward()
+    opt.step()
+    return before
+
+
+def test_params_qk_trains_only_queries_and_keys():
+    model = _model()
+    before = _one_step(model, "qk")
+    dim = model.blocks[0].attn.qkv.out_features // 3
+    for name, p in model.named_parameters():
+        moved = (p.detach() - before[name]).abs()
+        if name.endswith("attn.qkv.weight") or name.endswith("attn.qkv.bias"):
+            assert moved[:2 * dim].max() > 0, name  # query and key rows learn
+            assert moved[2 * dim:].max() == 0, name  # value rows are held fixed
+        else:
+            assert moved.max() == 0, name
+
+
+def test_params_attention_trains_the_attention_layers_only():
+    model = _model()
+    before = _one_step(model, "attention")
+    for name, p in model.named_parameters():
+        moved = (p.detach() - before[name]).abs().max()
+        assert (moved > 0) == (".attn." in name), name
+    n_attention = sum(p.numel() for n, p in model.named_parameters() if ".attn." in n)
+    assert apply_trainable(model, "attention") == n_attention  # a second call changes nothing
+
+
+def test_params_qk_on_a_model_without_transformer_blocks_names_the_fix():
+    with pytest.raises(ValueError, match="train.params"):
+        apply_trainable(torch.nn.Sequential(torch.nn.Linear(2, 2)), "qk")

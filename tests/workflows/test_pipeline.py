@@ -100,3 +100,29 @@ def test_bad_sections_and_missing_inputs_fail_before_running(tmp_path: Path) -> 
 def test_demo_config_plans() -> None:
     stages = pipeline.plan(load_config(PipelineConfig, pipeline.DEMO_CONFIG))
     assert stages[-1].name == "evaluate_control"
+
+
+def test_optional_sweep_stage_tunes_cft_and_its_best_model_is_evaluated(tmp_path: Path, ray_local,
+                                                                       monkeypatch) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump({"method": "cft", "search": "grid", "scheduler": {"name": "fifo"},
+                                     "params": {"loss.lambda_align": {"type": "grid", "values": [0.2, 0.8]}}}))
+    out = tmp_path / "run"
+    cfg = load_config(PipelineConfig, _tiny(out), ["run_control=false", f"sweep.space={space}",
+                                                   "sweep.max_concurrent_trials=1"])
+    stages = pipeline.plan(cfg)
+    names = [s.name for s in stages]
+    assert names[-4:] == ["sweep", "evaluate_base", "evaluate_cft", "evaluate_sweep"]
+    trial = stages[names.index("sweep")].config.finetune
+    cft = stages[names.index("cft")].config
+    assert trial.init_from == cft.init_from and trial.loss == cft.loss and trial.data.eval_split == "val"
+
+    result = pipeline.run(cfg, log=lambda _: None)
+    assert set(result["evaluation"]) == {"base", "cft", "sweep"}
+    done = json.loads((out / "sweep" / "stage.json").read_text())["result"]
+    assert done["best"]["loss.lambda_align"] in (0.2, 0.8)
+    assert (out / "sweep" / "best_model").is_dir()
+    assert "CFT (best of sweep)" in (out / "report.md").read_text()
+    with pytest.raises(ConfigError, match="sweep"):  # the section is validated as a SweepConfig
+        pipeline.plan(load_config(PipelineConfig, _tiny(out), ["sweep.num_sampels=2"]))

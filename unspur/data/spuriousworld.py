@@ -133,7 +133,7 @@ _OBJECTS: dict[str, _ObjectSpec] = {
     "bicycle": _ObjectSpec(
         _bicycle, {"wheel": (0.08, 0.08, 0.08), "handlebar": (0.75, 0.1, 0.6), "pedal": (0.95, 0.55, 0.1)}
     ),
-    "tree": _ObjectSpec(_tree, {"trunk": (0.4, 0.22, 0.08), "limb": (0.3, 0.16, 0.05), "crown": (0.02, 0.28, 0.14)}),
+    "tree": _ObjectSpec(_tree, {"trunk": (0.4, 0.22, 0.08), "limb": (0.3, 0.16, 0.05), "crown": (0.5, 0.2, 0.6)}),
 }
 
 CLASS_PARTS: dict[str, tuple[str, ...]] = {
@@ -288,6 +288,19 @@ def _object_grid(cfg: SpuriousWorldConfig, rng: np.random.Generator) -> Grid:
     return (mirror * (dx * cos + dy * sin) / scale, (-dx * sin + dy * cos) / scale)
 
 
+def _plate(canvas: np.ndarray, covered: np.ndarray, margin: int) -> np.ndarray:
+    """Paint a neutral grey rectangle (the object's box grown by ``margin`` px) behind the object."""
+    ys, xs = np.nonzero(covered)
+    if len(xs) == 0:
+        return canvas
+    h, w = covered.shape
+    y0, y1 = max(0, ys.min() - margin), min(h, ys.max() + 1 + margin)
+    x0, x1 = max(0, xs.min() - margin), min(w, xs.max() + 1 + margin)
+    out = canvas.copy()
+    out[y0:y1, x0:x1] = 0.55
+    return out
+
+
 def render_sample(cfg: SpuriousWorldConfig, split: str, index: int) -> Sample:
     """Render image ``index`` of ``split`` (deterministic per (cfg.seed, split, index))."""
     if index < 0:
@@ -303,8 +316,10 @@ def render_sample(cfg: SpuriousWorldConfig, split: str, index: int) -> Sample:
     for part in reversed(list(drawn)):  # front to back: a part keeps only what is visible
         parts[part] = drawn[part] & ~covered
         covered |= drawn[part]
+    if cfg.plate_margin > 0:
+        canvas = _plate(canvas, covered, cfg.plate_margin)
     for part, mask in parts.items():
-        color = np.clip(np.asarray(spec.colors[part]) + rng.normal(0, 0.06, 3), 0, 1)
+        color = np.clip(np.asarray(spec.colors[part]) + rng.normal(0, cfg.color_jitter, 3), 0, 1)
         shade = 1.0 + rng.normal(0, 0.05, mask.shape)[..., None]
         paint = np.clip(color * shade, 0, 1)
         canvas = np.where(mask[..., None], cfg.contrast * paint + (1 - cfg.contrast) * canvas, canvas)

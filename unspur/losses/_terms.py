@@ -32,12 +32,13 @@ def kl_to_base(logits: torch.Tensor, base_logits: torch.Tensor | None, weight: f
 
 
 def alignment_inputs(
-    phi: torch.Tensor | None, masks: torch.Tensor | None, has_mask: torch.Tensor | None
+    phi: torch.Tensor | None, masks: torch.Tensor | None, has_mask: torch.Tensor | None, grid: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Check phi (B, H, W) and masks (B, H, W) -> (phi, masks as float {0,1}, keep (B,) bool).
 
     ``keep`` marks images with a non-empty mask (and ``has_mask`` true when given): only those
-    enter the alignment terms.
+    enter the alignment terms. ``grid`` > 0 (``loss.mask_grid``): every grid x grid cell that
+    holds any mask pixel becomes wholly mask (max-pool, then nearest upsampling).
     """
     if phi is None or masks is None:
         raise ValueError("this loss needs phi (relevance maps) and masks; the training loop must "
@@ -46,6 +47,13 @@ def alignment_inputs(
         raise ValueError(f"masks shape {tuple(masks.shape)} != relevance shape {tuple(phi.shape)}; "
                          "resize masks to the image size (nearest) before the loss")
     masks = (masks > 0.5).to(phi.dtype)
+    if grid > 0:
+        h, w = masks.shape[-2:]
+        if h % grid or w % grid:
+            raise ValueError(f"loss.mask_grid {grid} does not divide the mask size {h}x{w}; use the "
+                             "model's patch size (or 0 for pixel masks)")
+        cells = torch.nn.functional.max_pool2d(masks[:, None], grid)
+        masks = torch.nn.functional.interpolate(cells, scale_factor=grid, mode="nearest")[:, 0]
     keep = masks.flatten(1).sum(1) > 0
     if has_mask is not None:
         keep = keep & has_mask.to(device=keep.device, dtype=torch.bool)

@@ -49,7 +49,7 @@ def cft_loss(
     Keys: loss, concept, non_concept, align, cls, kl, n_no_mask (all but ``loss`` detached).
     ``labels`` are not used (the classification term is self-prediction).
     """
-    phi, masks, keep = alignment_inputs(phi, masks, has_mask)
+    phi, masks, keep = alignment_inputs(phi, masks, has_mask, cfg.mask_grid)
     if keep.any():
         concept, non = concept_terms(phi[keep], masks[keep], cfg.normalize)
         concept, non = concept.mean(), non.mean()

@@ -27,7 +27,7 @@ def robustvit_loss(
     base_logits: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """logits (B, K); phi, masks (B, H, W) -> {loss, bg, fg, align, cls, kl, n_no_mask}."""
-    phi, masks, keep = alignment_inputs(phi, masks, has_mask)
+    phi, masks, keep = alignment_inputs(phi, masks, has_mask, cfg.mask_grid)
     if keep.any():
         p, s = phi[keep], masks[keep]
         bg = ((p * (1.0 - s)) ** 2).mean()

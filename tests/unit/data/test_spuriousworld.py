@@ -86,6 +86,30 @@ def test_object_is_painted_on_its_mask_only():
     assert diff[s.object_mask].mean() > 20
 
 
+def test_plate_puts_the_object_on_a_uniform_card_grown_by_the_margin():
+    margin = 8
+    s = render_sample(_cfg(plate_margin=margin), "test", 3)
+    ys, xs = np.nonzero(s.object_mask)
+    box = np.zeros_like(s.object_mask)
+    box[max(0, ys.min() - margin):ys.max() + 1 + margin, max(0, xs.min() - margin):xs.max() + 1 + margin] = True
+    card = s.image[box & ~s.object_mask].astype(float)
+    assert len(card) > 0 and card.std() < 8 and abs(card.mean() - 0.55 * 255) < 3  # grey + pixel noise only
+    plain = render_sample(_cfg(plate_margin=0), "test", 3)  # the same sample without the card
+    assert np.array_equal(s.image[~box], plain.image[~box])
+    assert np.array_equal(s.object_mask, plain.object_mask)
+
+
+def test_color_jitter_zero_paints_each_part_one_colour_up_to_shading():
+    still = render_sample(_cfg(color_jitter=0.0), "test", 0)
+    other = render_sample(_cfg(color_jitter=0.0), "test", 4)
+    jittered = render_sample(_cfg(color_jitter=0.3), "test", 0)
+    part = CLASS_PARTS[still.class_name][0]
+    mean = {name: s.image[s.parts[part]].mean(0) for name, s in (("a", still), ("j", jittered))}
+    if other.class_name == still.class_name:
+        assert np.abs(other.image[other.parts[part]].mean(0) - mean["a"]).max() < 8
+    assert np.abs(mean["j"] - mean["a"]).max() > 8
+
+
 def test_sample_rows_match_the_rendered_sample():
     cfg = _cfg()
     row, part_rows = sample_rows(cfg, "val", 5)
@@ -119,6 +143,8 @@ def test_generate_tables_row_counts():
         ({"n_train": 0}, "n_train"),
         ({"image_size": -4}, "image_size"),
         ({"contrast": 0.0}, "contrast"),
+        ({"plate_margin": -1}, "plate_margin"),
+        ({"color_jitter": -0.1}, "color_jitter"),
         ({"classes": ["bird", "bird"]}, "without repeats"),
     ],
 )

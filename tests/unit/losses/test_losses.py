@@ -45,6 +45,24 @@ def test_cft_terms(normalize: str) -> None:
     assert out["loss"].item() == pytest.approx(0.8 * align + 0.2 * CLS_T1, rel=1e-6)
 
 
+@pytest.mark.parametrize("name", ["cft", "robustvit"])
+def test_mask_grid_makes_every_cell_touching_the_mask_wholly_concept(name: str) -> None:
+    phi = torch.rand(1, 4, 4)
+    thin = torch.zeros(1, 4, 4)
+    thin[0, 0, 1] = 1.0  # one pixel of the top-left 2x2 cell
+    thin[0, 3, 3] = 1.0  # one pixel of the bottom-right cell
+    cells = torch.zeros(1, 4, 4)
+    cells[0, :2, :2] = 1.0
+    cells[0, 2:, 2:] = 1.0
+    pooled = _call(name, phi=phi, masks=thin, cfg={"mask_grid": 2})
+    by_hand = _call(name, phi=phi, masks=cells)
+    for key in by_hand:
+        assert pooled[key].item() == pytest.approx(by_hand[key].item(), rel=1e-6), key
+    assert _call(name, phi=phi, masks=thin)["align"].item() != pytest.approx(pooled["align"].item())
+    with pytest.raises(ValueError, match="mask_grid 3"):
+        _call(name, phi=phi, masks=thin, cfg={"mask_grid": 3})
+
+
 def test_cft_gradient_on_phi_and_temperature() -> None:
     phi = PHI.clone().requires_grad_(True)
     _call("cft", phi=phi)["loss"].backward()
