@@ -107,7 +107,7 @@ def _sweep_job(cfg: SweepConfig) -> dict[str, Any]:
 def _sweep_stage(cfg: PipelineConfig, cft: FinetuneConfig, out: Path) -> Stage:
     """The optional sweep: every trial is the cft stage's config with one point of the space applied."""
     trial = cft.model_dump(mode="json")
-    trial["run"]["figure_images"] = 0
+    trial["run"].update(figure_images=0, eval_every=1)  # the scheduler ranks every epoch's metric
     wired = {"out": str(out / "sweep"), "finetune": trial, "base": None}
     return Stage("sweep", _stage_config(SweepConfig, wired, cfg.sweep or {}, "sweep"), _sweep_job)
 

@@ -121,7 +121,7 @@ def test_optional_sweep_stage_tunes_cft_and_its_best_model_is_evaluated(tmp_path
     result = pipeline.run(cfg, log=lambda _: None)
     assert set(result["evaluation"]) == {"base", "cft", "sweep"}
     done = json.loads((out / "sweep" / "stage.json").read_text())["result"]
-    assert done["best"]["loss.lambda_align"] in (0.2, 0.8)
+    assert done["best"]["params"]["loss.lambda_align"] in (0.2, 0.8)
     assert (out / "sweep" / "best_model").is_dir()
     assert "CFT (best of sweep)" in (out / "report.md").read_text()
     with pytest.raises(ConfigError, match="sweep"):  # the section is validated as a SweepConfig
