@@ -55,7 +55,7 @@ def _finetune(model, sub, parts, cfg: FinetuneConfig, loss_cfg, base_model, img_
     seed_everything(cfg.train.seed)
     ds = ImageMaskDataset(sub, parts, img_size, train_aug=cfg.train.augment)
     spec = get_loss(loss_cfg.name)
-    use_base = base_model if getattr(loss_cfg, "lambda_kl", 0.0) > 0 else None
+    use_base = base_model if loss_cfg.lambda_kl > 0 else None
     fit(model, _loader(ds, cfg.train.batch_size, True), spec, loss_cfg, cfg.train, base_model=use_base,
         relevance=cfg.relevance)
 

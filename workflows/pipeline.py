@@ -89,22 +89,12 @@ def _job(module: str) -> Callable[[Any], dict[str, Any]]:
 
 
 def _sweep_job(cfg: SweepConfig) -> dict[str, Any]:
-    """Run the sweep, then copy the best trial's model to ``<out>/best_model`` for evaluation.
-
-    The best trial that trained to the end: a trial the scheduler stopped early saved no model, so
-    when it ranks first the best of the finished trials is taken (and the summary says so).
-    """
-    import pandas as pd
-
-    from tune_spaces import load_space
+    """Run the sweep, then copy the model of its best trial that trained to the end (the sweep's
+    ``best_finished``) to ``<out>/best_model`` for evaluation."""
     from workflows import sweep
-    from workflows._sweep_report import best_trial
 
     summary = sweep.run(cfg)
-    trials = Path(cfg.out) / "trials"
-    table = pd.read_csv(Path(cfg.out) / "trials.csv", dtype={"trial_id": str})
-    finished = table[[(trials / t / "model").is_dir() for t in table["trial_id"]]]
-    best = best_trial(finished, load_space(cfg.space)) if len(finished) else None
+    best = summary.get("best_finished")
     if best is None:
         raise ConfigError(f"sweep {cfg.out}: no trial trained to the end (see {cfg.out}/trials.csv); rerun "
                           "the pipeline to resume the sweep, or give the trials more epochs before a scheduler "
@@ -112,7 +102,7 @@ def _sweep_job(cfg: SweepConfig) -> dict[str, Any]:
     target = Path(cfg.out) / "best_model"
     if target.exists():
         shutil.rmtree(target)
-    shutil.copytree(trials / best["trial_id"] / "model", target)
+    shutil.copytree(Path(cfg.out) / "trials" / best["trial_id"] / "model", target)
     return {"best": best, "best_overall": summary.get("best"), "best_model": str(target)}
 
 

@@ -425,6 +425,9 @@ def _summarize(plan: Plan, results: Any, init_from: str | None, trials_dir: Path
         model = trials_dir / best["trial_id"] / "model"
         summary.update({"best": best, "best_config": str(export_best(plan.cfg.finetune, best, out, init_from)),
                         "best_model": str(model) if model.is_dir() else None})
+        # a trial the scheduler stopped early saved no model: the best of those trained to the end
+        finished = table[[(trials_dir / str(t) / "model").is_dir() for t in table["trial_id"]]]
+        summary["best_finished"] = best_trial(finished, plan.space) if len(finished) else None
     if plan.cfg.plot and len(table):
         summary["plot"] = str(out / "metric_vs_params.png")
     return summary, table
