@@ -4,16 +4,18 @@ Per seed: render SpuriousWorld (its ``seed`` set to the run's seed), train the b
 ERM on the biased train split (``finetune_base.yaml``), then from that base (a) CFT on the
 few-shot images (``finetune_cft.yaml``: loss, few-shot protocol, optimisation) and (b) the
 control: ERM fine-tuning of the base on the very same few images with the very same
-optimisation (epochs, lr, trainable parameters); only the loss differs. All three models are
-evaluated on the balanced eval split (test by default; use ``--split val`` for any choice of
-recipe): average accuracy, worst-group accuracy and relevance alignment (mass of the rollout
-map inside the object mask). Everything runs in this process with the real training code
-(``unspur.training``), no Ray. Last line, means over seeds:
+optimisation (epochs, lr, trainable parameters, ``run.select``: the epoch kept, chosen on the
+val split); only the loss differs. All three models are evaluated on the balanced eval split
+(test by default; ``--split val`` for any choice of recipe, with ``cft.run.select=last``
+since a val-chosen epoch would be scored on its own split): average accuracy, worst-group
+accuracy and relevance alignment (mass of the rollout map inside the object mask). Everything
+runs in this process with the real training code (``unspur.training``), no Ray. Last line,
+means over seeds:
 
     acc_base=.. wga_base=.. acc_cft=.. wga_cft=.. acc_control=.. wga_control=.. align_base=.. align_cft=..
 
     python benchmarks/cft_effect.py --seeds 3
-    python benchmarks/cft_effect.py --seeds 1 --split val cft.train.lr=3e-4 base.data.spuriousworld.rho=0.98
+    python benchmarks/cft_effect.py --seeds 1 --split val cft.run.select=last cft.train.lr=3e-4
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from unspur.data.torch_dataset import ImageMaskDataset, few_shot
 from unspur.losses import get_loss
 from unspur.models import build_model
 from unspur.training import evaluate, fit, seed_everything
+from workflows._finetune_loop import selection_score
 
 KEYS = ("acc_base", "wga_base", "acc_cft", "wga_cft", "acc_control", "wga_control", "align_base", "align_cft")
 
@@ -51,28 +54,46 @@ def _loader(ds: ImageMaskDataset, batch_size: int, shuffle: bool) -> DataLoader:
     return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, drop_last=False)
 
 
-def _finetune(model, sub, parts, cfg: FinetuneConfig, loss_cfg, base_model, img_size: int) -> None:
-    seed_everything(cfg.train.seed)
-    ds = ImageMaskDataset(sub, parts, img_size, train_aug=cfg.train.augment)
+def _fit(model, ds, cfg: FinetuneConfig, loss_cfg, base_model, val_loader) -> None:
+    """``fit`` plus the config's ``run.select``: every ``eval_every`` epochs the model is scored on
+    the validation split and the best-scoring epoch's weights are kept (as ``unspur finetune`` does)."""
     spec = get_loss(loss_cfg.name)
     use_base = base_model if loss_cfg.lambda_kl > 0 else None
+    best: dict[str, Any] = {}
+
+    def keep_best(epoch: int, _terms: dict[str, float]) -> None:
+        if cfg.run.select == "last" or ((epoch + 1) % cfg.run.eval_every and epoch + 1 < cfg.train.epochs):
+            return
+        score = selection_score(cfg.run.select, evaluate(model, val_loader))
+        if not best or score > best["score"]:
+            best.update(score=score, state=copy.deepcopy(model.state_dict()))
+
     fit(model, _loader(ds, cfg.train.batch_size, True), spec, loss_cfg, cfg.train, base_model=use_base,
-        relevance=cfg.relevance)
+        relevance=cfg.relevance, on_epoch=keep_best)
+    if best:
+        model.load_state_dict(best["state"])
+
+
+def _finetune(model, sub, parts, cfg: FinetuneConfig, loss_cfg, base_model, img_size: int, val_loader) -> None:
+    seed_everything(cfg.train.seed)
+    ds = ImageMaskDataset(sub, parts, img_size, train_aug=cfg.train.augment)
+    _fit(model, ds, cfg, loss_cfg, base_model, val_loader)
 
 
 def run_seed(base_cfg: FinetuneConfig, cft_cfg: FinetuneConfig, seed: int, split: str) -> dict[str, Any]:
     """One seed: base, CFT, control -> the eight numbers of the last line (plus timings)."""
     sw = base_cfg.data.spuriousworld.model_copy(update={"seed": seed})
     t0 = time.perf_counter()
-    images, parts = generate_tables(sw, splits=("train", split))
+    images, parts = generate_tables(sw, splits=tuple(dict.fromkeys(("train", "val", split))))
     train_rows = images[images["split"] == "train"]
     size = base_cfg.model.img_size
     eval_loader = _loader(ImageMaskDataset(images[images["split"] == split], parts, size), 128, False)
+    val_loader = _loader(ImageMaskDataset(images[images["split"] == "val"], parts, size), 128, False)
     base_cfg = base_cfg.model_copy(update={"train": base_cfg.train.model_copy(update={"seed": seed})})
     seed_everything(seed)
     base = build_model(base_cfg.model)
     ds = ImageMaskDataset(train_rows, None, size, train_aug=base_cfg.train.augment)
-    fit(base, _loader(ds, base_cfg.train.batch_size, True), get_loss("erm"), base_cfg.loss, base_cfg.train)
+    _fit(base, ds, base_cfg, base_cfg.loss, None, val_loader)
     t_base = time.perf_counter() - t0
     frozen = copy.deepcopy(base).eval()
     for p in frozen.parameters():
@@ -82,9 +103,9 @@ def run_seed(base_cfg: FinetuneConfig, cft_cfg: FinetuneConfig, seed: int, split
     cft_cfg = cft_cfg.model_copy(update={"train": cft_cfg.train.model_copy(update={"seed": seed})})
     cft_model, control = copy.deepcopy(base), copy.deepcopy(base)
     t1 = time.perf_counter()
-    _finetune(cft_model, sub, parts, cft_cfg, cft_cfg.loss, frozen, size)
+    _finetune(cft_model, sub, parts, cft_cfg, cft_cfg.loss, frozen, size, val_loader)
     t_cft = time.perf_counter() - t1
-    _finetune(control, sub, parts, cft_cfg, LossConfig(name="erm"), None, size)
+    _finetune(control, sub, parts, cft_cfg, LossConfig(name="erm"), None, size, val_loader)
     rel = cft_cfg.relevance
     ev = {name: evaluate(m, eval_loader, with_relevance=name != "control", relevance=rel)
           for name, m in (("base", base), ("cft", cft_model), ("control", control))}
@@ -110,6 +131,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     base_over, cft_over = _split_overrides(args.overrides)
     base_cfg = load_config(FinetuneConfig, args.base_config, base_over)
     cft_cfg = load_config(FinetuneConfig, args.cft_config, cft_over)
+    if args.split == "val" and {base_cfg.run.select, cft_cfg.run.select} != {"last"}:
+        raise SystemExit("run.select chooses epochs on the val split; evaluate on --split test")
     if base_cfg.data.spuriousworld is None:
         raise SystemExit(f"{args.base_config} must render SpuriousWorld (data.spuriousworld)")
     rows = []

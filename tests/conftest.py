@@ -31,6 +31,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+@pytest.fixture(autouse=True)
+def _restore_mlflow_uri():
+    """CLI entry points (``pipeline.main``) set MLFLOW_TRACKING_URI for their process; called
+    in-process by a test they must not point a later test at that test's store."""
+    from unspur.tracking import scoped_tracking_uri
+
+    with scoped_tracking_uri():
+        yield
+
+
 @pytest.fixture(scope="session")
 def ray_local():
     """A local Ray cluster shared by every test that needs one (started once, ~5 s)."""

@@ -53,6 +53,22 @@ def tracking_uri(out_dir: str | Path) -> str:
     return f"sqlite:///{out / 'mlflow.db'}"
 
 
+@contextmanager
+def scoped_tracking_uri(default: str | None = None) -> Iterator[None]:
+    """Inside: ``MLFLOW_TRACKING_URI`` is ``default`` unless already set; after: as it was before
+    (a job run in-process, or MLflow's Ray callback, must not leave it set for the caller)."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    if before is None and default is not None:
+        os.environ["MLFLOW_TRACKING_URI"] = default
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = before
+
+
 def _set_uri(uri: str) -> None:
     """Point MLflow's fluent API at ``uri`` without leaving it in ``MLFLOW_TRACKING_URI``.
 

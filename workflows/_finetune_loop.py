@@ -29,13 +29,21 @@ from unspur.config import FinetuneConfig
 from unspur.data.torch_dataset import ImageMaskDataset, few_shot
 from unspur.losses import get_loss
 from unspur.models import build_model, load_weights, read_extra, save_checkpoint, unwrap
-from unspur.training import apply_trainable, evaluate, make_optimizer, make_scheduler, seed_everything, train_one_epoch
+from unspur.training import (
+    apply_trainable,
+    evaluate,
+    make_optimizer,
+    make_scheduler,
+    seed_everything,
+    train_one_epoch,
+)
 from workflows._finetune_report import Tracker, relevance_figure
 
 __all__ = ["LocalSession", "RaySession", "load_tables", "run_loop", "train_loop_per_worker"]
 
 TRAIN_STATE = "train_state.pt"
 SUMMARY = "finetune_summary.json"
+SELECTED = "selected"  # <out>/selected: the best weights so far under run.select
 
 
 # --- sessions -------------------------------------------------------------------------------
@@ -295,6 +303,7 @@ def run_loop(cfg: FinetuneConfig, tables: dict[str, Any], session: Any) -> dict[
     tracker = Tracker.open(cfg, extra.get("mlflow_run_id")) if rank0 and cfg.run.track else None
     with_rel = bool(cfg.data.masks or cfg.data.spuriousworld)  # alignment needs masks
     if rank0 and start == 0:
+        shutil.rmtree(Path(cfg.out) / SELECTED, ignore_errors=True)  # a stale choice of an earlier run
         history.append({"epoch": -1, "eval": _evaluate(cfg, model, eval_loader, with_rel)})
         if tracker:
             tracker.log_epoch(history[-1], step=0)
@@ -310,6 +319,8 @@ def run_loop(cfg: FinetuneConfig, tables: dict[str, Any], session: Any) -> dict[
         last = epoch == cfg.train.epochs - 1
         if rank0 and ((epoch + 1) % cfg.run.eval_every == 0 or last):
             record["eval"] = _evaluate(cfg, model, eval_loader, with_rel)
+            if _improves(cfg, history, record):
+                save_checkpoint(Path(cfg.out) / SELECTED, unwrap(model), cfg, extra={"epoch": epoch})
         if rank0:
             _print_progress(cfg, record)
             history.append(record)
@@ -322,12 +333,37 @@ def run_loop(cfg: FinetuneConfig, tables: dict[str, Any], session: Any) -> dict[
     return _finish(cfg, model, eval_ds, history, starts, tracker) if rank0 else None
 
 
+def selection_score(select: str, evaluation: dict[str, Any]) -> tuple[float, float]:
+    """What ``run.select`` maximises: (wga, acc) for best_wga, (acc, wga) for best_acc (the second
+    breaks ties, e.g. a worst group still at 0 early in training)."""
+    order = ("wga", "acc") if select == "best_wga" else ("acc", "wga")
+    return tuple(float(evaluation[k]) for k in order)
+
+
+def _improves(cfg: FinetuneConfig, history: list[dict], record: dict[str, Any]) -> bool:
+    """Whether ``record``'s evaluation beats every earlier trained epoch's on ``run.select``."""
+    if cfg.run.select == "last":
+        return False
+    earlier = [selection_score(cfg.run.select, h["eval"]) for h in history if "eval" in h and h["epoch"] >= 0]
+    return not earlier or selection_score(cfg.run.select, record["eval"]) > max(earlier)
+
+
+def _selected_epoch(cfg: FinetuneConfig, model: nn.Module) -> int:
+    """Load the ``run.select`` choice into ``model`` (if any) and return its epoch."""
+    chosen = Path(cfg.out) / SELECTED
+    if cfg.run.select == "last" or not chosen.is_dir():
+        return cfg.train.epochs - 1
+    load_weights(model, chosen, cfg.model)
+    return int(read_extra(chosen)["epoch"])
+
+
 def _finish(cfg: FinetuneConfig, model: nn.Module, eval_ds: ImageMaskDataset, history: list[dict],
             starts: list[int], tracker: Tracker | None) -> dict[str, Any]:
-    """Save the final model to ``<out>/model``, draw the before/after figure, log, summarise."""
+    """Save the selected (by default the last) weights to ``<out>/model``, draw the before/after
+    figure, log, summarise."""
     out = Path(cfg.out)
-    final_dir = save_checkpoint(out / "model", unwrap(model), cfg,
-                                extra={"epoch": cfg.train.epochs - 1, "history": history})
+    epoch = _selected_epoch(cfg, unwrap(model))
+    final_dir = save_checkpoint(out / "model", unwrap(model), cfg, extra={"epoch": epoch, "history": history})
     figure_path = None
     if cfg.run.figure_images > 0:
         figure = relevance_figure(initial_model(cfg), unwrap(model), eval_ds, cfg.run.figure_images,
@@ -340,13 +376,17 @@ def _finish(cfg: FinetuneConfig, model: nn.Module, eval_ds: ImageMaskDataset, hi
 
         plt.close(figure)
     evals = [h for h in history if "eval" in h]
+    chosen = next((h for h in evals if h["epoch"] == epoch), evals[-1] if evals else None)
     summary = {
         "checkpoint": str(final_dir),
         "run_name": cfg.run.name,
         "start_epochs": starts,
         "epochs_trained_this_run": cfg.train.epochs - starts[-1],
         "initial": evals[0]["eval"] if evals and evals[0]["epoch"] == -1 else None,
-        "final": evals[-1]["eval"] if evals else None,
+        "final": chosen["eval"] if chosen else None,
+        "epochs": cfg.train.epochs,
+        "select": cfg.run.select,
+        "selected_epoch": epoch,
         "history": history,
         "figure": str(figure_path) if figure_path else None,
         "mlflow_run_id": tracker.run_id if tracker else None,

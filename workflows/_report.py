@@ -58,6 +58,14 @@ def _group_table(evaluations: dict[str, dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _selection(result: Any) -> str:
+    """`` (epoch 12 of 75, best val wga)`` for a finetune stage whose weights were chosen by run.select."""
+    if not isinstance(result, dict) or result.get("select", "last") == "last":
+        return ""
+    metric = result["select"].removeprefix("best_")
+    return f" (weights of epoch {result['selected_epoch'] + 1} of {result['epochs']}, best {metric} on val)"
+
+
 def write_report(out: Path, cfg: BaseModel, results: dict[str, dict[str, Any]],
                  evaluations: dict[str, dict[str, Any]]) -> Path:
     """Write ``<out>/report.md``: headline table, per-group accuracies, relevance figures."""
@@ -77,7 +85,8 @@ def write_report(out: Path, cfg: BaseModel, results: dict[str, dict[str, Any]],
             lines += ["", f"## Relevance maps: base (before) vs {name} (after)", "",
                       "Columns: image, object/concept mask, relevance before, relevance after "
                       "(validation images).", "", f"![{name}](figures/{target.name})"]
-    lines += ["", "## Stages", ""] + [f"- `{name}`: `{out / name}`" for name in results if not name.startswith("eval")]
+    lines += ["", "## Stages", ""] + [f"- `{name}`: `{out / name}`{_selection(result)}"
+                                      for name, result in results.items() if not name.startswith("eval")]
     lines += ["", "Open the tracked runs with `unspur ui --out " + str(out) + "`.", ""]
     path = out / "report.md"
     path.write_text("\n".join(lines))

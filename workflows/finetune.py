@@ -152,13 +152,16 @@ def _fit(trainer: Any) -> Any:
     return result
 
 
+BRIEF_KEYS = ("checkpoint", "run_name", "start_epochs", "epochs_trained_this_run", "epochs", "select",
+              "selected_epoch", "figure", "mlflow_run_id", "ray_checkpoint")
+
+
 def _brief(summary: dict[str, Any]) -> dict[str, Any]:
     """The printed result: paths, epochs, and the headline metrics before and after."""
     keys = ("acc", "wga", "align_mass_in", "align_pointing")
     pick = lambda m: {k: m[k] for k in keys if m and k in m}  # noqa: E731
     return {
-        **{k: summary.get(k) for k in ("checkpoint", "run_name", "start_epochs", "epochs_trained_this_run",
-                                       "figure", "mlflow_run_id", "ray_checkpoint") if k in summary},
+        **{k: summary.get(k) for k in BRIEF_KEYS if k in summary},
         "initial": pick(summary.get("initial")),
         "final": pick(summary.get("final")),
         "train_last": summary["history"][-1].get("train") if summary.get("history") else None,

@@ -224,7 +224,11 @@ def run(cfg: PipelineConfig, stages: list[Stage] | None = None, log: Callable[[s
     stages = stages if stages is not None else plan(cfg)
     out = Path(cfg.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("MLFLOW_TRACKING_URI", tracking.tracking_uri(out))
+    with tracking.scoped_tracking_uri(tracking.tracking_uri(out)):
+        return _run(cfg, stages, out, log)
+
+
+def _run(cfg: PipelineConfig, stages: list[Stage], out: Path, log: Callable[[str], None]) -> dict:
     results: dict[str, dict[str, Any]] = {}
     reused: list[str] = []
     with tracking.start_run(out, cfg.experiment, run_name="pipeline") as parent:

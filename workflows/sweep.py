@@ -27,8 +27,7 @@ import json
 import os
 import random
 import sys
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,7 @@ import yaml
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 
 from tune_spaces import SearchSpace, grid_points, load_space, sample_point, validate_point
+from unspur import tracking
 from unspur.config import ConfigError, FinetuneConfig, SweepConfig
 from workflows import finetune
 from workflows._job import init_ray, main_for, parse_job_args
@@ -248,8 +248,6 @@ def build(plan: Plan, setup: dict[str, Any], max_concurrent: int, parent_run_id:
     from ray import tune
     from ray.air.integrations.mlflow import MLflowLoggerCallback
 
-    from unspur import tracking
-
     cfg, space = plan.cfg, plan.space
     loggers = []
     if parent_run_id is not None:
@@ -327,19 +325,6 @@ def _check_stoppable(plan: Plan) -> None:
                           "Ray with its dashboard, use scheduler fifo, or set finetune.run.num_workers: 0")
 
 
-@contextmanager
-def _kept_env(name: str) -> Iterator[None]:
-    """MLflow's Ray callback sets MLFLOW_TRACKING_URI process-wide; put it back afterwards."""
-    before = os.environ.get(name)
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = before
-
-
 def _state(plan: Plan) -> dict[str, Any] | None:
     """The sweep state of an earlier run of this sweep (None: first run); refuses another config."""
     state_file = plan.experiment_path / STATE
@@ -394,7 +379,7 @@ def run(cfg: SweepConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     tuner, parent, resumed = _tuner(plan, setup, callbacks)
     if base_summary:
         parent.log_base(base_summary)
-    with _kept_env("MLFLOW_TRACKING_URI"):
+    with tracking.scoped_tracking_uri():
         results = tuner.fit()
     summary, table = _summarize(plan, results, init_from, Path(setup["trials"]))
     summary.update({"parent_run_id": parent.run_id, "resumed": resumed})

@@ -127,3 +127,20 @@ def test_resume_refuses_a_checkpoint_of_another_objective(tmp_path: Path) -> Non
     assert job.main(["--out", str(tmp_path), *TINY, "loss.name=erm", "train.epochs=1", "run.figure_images=0"]) == 0
     # same run name and folder, another loss: resuming would mix two runs -> a one-line error
     assert job.main(["--out", str(tmp_path), *TINY, "loss.name=cft", "train.epochs=2", "run.figure_images=0"]) == 2
+
+
+def test_select_saves_the_best_validation_epoch(tmp_path: Path) -> None:
+    args = ["--out", str(tmp_path), *TINY, "data.spuriousworld.n_val=32", "data.eval_split=val", "loss.name=erm",
+            "train.epochs=4", "train.lr=0.01", "run.select=best_acc", "run.figure_images=0", "run.track=false"]
+    assert job.main(args) == 0
+    summary = json.loads((tmp_path / "finetune_summary.json").read_text())
+    trained = [h for h in summary["history"] if h["epoch"] >= 0]
+    best = max(trained, key=lambda h: (h["eval"]["acc"], h["eval"]["wga"], -h["epoch"]))  # then the earlier epoch
+    assert summary["select"] == "best_acc" and summary["selected_epoch"] == best["epoch"]
+    assert summary["final"] == best["eval"]
+    saved, _ = load_checkpoint(tmp_path / "model")
+    chosen, _ = load_checkpoint(tmp_path / "selected")
+    for (name, a), b in zip(saved.state_dict().items(), chosen.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    # choosing an epoch on the test split is refused before training
+    assert job.main(["--out", str(tmp_path / "t"), *TINY, "run.select=best_wga"]) == 2

@@ -24,7 +24,7 @@ def _tiny(out: Path) -> Path:
                   "compute": {"num_cpus": 0.25, "batch_size": 16}, "track": False},
         "base": {"model": TINY_MODEL, "train": {"epochs": 1, "batch_size": 16}, "run": {"figure_images": 0}},
         "cft": {"train": {"epochs": 1, "batch_size": 8}, "fewshot": {"per_class": 2},
-                "run": {"figure_images": 2}},
+                "run": {"figure_images": 2, "select": "best_wga"}},
         "evaluate": {"batch_size": 32},
     }
     path = out.parent / f"{out.name}.yaml"
@@ -45,6 +45,9 @@ def test_pipeline_runs_every_stage_then_reuses_them(tmp_path: Path, ray_local, m
                 / "stage.json").is_file()
     report = (out / "report.md").read_text()
     assert "wga" in report and "figures/cft_relevance_before_after.png" in report
+    assert f"`cft`: `{out / 'cft'}` (weights of epoch 1 of 1, best wga on val)" in report
+    assert f"`control`: `{out / 'control'}` (weights of epoch 1 of 1, best wga on val)" in report
+    assert f"`base`: `{out / 'base'}`\n" in report  # the base keeps its last epoch
     assert (out / "figures" / "cft_relevance_before_after.png").is_file()
     metrics = json.loads((out / "evaluate" / "cft" / "metrics.json").read_text())
     assert 0.0 <= metrics["wga"] <= metrics["acc"] <= 1.0
