@@ -271,6 +271,7 @@ def main(argv: list[str] | None = None, defaults: str | Path | None = None) -> i
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(json.dumps(result, indent=2, default=str))
+    print(f"Report: {result['report']}\nOpen the tracked runs (MLflow): unspur ui --out {result['out']}")
     return 0
 
 

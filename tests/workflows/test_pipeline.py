@@ -32,11 +32,13 @@ def _tiny(out: Path) -> Path:
     return path
 
 
-def test_pipeline_runs_every_stage_then_reuses_them(tmp_path: Path, ray_local, monkeypatch) -> None:
+def test_pipeline_runs_every_stage_then_reuses_them(tmp_path: Path, ray_local, monkeypatch, capsys) -> None:
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     out = tmp_path / "run"
     config = _tiny(out)
     assert pipeline.main(["--config", str(config)]) == 0
+    printed = capsys.readouterr().out
+    assert "CFT worst-group gain over base" in printed and f"unspur ui --out {out}" in printed
     names = [s.name for s in pipeline.plan(load_config(PipelineConfig, config))]
     assert names == ["data", "concepts", "masks", "base", "cft", "control",
                      "evaluate_base", "evaluate_cft", "evaluate_control"]
