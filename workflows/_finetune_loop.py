@@ -319,8 +319,9 @@ def run_loop(cfg: FinetuneConfig, tables: dict[str, Any], session: Any) -> dict[
         last = epoch == cfg.train.epochs - 1
         if rank0 and ((epoch + 1) % cfg.run.eval_every == 0 or last):
             record["eval"] = _evaluate(cfg, model, eval_loader, with_rel)
-            if _improves(cfg, history, record):
-                save_checkpoint(Path(cfg.out) / SELECTED, unwrap(model), cfg, extra={"epoch": epoch})
+            if _improves(cfg, record):
+                save_checkpoint(Path(cfg.out) / SELECTED, unwrap(model), cfg,
+                                extra={"epoch": epoch, "eval": record["eval"]})
         if rank0:
             _print_progress(cfg, record)
             history.append(record)
@@ -340,21 +341,24 @@ def selection_score(select: str, evaluation: dict[str, Any]) -> tuple[float, flo
     return tuple(float(evaluation[k]) for k in order)
 
 
-def _improves(cfg: FinetuneConfig, history: list[dict], record: dict[str, Any]) -> bool:
-    """Whether ``record``'s evaluation beats every earlier trained epoch's on ``run.select``."""
+def _improves(cfg: FinetuneConfig, record: dict[str, Any]) -> bool:
+    """Whether ``record``'s evaluation beats the weights kept so far under ``run.select`` (their
+    evaluation is stored beside them, so a resumed run compares against exactly those weights)."""
     if cfg.run.select == "last":
         return False
-    earlier = [selection_score(cfg.run.select, h["eval"]) for h in history if "eval" in h and h["epoch"] >= 0]
-    return not earlier or selection_score(cfg.run.select, record["eval"]) > max(earlier)
+    kept = read_extra(Path(cfg.out) / SELECTED).get("eval")
+    return kept is None or selection_score(cfg.run.select, record["eval"]) > selection_score(cfg.run.select, kept)
 
 
-def _selected_epoch(cfg: FinetuneConfig, model: nn.Module) -> int:
-    """Load the ``run.select`` choice into ``model`` (if any) and return its epoch."""
+def _selected(cfg: FinetuneConfig, model: nn.Module, history: list[dict]) -> tuple[int, dict | None]:
+    """Load the ``run.select`` choice into ``model`` (if any); return its epoch and evaluation."""
     chosen = Path(cfg.out) / SELECTED
-    if cfg.run.select == "last" or not chosen.is_dir():
-        return cfg.train.epochs - 1
-    load_weights(model, chosen, cfg.model)
-    return int(read_extra(chosen)["epoch"])
+    if cfg.run.select != "last" and chosen.is_dir():
+        load_weights(model, chosen, cfg.model)
+        extra = read_extra(chosen)
+        return int(extra["epoch"]), extra["eval"]
+    evals = [h for h in history if "eval" in h]
+    return cfg.train.epochs - 1, evals[-1]["eval"] if evals else None
 
 
 def _finish(cfg: FinetuneConfig, model: nn.Module, eval_ds: ImageMaskDataset, history: list[dict],
@@ -362,7 +366,7 @@ def _finish(cfg: FinetuneConfig, model: nn.Module, eval_ds: ImageMaskDataset, hi
     """Save the selected (by default the last) weights to ``<out>/model``, draw the before/after
     figure, log, summarise."""
     out = Path(cfg.out)
-    epoch = _selected_epoch(cfg, unwrap(model))
+    epoch, final = _selected(cfg, unwrap(model), history)
     final_dir = save_checkpoint(out / "model", unwrap(model), cfg, extra={"epoch": epoch, "history": history})
     figure_path = None
     if cfg.run.figure_images > 0:
@@ -376,14 +380,13 @@ def _finish(cfg: FinetuneConfig, model: nn.Module, eval_ds: ImageMaskDataset, hi
 
         plt.close(figure)
     evals = [h for h in history if "eval" in h]
-    chosen = next((h for h in evals if h["epoch"] == epoch), evals[-1] if evals else None)
     summary = {
         "checkpoint": str(final_dir),
         "run_name": cfg.run.name,
         "start_epochs": starts,
         "epochs_trained_this_run": cfg.train.epochs - starts[-1],
         "initial": evals[0]["eval"] if evals and evals[0]["epoch"] == -1 else None,
-        "final": chosen["eval"] if chosen else None,
+        "final": final,
         "epochs": cfg.train.epochs,
         "select": cfg.run.select,
         "selected_epoch": epoch,

@@ -142,5 +142,12 @@ def test_select_saves_the_best_validation_epoch(tmp_path: Path) -> None:
     chosen, _ = load_checkpoint(tmp_path / "selected")
     for (name, a), b in zip(saved.state_dict().items(), chosen.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
+    # extended by 2 epochs: the run resumes and the choice still covers every trained epoch
+    assert job.main([*(a for a in args if a != "train.epochs=4"), "train.epochs=6"]) == 0
+    resumed = json.loads((tmp_path / "finetune_summary.json").read_text())
+    assert resumed["start_epochs"] == [0, 4]
+    trained = [h for h in resumed["history"] if h["epoch"] >= 0]
+    best = max(trained, key=lambda h: (h["eval"]["acc"], h["eval"]["wga"], -h["epoch"]))
+    assert resumed["selected_epoch"] == best["epoch"] and resumed["final"] == best["eval"]
     # choosing an epoch on the test split is refused before training
     assert job.main(["--out", str(tmp_path / "t"), *TINY, "run.select=best_wga"]) == 2
