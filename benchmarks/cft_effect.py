@@ -34,8 +34,7 @@ from unspur.data.spuriousworld import generate_tables
 from unspur.data.torch_dataset import ImageMaskDataset, few_shot
 from unspur.losses import get_loss
 from unspur.models import build_model
-from unspur.training import evaluate, fit, seed_everything
-from workflows._finetune_loop import selection_score
+from unspur.training import evaluate, fit, seed_everything, selection_score
 
 KEYS = ("acc_base", "wga_base", "acc_cft", "wga_cft", "acc_control", "wga_control", "align_base", "align_cft")
 

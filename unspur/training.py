@@ -33,6 +33,7 @@ __all__ = [
     "predict",
     "relevance_maps",
     "seed_everything",
+    "selection_score",
     "set_norm_eval",
     "train_one_epoch",
 ]
@@ -280,6 +281,13 @@ def evaluate(
         for key, value in relevance_alignment(phi, masks).items():
             out[f"align_{key}"] = value
     return out
+
+
+def selection_score(select: str, evaluation: dict[str, Any]) -> tuple[float, float]:
+    """What ``run.select`` maximises over :func:`evaluate` results: (wga, acc) for best_wga,
+    (acc, wga) for best_acc (the second breaks ties, e.g. a worst group still at 0 early on)."""
+    order = ("wga", "acc") if select == "best_wga" else ("acc", "wga")
+    return tuple(float(evaluation[k]) for k in order)
 
 
 def fit(

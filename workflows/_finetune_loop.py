@@ -35,6 +35,7 @@ from unspur.training import (
     make_optimizer,
     make_scheduler,
     seed_everything,
+    selection_score,
     train_one_epoch,
 )
 from workflows._finetune_report import Tracker, relevance_figure
@@ -332,13 +333,6 @@ def run_loop(cfg: FinetuneConfig, tables: dict[str, Any], session: Any) -> dict[
         session.report(record, partial(_write_state, cfg=cfg, model=model, optimizer=optimizer,
                                        scheduler=scheduler, extra=extra), epoch)
     return _finish(cfg, model, eval_ds, history, starts, tracker) if rank0 else None
-
-
-def selection_score(select: str, evaluation: dict[str, Any]) -> tuple[float, float]:
-    """What ``run.select`` maximises: (wga, acc) for best_wga, (acc, wga) for best_acc (the second
-    breaks ties, e.g. a worst group still at 0 early in training)."""
-    order = ("wga", "acc") if select == "best_wga" else ("acc", "wga")
-    return tuple(float(evaluation[k]) for k in order)
 
 
 def _improves(cfg: FinetuneConfig, record: dict[str, Any]) -> bool:
