@@ -20,8 +20,17 @@ import torch
 
 __all__ = ["ClassifierPredictor", "OUTPUT_COLUMNS"]
 
-OUTPUT_COLUMNS = ("image_id", "label", "group", "pred", "error", "has_mask", "align_mass_in", "align_iou",
-                  "align_pointing")
+OUTPUT_COLUMNS = (
+    "image_id",
+    "label",
+    "group",
+    "pred",
+    "error",
+    "has_mask",
+    "align_mass_in",
+    "align_iou",
+    "align_pointing",
+)
 
 
 def _masks_frame(frame: Any) -> Any:
@@ -93,7 +102,7 @@ class ClassifierPredictor:
             logits, phi = relevance_map(self.model, images, method=self.relevance)
         phi_np, mask_np = phi.detach().cpu().numpy(), masks.numpy() > 0.5
         for i in np.flatnonzero(has_mask):
-            res = relevance_alignment(phi_np[i:i + 1], mask_np[i:i + 1])
+            res = relevance_alignment(phi_np[i : i + 1], mask_np[i : i + 1])
             align[i] = (res["mass_in"], res["iou"], res["pointing"])
         return logits.detach().argmax(1).cpu().numpy(), align
 

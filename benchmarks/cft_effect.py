@@ -67,13 +67,23 @@ def _fit(model, ds, cfg: FinetuneConfig, loss_cfg, base_model, val_loader) -> No
         if not best or score > best["score"]:
             best.update(score=score, state=copy.deepcopy(model.state_dict()))
 
-    fit(model, _loader(ds, cfg.train.batch_size, True), spec, loss_cfg, cfg.train, base_model=use_base,
-        relevance=cfg.relevance, on_epoch=keep_best)
+    fit(
+        model,
+        _loader(ds, cfg.train.batch_size, True),
+        spec,
+        loss_cfg,
+        cfg.train,
+        base_model=use_base,
+        relevance=cfg.relevance,
+        on_epoch=keep_best,
+    )
     if best:
         model.load_state_dict(best["state"])
 
 
-def _finetune(model, sub, parts, cfg: FinetuneConfig, loss_cfg, base_model, img_size: int, val_loader) -> None:
+def _finetune(
+    model, sub, parts, cfg: FinetuneConfig, loss_cfg, base_model, img_size: int, val_loader
+) -> None:
     seed_everything(cfg.train.seed)
     ds = ImageMaskDataset(sub, parts, img_size, train_aug=cfg.train.augment)
     _fit(model, ds, cfg, loss_cfg, base_model, val_loader)
@@ -106,12 +116,20 @@ def run_seed(base_cfg: FinetuneConfig, cft_cfg: FinetuneConfig, seed: int, split
     t_cft = time.perf_counter() - t1
     _finetune(control, sub, parts, cft_cfg, LossConfig(name="erm"), None, size, val_loader)
     rel = cft_cfg.relevance
-    ev = {name: evaluate(m, eval_loader, with_relevance=name != "control", relevance=rel)
-          for name, m in (("base", base), ("cft", cft_model), ("control", control))}
+    ev = {
+        name: evaluate(m, eval_loader, with_relevance=name != "control", relevance=rel)
+        for name, m in (("base", base), ("cft", cft_model), ("control", control))
+    }
     out = {f"{k}_{name}": ev[name][k] for name in ev for k in ("acc", "wga")}
     out.update(align_base=ev["base"]["align_mass_in"], align_cft=ev["cft"]["align_mass_in"])
-    out.update(t_base=t_base, t_cft=t_cft, t_total=time.perf_counter() - t0, n_fewshot=len(sub),
-               worst_base=ev["base"]["worst_group"], worst_cft=ev["cft"]["worst_group"])
+    out.update(
+        t_base=t_base,
+        t_cft=t_cft,
+        t_total=time.perf_counter() - t0,
+        n_fewshot=len(sub),
+        worst_base=ev["base"]["worst_group"],
+        worst_cft=ev["cft"]["worst_group"],
+    )
     return out
 
 
@@ -138,9 +156,13 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     for seed in range(args.seeds):
         r = run_seed(base_cfg, cft_cfg, seed, args.split)
         rows.append(r)
-        print(f"seed={seed} " + " ".join(f"{k}={r[k]:.3f}" for k in KEYS)
-              + f" worst_base={r['worst_base']} worst_cft={r['worst_cft']} n_fewshot={r['n_fewshot']}"
-              + f" t_base={r['t_base']:.0f}s t_cft={r['t_cft']:.0f}s t_total={r['t_total']:.0f}s", flush=True)
+        print(
+            f"seed={seed} "
+            + " ".join(f"{k}={r[k]:.3f}" for k in KEYS)
+            + f" worst_base={r['worst_base']} worst_cft={r['worst_cft']} n_fewshot={r['n_fewshot']}"
+            + f" t_base={r['t_base']:.0f}s t_cft={r['t_cft']:.0f}s t_total={r['t_total']:.0f}s",
+            flush=True,
+        )
     means = {k: statistics.fmean(r[k] for r in rows) for k in KEYS}
     if args.seeds > 1:
         print("std " + " ".join(f"{k}={statistics.stdev(r[k] for r in rows):.3f}" for k in KEYS))

@@ -65,8 +65,10 @@ def main(argv: list[str] | None = None) -> float:
             if i >= args.warmup:
                 times[name].append(seconds)
     med = {k: statistics.median(v) for k, v in times.items()}
-    print(f"model={args.model} batch={args.batch_size} img={args.img_size} threads={torch.get_num_threads()} "
-          f"repeats={args.repeats}")
+    print(
+        f"model={args.model} batch={args.batch_size} img={args.img_size} threads={torch.get_num_threads()} "
+        f"repeats={args.repeats}"
+    )
     print(f"erm_step_ms={med['erm'] * 1e3:.1f} cft_step_ms={med['cft'] * 1e3:.1f}")
     ratio = med["cft"] / med["erm"]
     print(f"ratio={ratio:.2f}")

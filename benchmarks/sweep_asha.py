@@ -44,8 +44,15 @@ def _finetune(epochs: int) -> dict[str, Any]:
         "model": MODEL,
         "loss": {"name": "cft"},
         "fewshot": {"enabled": True, "per_class": 8, "class_fraction": 0.5, "seed": 0},
-        "train": {"epochs": epochs, "batch_size": 8, "lr": 5e-5, "weight_decay": 1e-4, "warmup_epochs": 0,
-                  "freeze_norm": True, "num_threads": 1},
+        "train": {
+            "epochs": epochs,
+            "batch_size": 8,
+            "lr": 5e-5,
+            "weight_decay": 1e-4,
+            "warmup_epochs": 0,
+            "freeze_norm": True,
+            "num_threads": 1,
+        },
         "run": {"num_workers": 0, "cpus_per_worker": 1, "figure_images": 0},
     }
 
@@ -54,19 +61,35 @@ BASE = {
     "data": {"spuriousworld": WORLD, "eval_split": "val"},
     "model": MODEL,
     "loss": {"name": "erm"},
-    "train": {"epochs": 6, "batch_size": 32, "lr": 1e-3, "warmup_epochs": 1, "schedule": "cosine",
-              "num_threads": 2},
+    "train": {
+        "epochs": 6,
+        "batch_size": 32,
+        "lr": 1e-3,
+        "warmup_epochs": 1,
+        "schedule": "cosine",
+        "num_threads": 2,
+    },
     "run": {"name": "base", "num_workers": 0, "figure_images": 0},
 }
 
 
 def _space(path: Path, scheduler: str, aligns: list[float], lrs: list[float]) -> Path:
-    path.write_text(yaml.safe_dump({
-        "method": "cft", "search": "grid", "metric": "val_wga", "mode": "max",
-        "scheduler": {"name": scheduler, "grace_period": 1, "reduction_factor": 2},
-        "params": {"loss.lambda_align": {"type": "grid", "values": aligns},
-                   "train.lr": {"type": "grid", "values": lrs}},
-    }, sort_keys=False))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "method": "cft",
+                "search": "grid",
+                "metric": "val_wga",
+                "mode": "max",
+                "scheduler": {"name": scheduler, "grace_period": 1, "reduction_factor": 2},
+                "params": {
+                    "loss.lambda_align": {"type": "grid", "values": aligns},
+                    "train.lr": {"type": "grid", "values": lrs},
+                },
+            },
+            sort_keys=False,
+        )
+    )
     return path
 
 
@@ -74,10 +97,13 @@ def _reports(out: Path, parent_run_id: str) -> list[tuple[int, str, int, float]]
     """Every trial epoch report of a sweep: (MLflow timestamp ms, trial run id, epochs done, val_wga)."""
     from mlflow import MlflowClient
 
-    client = MlflowClient(tracking_uri=os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{out / 'mlflow.db'}")
+    client = MlflowClient(
+        tracking_uri=os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{out / 'mlflow.db'}"
+    )
     experiment = client.get_experiment_by_name("sweep")
-    children = client.search_runs([experiment.experiment_id],
-                                  filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'")
+    children = client.search_runs(
+        [experiment.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'"
+    )
     rows = []
     for child in children:
         done = {m.step: int(m.value) for m in client.get_metric_history(child.info.run_id, "epochs_done")}
@@ -99,10 +125,22 @@ def _orders(values: list[float], count: int) -> list[list[float]]:
     return [values, values[::-1], values[half:] + values[:half]][:count]
 
 
-def _sweep(out: Path, space: Path, epochs: int, base: dict | None, init_from: str | None) -> tuple[dict, float]:
+def _sweep(
+    out: Path, space: Path, epochs: int, base: dict | None, init_from: str | None
+) -> tuple[dict, float]:
     finetune = {**_finetune(epochs), "init_from": init_from}
-    cfg = validate_config(SweepConfig, {"out": str(out), "space": str(space), "finetune": finetune, "base": base,
-                                        "max_concurrent_trials": 2, "name": "bench"}, "benchmark")
+    cfg = validate_config(
+        SweepConfig,
+        {
+            "out": str(out),
+            "space": str(space),
+            "finetune": finetune,
+            "base": base,
+            "max_concurrent_trials": 2,
+            "name": "bench",
+        },
+        "benchmark",
+    )
     start = time.perf_counter()
     summary = sweep.run(cfg)
     return summary, time.perf_counter() - start
@@ -120,28 +158,47 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
 
     grid_out = args.out / "grid"
-    grid, grid_s = _sweep(grid_out, _space(args.out / "grid.yaml", "fifo", args.aligns, args.lrs), args.epochs,
-                          BASE, None)
+    grid, grid_s = _sweep(
+        grid_out, _space(args.out / "grid.yaml", "fifo", args.aligns, args.lrs), args.epochs, BASE, None
+    )
     best, grid_epochs = grid["best"]["val_wga"], grid["trial_epochs"]
     report: dict[str, Any] = {
         "base_val_wga": _base_wga(grid_out),
-        "grid": {"trials": grid["trials"], "trial_epochs": grid_epochs, "best_val_wga": best,
-                 "best_params": grid["best"]["params"], "seconds": round(grid_s, 1),
-                 "val_wga": _table(grid_out)},
+        "grid": {
+            "trials": grid["trials"],
+            "trial_epochs": grid_epochs,
+            "best_val_wga": best,
+            "best_params": grid["best"]["params"],
+            "seconds": round(grid_s, 1),
+            "val_wga": _table(grid_out),
+        },
         "asha": [],
     }
     reaches = []
-    for k, (aligns, lrs) in enumerate(zip(_orders(args.aligns, args.orders), _orders(args.lrs, args.orders),
-                                          strict=True)):
+    for k, (aligns, lrs) in enumerate(
+        zip(_orders(args.aligns, args.orders), _orders(args.lrs, args.orders), strict=True)
+    ):
         out = args.out / f"asha_{k}"
-        asha, seconds = _sweep(out, _space(args.out / f"asha_{k}.yaml", "asha", aligns, lrs), args.epochs,
-                               None, grid["base_model"])
+        asha, seconds = _sweep(
+            out,
+            _space(args.out / f"asha_{k}.yaml", "asha", aligns, lrs),
+            args.epochs,
+            None,
+            grid["base_model"],
+        )
         reached = _reach(out, asha, best, args.epochs, args.tolerance)
         reaches.append(reached / grid_epochs if reached is not None else math.inf)
-        report["asha"].append({"first_trial": {"loss.lambda_align": aligns[0], "train.lr": lrs[0]},
-                               "trial_epochs": asha["trial_epochs"], "best_val_wga": asha["best"]["val_wga"],
-                               "trial_epochs_to_reach": reached, "reach": round(reaches[-1], 3),
-                               "total": round(asha["trial_epochs"] / grid_epochs, 3), "seconds": round(seconds, 1)})
+        report["asha"].append(
+            {
+                "first_trial": {"loss.lambda_align": aligns[0], "train.lr": lrs[0]},
+                "trial_epochs": asha["trial_epochs"],
+                "best_val_wga": asha["best"]["val_wga"],
+                "trial_epochs_to_reach": reached,
+                "reach": round(reaches[-1], 3),
+                "total": round(asha["trial_epochs"] / grid_epochs, 3),
+                "seconds": round(seconds, 1),
+            }
+        )
     print(json.dumps(report, indent=2))
     print(f"ratio={statistics.median(reaches):.3f}")
 

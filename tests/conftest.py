@@ -63,26 +63,58 @@ def tiny_causal_lm(tmp_path_factory):
     without ``[``, ``-`` or digits (so it can never be a JSON list or a bullet list);
     ``silent=True`` suppresses every token but EOS: the model returns nothing.
     """
+
     def make(silent: bool = False) -> str:
         from tokenizers import Tokenizer, models, pre_tokenizers
         from transformers import GenerationConfig, GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
         path = tmp_path_factory.mktemp("tiny_lm_silent" if silent else "tiny_lm")
-        words = ["[UNK]", "[PAD]", "[EOS]", "user", "assistant", "system", ":", ",", '"', "a", "the",
-                 "bird", "beak", "wing", "feather", "photo", "of", "in", "snow"]
+        words = [
+            "[UNK]",
+            "[PAD]",
+            "[EOS]",
+            "user",
+            "assistant",
+            "system",
+            ":",
+            ",",
+            '"',
+            "a",
+            "the",
+            "bird",
+            "beak",
+            "wing",
+            "feather",
+            "photo",
+            "of",
+            "in",
+            "snow",
+        ]
         tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
         tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-        hf_tok = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]",
-                                         eos_token="[EOS]")
-        hf_tok.chat_template = ("{% for m in messages %}{{ m['role'] }} : {{ m['content'] }}\n{% endfor %}"
-                                "{% if add_generation_prompt %}assistant :{% endif %}")
+        hf_tok = PreTrainedTokenizerFast(
+            tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", eos_token="[EOS]"
+        )
+        hf_tok.chat_template = (
+            "{% for m in messages %}{{ m['role'] }} : {{ m['content'] }}\n{% endfor %}"
+            "{% if add_generation_prompt %}assistant :{% endif %}"
+        )
         hf_tok.save_pretrained(path)
-        cfg = GPT2Config(vocab_size=len(words), n_positions=1024, n_embd=16, n_layer=1, n_head=2,
-                         bos_token_id=2, eos_token_id=2, pad_token_id=1)
+        cfg = GPT2Config(
+            vocab_size=len(words),
+            n_positions=1024,
+            n_embd=16,
+            n_layer=1,
+            n_head=2,
+            bos_token_id=2,
+            eos_token_id=2,
+            pad_token_id=1,
+        )
         GPT2LMHeadModel(cfg).save_pretrained(path)
         if silent:
-            GenerationConfig(eos_token_id=2, pad_token_id=1,
-                             suppress_tokens=[i for i in range(len(words)) if i != 2]).save_pretrained(path)
+            GenerationConfig(
+                eos_token_id=2, pad_token_id=1, suppress_tokens=[i for i in range(len(words)) if i != 2]
+            ).save_pretrained(path)
         return str(path)
 
     return make

@@ -25,9 +25,24 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
-from unspur.config import ConfigError, StrictModel, apply_overrides, load_config, parse_overrides, validate_config
+from unspur.config import (
+    ConfigError,
+    StrictModel,
+    apply_overrides,
+    load_config,
+    parse_overrides,
+    validate_config,
+)
 
-__all__ = ["SearchSpace", "Param", "load_space", "validate_point", "sample_point", "grid_points", "SPACES_DIR"]
+__all__ = [
+    "SearchSpace",
+    "Param",
+    "load_space",
+    "validate_point",
+    "sample_point",
+    "grid_points",
+    "SPACES_DIR",
+]
 
 SPACES_DIR = Path(__file__).parent
 

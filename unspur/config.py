@@ -126,8 +126,10 @@ def _allowed_hint(model: type[BaseModel], err: ValidationError) -> str:
             if node is None:
                 break
         if node is not None:
-            hints.append(f"  allowed at {'.'.join(map(str, e['loc'][:-1])) or '<root>'}: "
-                         + ", ".join(node.model_fields))
+            hints.append(
+                f"  allowed at {'.'.join(map(str, e['loc'][:-1])) or '<root>'}: "
+                + ", ".join(node.model_fields)
+            )
     return ("\n" + "\n".join(dict.fromkeys(hints))) if hints else ""
 
 
@@ -147,7 +149,9 @@ def load_config(model: type[M], path: str | Path | None = None, overrides: list[
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {path} must hold a mapping at top level, got {type(loaded).__name__}")
+            raise ConfigError(
+                f"config file {path} must hold a mapping at top level, got {type(loaded).__name__}"
+            )
         data = loaded
     if overrides:
         data = apply_overrides(data, parse_overrides(overrides))
@@ -365,8 +369,15 @@ class LossConfig(StrictModel):
             raise ValueError(f"mask_grid must be >= 0 (0 = pixel masks), got {self.mask_grid}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
-        for name in ("lambda_concept", "lambda_non", "lambda_align", "lambda_cls", "lambda_bg",
-                     "lambda_fg", "lambda_kl"):
+        for name in (
+            "lambda_concept",
+            "lambda_non",
+            "lambda_align",
+            "lambda_cls",
+            "lambda_bg",
+            "lambda_fg",
+            "lambda_kl",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         return self
@@ -393,8 +404,10 @@ class FinetuneDataConfig(StrictModel):
     @model_validator(mode="after")
     def _check(self) -> FinetuneDataConfig:
         if (self.images is None) == (self.spuriousworld is None):
-            raise ValueError("give exactly one of data.images (Parquet image tables) and "
-                             "data.spuriousworld (a SpuriousWorld config to render)")
+            raise ValueError(
+                "give exactly one of data.images (Parquet image tables) and "
+                "data.spuriousworld (a SpuriousWorld config to render)"
+            )
         if self.eval_max_images is not None and self.eval_max_images < 1:
             raise ValueError(f"eval_max_images must be >= 1 or null, got {self.eval_max_images}")
         return self
@@ -432,8 +445,10 @@ class FinetuneRunConfig(StrictModel):
         if not self.name or "/" in self.name:
             raise ValueError(f"run.name must be a non-empty folder name without '/', got {self.name!r}")
         if self.num_workers < 0 or self.max_failures < 0 or self.keep_checkpoints < 1:
-            raise ValueError("num_workers and max_failures must be >= 0 and keep_checkpoints >= 1, got "
-                             f"{self.num_workers}, {self.max_failures}, {self.keep_checkpoints}")
+            raise ValueError(
+                "num_workers and max_failures must be >= 0 and keep_checkpoints >= 1, got "
+                f"{self.num_workers}, {self.max_failures}, {self.keep_checkpoints}"
+            )
         if self.eval_every < 1 or self.figure_images < 0 or self.cpus_per_worker <= 0:
             raise ValueError("eval_every must be >= 1, figure_images >= 0 and cpus_per_worker > 0")
         return self
@@ -449,7 +464,9 @@ class FinetuneConfig(StrictModel):
     """
 
     out: str = "runs/finetune"
-    data: FinetuneDataConfig = Field(default_factory=lambda: FinetuneDataConfig(spuriousworld=SpuriousWorldConfig()))
+    data: FinetuneDataConfig = Field(
+        default_factory=lambda: FinetuneDataConfig(spuriousworld=SpuriousWorldConfig())
+    )
     model: ModelConfig = Field(default_factory=ModelConfig)
     loss: LossConfig = Field(default_factory=LossConfig)
     relevance: str = "rollout"
@@ -461,19 +478,27 @@ class FinetuneConfig(StrictModel):
     @model_validator(mode="after")
     def _check(self) -> FinetuneConfig:
         if self.loss.name != "erm" and self.data.masks is None and self.data.spuriousworld is None:
-            raise ValueError(f"loss {self.loss.name!r} aligns relevance with masks: set data.masks to a "
-                             "masks or parts table, or use loss.name=erm")
+            raise ValueError(
+                f"loss {self.loss.name!r} aligns relevance with masks: set data.masks to a "
+                "masks or parts table, or use loss.name=erm"
+            )
         if self.loss.lambda_kl > 0 and not self.init_from:
-            raise ValueError("loss.lambda_kl > 0 keeps the model close to its base model: set init_from "
-                             "to the base checkpoint, or loss.lambda_kl=0")
+            raise ValueError(
+                "loss.lambda_kl > 0 keeps the model close to its base model: set init_from "
+                "to the base checkpoint, or loss.lambda_kl=0"
+            )
         if self.run.select != "last" and self.data.eval_split in ("test", self.data.train_split):
-            raise ValueError(f"run.select is {self.run.select!r} but data.eval_split is {self.data.eval_split!r}: "
-                             "choosing an epoch on the test or training split biases what it reports; set "
-                             "data.eval_split: val (or run.select: last)")
+            raise ValueError(
+                f"run.select is {self.run.select!r} but data.eval_split is {self.data.eval_split!r}: "
+                "choosing an epoch on the test or training split biases what it reports; set "
+                "data.eval_split: val (or run.select: last)"
+            )
         sw = self.data.spuriousworld
         if sw is not None and len(sw.classes) != self.model.num_classes:
-            raise ValueError(f"data.spuriousworld has {len(sw.classes)} classes but model.num_classes is "
-                             f"{self.model.num_classes}; make them equal")
+            raise ValueError(
+                f"data.spuriousworld has {len(sw.classes)} classes but model.num_classes is "
+                f"{self.model.num_classes}; make them equal"
+            )
         return self
 
 
@@ -586,7 +611,9 @@ class EvaluateConfig(StrictModel):
     @model_validator(mode="after")
     def _check(self) -> EvaluateConfig:
         if self.batch_size < 1 or self.num_actors < 1:
-            raise ValueError(f"batch_size and num_actors must be >= 1, got {self.batch_size}, {self.num_actors}")
+            raise ValueError(
+                f"batch_size and num_actors must be >= 1, got {self.batch_size}, {self.num_actors}"
+            )
         if self.num_cpus < 0 or self.num_gpus < 0 or self.num_cpus + self.num_gpus == 0:
             raise ValueError(f"an actor needs num_cpus or num_gpus > 0, got {self.num_cpus}, {self.num_gpus}")
         return self
@@ -631,9 +658,13 @@ class ConceptSamplingConfig(StrictModel):
     @model_validator(mode="after")
     def _check(self) -> ConceptSamplingConfig:
         if self.temperature < 0 or not 0 < self.top_p <= 1:
-            raise ValueError(f"need temperature >= 0 and top_p in (0, 1], got {self.temperature}, {self.top_p}")
+            raise ValueError(
+                f"need temperature >= 0 and top_p in (0, 1], got {self.temperature}, {self.top_p}"
+            )
         if self.max_tokens < 1 or self.n_samples < 1:
-            raise ValueError(f"max_tokens and n_samples must be >= 1, got {self.max_tokens}, {self.n_samples}")
+            raise ValueError(
+                f"max_tokens and n_samples must be >= 1, got {self.max_tokens}, {self.n_samples}"
+            )
         return self
 
 
@@ -761,7 +792,9 @@ class ConceptsConfig(StrictModel):
     @model_validator(mode="after")
     def _check(self) -> ConceptsConfig:
         if self.backend in ("transformers", "vllm") and not self.model:
-            raise ValueError(f"backend={self.backend} needs model (a Hugging Face id or a local model folder)")
+            raise ValueError(
+                f"backend={self.backend} needs model (a Hugging Face id or a local model folder)"
+            )
         if self.backend == "bank" and not self.bank_path:
             raise ValueError("backend=bank needs bank_path (a YAML/JSON concept bank)")
         if not self.kinds and not self.spurious_kinds:
@@ -811,7 +844,9 @@ class GroundedSamConfig(StrictModel):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"grounded_sam.{name} must lie in [0, 1], got {getattr(self, name)}")
         if self.max_boxes_per_concept < 1 or self.sam_batch_size < 1:
-            raise ValueError("grounded_sam.max_boxes_per_concept and grounded_sam.sam_batch_size must be >= 1")
+            raise ValueError(
+                "grounded_sam.max_boxes_per_concept and grounded_sam.sam_batch_size must be >= 1"
+            )
         return self
 
 
@@ -938,9 +973,13 @@ class MasksConfig(StrictModel):
     @model_validator(mode="after")
     def _check(self) -> MasksConfig:
         if (self.images is None) == (self.synth is None):
-            raise ValueError("set exactly one of images (a Parquet image table) or synth (generate SpuriousWorld)")
+            raise ValueError(
+                "set exactly one of images (a Parquet image table) or synth (generate SpuriousWorld)"
+            )
         if (self.bank is None) == (self.concepts is None):
-            raise ValueError("set exactly one of bank (a concept bank JSON) or concepts (inline {class: [...]})")
+            raise ValueError(
+                "set exactly one of bank (a concept bank JSON) or concepts (inline {class: [...]})"
+            )
         if not self.kinds or len(set(self.kinds)) != len(self.kinds):
             raise ValueError(f"kinds must be a non-empty list without repeats, got {self.kinds}")
         gt = self.segmenter.ground_truth
@@ -970,8 +1009,10 @@ class PipelineDataConfig(StrictModel):
     @model_validator(mode="after")
     def _check(self) -> PipelineDataConfig:
         if (self.images is None) == (self.spuriousworld is None):
-            raise ValueError("give exactly one of data.spuriousworld (render it) and data.images (an existing "
-                             "image table); set the other to null")
+            raise ValueError(
+                "give exactly one of data.spuriousworld (render it) and data.images (an existing "
+                "image table); set the other to null"
+            )
         return self
 
 
@@ -1057,19 +1098,27 @@ class SweepConfig(StrictModel):
     def _check(self) -> SweepConfig:
         ft = self.finetune
         if ft.data.eval_split == "test" or ft.data.eval_split == ft.data.train_split:
-            raise ValueError(f"finetune.data.eval_split is {ft.data.eval_split!r}: a sweep ranks its trials on a "
-                             "validation split, never on test or training data; set finetune.data.eval_split: val")
+            raise ValueError(
+                f"finetune.data.eval_split is {ft.data.eval_split!r}: a sweep ranks its trials on a "
+                "validation split, never on test or training data; set finetune.data.eval_split: val"
+            )
         if ft.run.eval_every != 1:
-            raise ValueError(f"finetune.run.eval_every is {ft.run.eval_every}: trials are scheduled on the "
-                             "validation metric of every epoch; set finetune.run.eval_every: 1")
+            raise ValueError(
+                f"finetune.run.eval_every is {ft.run.eval_every}: trials are scheduled on the "
+                "validation metric of every epoch; set finetune.run.eval_every: 1"
+            )
         if self.base is not None and ft.init_from:
-            raise ValueError("set either base (trained once by the sweep) or finetune.init_from (an existing "
-                             "checkpoint), not both")
+            raise ValueError(
+                "set either base (trained once by the sweep) or finetune.init_from (an existing "
+                "checkpoint), not both"
+            )
         if not self.name or "/" in self.name:
             raise ValueError(f"name must be a non-empty folder name without '/', got {self.name!r}")
         if self.num_samples < 1 or self.trial_max_failures < 0:
-            raise ValueError(f"num_samples must be >= 1 and trial_max_failures >= 0, got {self.num_samples}, "
-                             f"{self.trial_max_failures}")
+            raise ValueError(
+                f"num_samples must be >= 1 and trial_max_failures >= 0, got {self.num_samples}, "
+                f"{self.trial_max_failures}"
+            )
         if self.max_concurrent_trials is not None and self.max_concurrent_trials < 1:
             raise ValueError(f"max_concurrent_trials must be >= 1 or null, got {self.max_concurrent_trials}")
         return self

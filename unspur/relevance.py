@@ -96,8 +96,9 @@ def rollout(model: nn.Module, images: torch.Tensor, target: torch.Tensor | None 
         return logits, _phi_from_rollout(model, attentions, grads, tuple(images.shape[-2:]))
 
 
-def _phi_from_rollout(model: nn.Module, attentions: list[torch.Tensor], grads: tuple[torch.Tensor, ...],
-                      size: tuple[int, int]) -> torch.Tensor:
+def _phi_from_rollout(
+    model: nn.Module, attentions: list[torch.Tensor], grads: tuple[torch.Tensor, ...], size: tuple[int, int]
+) -> torch.Tensor:
     n_prefix = num_prefix_tokens(model)
     patches = rollout_from_attention(attentions, [g.detach() for g in grads], n_prefix, _uses_cls_row(model))
     rows, cols = patch_grid(model)

@@ -89,7 +89,7 @@ def _artifact_root(uri: str) -> Path | None:
     """Artifacts of a local sqlite store live beside the database (``<db folder>/mlartifacts``), not
     in the current directory; a tracking server keeps its own artifact root (None)."""
     prefix = "sqlite:///"
-    return Path(uri[len(prefix):]).parent / "mlartifacts" if uri.startswith(prefix) else None
+    return Path(uri[len(prefix) :]).parent / "mlartifacts" if uri.startswith(prefix) else None
 
 
 def _experiment_id(name: str, artifacts: Path | None) -> str:
@@ -154,7 +154,7 @@ def log_config(cfg: BaseModel | Mapping[str, Any], artifact_file: str = "config.
     params = param_items(cfg)
     items = list(params.items())
     for start in range(0, len(items), MAX_PARAMS_PER_BATCH):
-        mlflow.log_params(dict(items[start:start + MAX_PARAMS_PER_BATCH]))
+        mlflow.log_params(dict(items[start : start + MAX_PARAMS_PER_BATCH]))
     data = cfg.model_dump(mode="json") if isinstance(cfg, BaseModel) else dict(cfg)
     mlflow.log_text(yaml.safe_dump(data, sort_keys=False), artifact_file)
     return params
@@ -181,8 +181,9 @@ def log_metrics(metrics: Mapping[str, Any], step: int | None = None) -> dict[str
 
     items = metric_items(metrics)
     if items:
-        mlflow.log_metrics({k: (v if not math.isinf(v) else math.copysign(1e308, v)) for k, v in items.items()},
-                           step=step)
+        mlflow.log_metrics(
+            {k: (v if not math.isinf(v) else math.copysign(1e308, v)) for k, v in items.items()}, step=step
+        )
     return items
 
 

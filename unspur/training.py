@@ -75,7 +75,9 @@ def _attention_layers(model: nn.Module, params: str) -> list[nn.Module]:
     try:
         attention_modules(model)
     except ValueError as err:
-        raise ValueError(f"train.params={params} needs transformer blocks: {err}; use train.params=all") from None
+        raise ValueError(
+            f"train.params={params} needs transformer blocks: {err}; use train.params=all"
+        ) from None
     layers = [b.attn for b in unwrap(model).blocks]
     if params == "qk" and not all(isinstance(getattr(a, "qkv", None), nn.Linear) for a in layers):
         raise ValueError(
@@ -87,7 +89,7 @@ def _attention_layers(model: nn.Module, params: str) -> list[nn.Module]:
 
 def _mask_value_rows(grad: torch.Tensor) -> torch.Tensor:
     grad = grad.clone()
-    grad[2 * (grad.shape[0] // 3):] = 0  # qkv rows are [query; key; value]
+    grad[2 * (grad.shape[0] // 3) :] = 0  # qkv rows are [query; key; value]
     return grad
 
 
@@ -315,8 +317,16 @@ def fit(
     history = []
     for epoch in range(cfg.epochs):
         terms = train_one_epoch(
-            model, train_loader, loss_spec, loss_cfg, optimizer, scheduler, base_model=base_model,
-            relevance=relevance, grad_clip=cfg.grad_clip, freeze_norm=cfg.freeze_norm,
+            model,
+            train_loader,
+            loss_spec,
+            loss_cfg,
+            optimizer,
+            scheduler,
+            base_model=base_model,
+            relevance=relevance,
+            grad_clip=cfg.grad_clip,
+            freeze_norm=cfg.freeze_norm,
         )
         history.append(terms)
         if on_epoch is not None:

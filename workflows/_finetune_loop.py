@@ -111,8 +111,10 @@ class RaySession:
         keys = sorted(terms)
         values = torch.tensor([terms[k] for k in keys], dtype=torch.float64, device=device)
         dist.all_reduce(values)
-        return {k: float(v) if k.startswith("n_") else float(v) / self.world_size
-                for k, v in zip(keys, values.tolist(), strict=True)}
+        return {
+            k: float(v) if k.startswith("n_") else float(v) / self.world_size
+            for k, v in zip(keys, values.tolist(), strict=True)
+        }
 
     def prepare_loader(self, loader: DataLoader) -> DataLoader:
         import ray.train.torch
@@ -163,11 +165,15 @@ def load_tables(tables: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame | No
 
 def _split(images: pd.DataFrame, split: str, what: str) -> pd.DataFrame:
     if "split" not in images.columns:
-        raise ValueError(f"the image table has no 'split' column, so the {what} split {split!r} cannot be "
-                         "selected; add a split column (train/val/test)")
+        raise ValueError(
+            f"the image table has no 'split' column, so the {what} split {split!r} cannot be "
+            "selected; add a split column (train/val/test)"
+        )
     rows = images[images["split"] == split].reset_index(drop=True)
     if rows.empty:
-        raise ValueError(f"the {what} split {split!r} is empty; splits present: {sorted(images['split'].unique())}")
+        raise ValueError(
+            f"the {what} split {split!r} is empty; splits present: {sorted(images['split'].unique())}"
+        )
     return rows
 
 
@@ -179,8 +185,9 @@ def _norm_stats(model: nn.Module) -> dict[str, tuple[float, ...]]:
     return {}
 
 
-def datasets(cfg: FinetuneConfig, tables: dict[str, Any], norm: dict[str, tuple[float, ...]] | None = None
-             ) -> tuple[ImageMaskDataset, ImageMaskDataset]:
+def datasets(
+    cfg: FinetuneConfig, tables: dict[str, Any], norm: dict[str, tuple[float, ...]] | None = None
+) -> tuple[ImageMaskDataset, ImageMaskDataset]:
     """(train dataset, few-shot subset if enabled; evaluation dataset over every class).
 
     ``norm``: ``{"mean", "std"}`` of the model's inputs (default: the dataset's ImageNet stats).
@@ -192,14 +199,18 @@ def datasets(cfg: FinetuneConfig, tables: dict[str, Any], norm: dict[str, tuple[
         test = test.iloc[: cfg.data.eval_max_images]
     n_labels = int(images["label"].max()) + 1
     if n_labels > cfg.model.num_classes:
-        raise ValueError(f"the image table has labels up to {n_labels - 1} but model.num_classes is "
-                         f"{cfg.model.num_classes}; set model.num_classes={n_labels}")
+        raise ValueError(
+            f"the image table has labels up to {n_labels - 1} but model.num_classes is "
+            f"{cfg.model.num_classes}; set model.num_classes={n_labels}"
+        )
     if cfg.fewshot.enabled:
         fs = cfg.fewshot
         train = few_shot(train, fs.per_class, fs.class_fraction, fs.seed)
     size, norm = cfg.model.img_size, norm or {}
-    return (ImageMaskDataset(train, masks, size, train_aug=cfg.train.augment, **norm),
-            ImageMaskDataset(test, masks, size, **norm))
+    return (
+        ImageMaskDataset(train, masks, size, train_aug=cfg.train.augment, **norm),
+        ImageMaskDataset(test, masks, size, **norm),
+    )
 
 
 def initial_model(cfg: FinetuneConfig) -> nn.Module:
@@ -214,11 +225,23 @@ def initial_model(cfg: FinetuneConfig) -> nn.Module:
 # --- checkpoint state -----------------------------------------------------------------------
 
 
-def _write_state(directory: Path, cfg: FinetuneConfig, model: nn.Module, optimizer: Any, scheduler: Any,
-                 extra: dict[str, Any]) -> None:
+def _write_state(
+    directory: Path,
+    cfg: FinetuneConfig,
+    model: nn.Module,
+    optimizer: Any,
+    scheduler: Any,
+    extra: dict[str, Any],
+) -> None:
     save_checkpoint(directory, model, cfg, extra=extra)
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "torch_rng": torch.get_rng_state()}, directory / TRAIN_STATE)
+    torch.save(
+        {
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+        },
+        directory / TRAIN_STATE,
+    )
 
 
 #: config sections a resumed run must share with the run that wrote the checkpoint
@@ -270,7 +293,10 @@ def _print_progress(cfg: FinetuneConfig, record: dict[str, Any]) -> None:
     ev = record.get("eval", {})
     shown = [f"{k}={v:.4f}" for k, v in record["train"].items() if k in ("loss", "ce", "align", "cls")]
     shown += [f"{k}={ev[k]:.3f}" for k in ("acc", "wga", "align_mass_in") if k in ev]
-    print(f"[finetune {cfg.run.name}] epoch {record['epoch'] + 1}/{cfg.train.epochs} " + " ".join(shown), flush=True)
+    print(
+        f"[finetune {cfg.run.name}] epoch {record['epoch'] + 1}/{cfg.train.epochs} " + " ".join(shown),
+        flush=True,
+    )
 
 
 def run_loop(cfg: FinetuneConfig, tables: dict[str, Any], session: Any) -> dict[str, Any] | None:
@@ -290,8 +316,9 @@ def run_loop(cfg: FinetuneConfig, tables: dict[str, Any], session: Any) -> dict[
     if base is not None:
         base.to(next(model.parameters()).device)
     batch = min(cfg.train.batch_size, len(train_ds))
-    loader = session.prepare_loader(DataLoader(train_ds, batch_size=batch, shuffle=True,
-                                               num_workers=cfg.data.loader_workers))
+    loader = session.prepare_loader(
+        DataLoader(train_ds, batch_size=batch, shuffle=True, num_workers=cfg.data.loader_workers)
+    )
     eval_loader = DataLoader(eval_ds, batch_size=64, num_workers=cfg.data.loader_workers)
     optimizer = make_optimizer(model, cfg.train)
     scheduler = make_scheduler(optimizer, cfg.train, len(loader))
@@ -312,26 +339,48 @@ def run_loop(cfg: FinetuneConfig, tables: dict[str, Any], session: Any) -> dict[
     for epoch in range(start, cfg.train.epochs):
         if hasattr(loader, "sampler") and hasattr(loader.sampler, "set_epoch"):
             loader.sampler.set_epoch(epoch)
-        terms = train_one_epoch(model, loader, spec, cfg.loss, optimizer, scheduler, base_model=base,
-                                relevance=cfg.relevance, grad_clip=cfg.train.grad_clip,
-                                freeze_norm=cfg.train.freeze_norm)
+        terms = train_one_epoch(
+            model,
+            loader,
+            spec,
+            cfg.loss,
+            optimizer,
+            scheduler,
+            base_model=base,
+            relevance=cfg.relevance,
+            grad_clip=cfg.train.grad_clip,
+            freeze_norm=cfg.train.freeze_norm,
+        )
         terms = session.reduce(terms, next(model.parameters()).device)
         record: dict[str, Any] = {"epoch": epoch, "train": terms, "lr": scheduler.get_last_lr()[0]}
         last = epoch == cfg.train.epochs - 1
         if rank0 and ((epoch + 1) % cfg.run.eval_every == 0 or last):
             record["eval"] = _evaluate(cfg, model, eval_loader, with_rel)
             if _improves(cfg, record):
-                save_checkpoint(Path(cfg.out) / SELECTED, unwrap(model), cfg,
-                                extra={"epoch": epoch, "eval": record["eval"]})
+                save_checkpoint(
+                    Path(cfg.out) / SELECTED,
+                    unwrap(model),
+                    cfg,
+                    extra={"epoch": epoch, "eval": record["eval"]},
+                )
         if rank0:
             _print_progress(cfg, record)
             history.append(record)
             if tracker:
                 tracker.log_epoch(record, step=epoch + 1)
-        extra = {"epoch": epoch, "history": history, "start_epochs": starts,
-                 "mlflow_run_id": tracker.run_id if tracker else None}
-        session.report(record, partial(_write_state, cfg=cfg, model=model, optimizer=optimizer,
-                                       scheduler=scheduler, extra=extra), epoch)
+        extra = {
+            "epoch": epoch,
+            "history": history,
+            "start_epochs": starts,
+            "mlflow_run_id": tracker.run_id if tracker else None,
+        }
+        session.report(
+            record,
+            partial(
+                _write_state, cfg=cfg, model=model, optimizer=optimizer, scheduler=scheduler, extra=extra
+            ),
+            epoch,
+        )
     return _finish(cfg, model, eval_ds, history, starts, tracker) if rank0 else None
 
 
@@ -341,7 +390,9 @@ def _improves(cfg: FinetuneConfig, record: dict[str, Any]) -> bool:
     if cfg.run.select == "last":
         return False
     kept = read_extra(Path(cfg.out) / SELECTED).get("eval")
-    return kept is None or selection_score(cfg.run.select, record["eval"]) > selection_score(cfg.run.select, kept)
+    return kept is None or selection_score(cfg.run.select, record["eval"]) > selection_score(
+        cfg.run.select, kept
+    )
 
 
 def _selected(cfg: FinetuneConfig, model: nn.Module, history: list[dict]) -> tuple[int, dict | None]:
@@ -355,8 +406,14 @@ def _selected(cfg: FinetuneConfig, model: nn.Module, history: list[dict]) -> tup
     return cfg.train.epochs - 1, evals[-1]["eval"] if evals else None
 
 
-def _finish(cfg: FinetuneConfig, model: nn.Module, eval_ds: ImageMaskDataset, history: list[dict],
-            starts: list[int], tracker: Tracker | None) -> dict[str, Any]:
+def _finish(
+    cfg: FinetuneConfig,
+    model: nn.Module,
+    eval_ds: ImageMaskDataset,
+    history: list[dict],
+    starts: list[int],
+    tracker: Tracker | None,
+) -> dict[str, Any]:
     """Save the selected (by default the last) weights to ``<out>/model``, draw the before/after
     figure, log, summarise."""
     out = Path(cfg.out)
@@ -364,8 +421,9 @@ def _finish(cfg: FinetuneConfig, model: nn.Module, eval_ds: ImageMaskDataset, hi
     final_dir = save_checkpoint(out / "model", unwrap(model), cfg, extra={"epoch": epoch, "history": history})
     figure_path = None
     if cfg.run.figure_images > 0:
-        figure = relevance_figure(initial_model(cfg), unwrap(model), eval_ds, cfg.run.figure_images,
-                                  cfg.relevance)
+        figure = relevance_figure(
+            initial_model(cfg), unwrap(model), eval_ds, cfg.run.figure_images, cfg.relevance
+        )
         figure_path = out / "relevance_before_after.png"
         figure.savefig(figure_path, dpi=100)
         if tracker:

@@ -59,8 +59,9 @@ class Tracker:
     def finish(self, model_dir: Path, summary: dict[str, Any]) -> None:
         """Log the final model folder (safetensors + config) and the summary; end the run."""
         self.client.log_artifacts(self.run_id, str(model_dir), "model")
-        self.client.log_dict(self.run_id, {k: v for k, v in summary.items() if k != "history"},
-                             "finetune_summary.json")
+        self.client.log_dict(
+            self.run_id, {k: v for k, v in summary.items() if k != "history"}, "finetune_summary.json"
+        )
         self.client.set_terminated(self.run_id, "FINISHED")
 
 

@@ -12,8 +12,12 @@ __all__ = ["print_table", "write_report", "HEADLINE"]
 
 #: (metric key, column title) of the comparison table, in order.
 HEADLINE = (("acc", "avg acc"), ("wga", "wga (worst-group acc)"), ("align_mass_in", "relevance in object"))
-LABELS = {"base": "base (ERM, biased data)", "cft": "CFT (few-shot)", "control": "control (ERM, same few images)",
-          "sweep": "CFT (best of sweep)"}
+LABELS = {
+    "base": "base (ERM, biased data)",
+    "cft": "CFT (few-shot)",
+    "control": "control (ERM, same few images)",
+    "sweep": "CFT (best of sweep)",
+}
 
 
 def _fmt(value: Any) -> str:
@@ -44,7 +48,9 @@ def print_table(evaluations: dict[str, dict[str, Any]], split: str) -> None:
 def _markdown_table(evaluations: dict[str, dict[str, Any]]) -> list[str]:
     lines = ["| model | " + " | ".join(t for _, t in HEADLINE) + " |", "|---" * (len(HEADLINE) + 1) + "|"]
     for name, result in evaluations.items():
-        lines.append(f"| {LABELS.get(name, name)} | " + " | ".join(_fmt(result.get(k)) for k, _ in HEADLINE) + " |")
+        lines.append(
+            f"| {LABELS.get(name, name)} | " + " | ".join(_fmt(result.get(k)) for k, _ in HEADLINE) + " |"
+        )
     return lines
 
 
@@ -66,27 +72,47 @@ def _selection(result: Any) -> str:
     return f" (weights of epoch {result['selected_epoch'] + 1} of {result['epochs']}, best {metric} on val)"
 
 
-def write_report(out: Path, cfg: BaseModel, results: dict[str, dict[str, Any]],
-                 evaluations: dict[str, dict[str, Any]]) -> Path:
+def write_report(
+    out: Path, cfg: BaseModel, results: dict[str, dict[str, Any]], evaluations: dict[str, dict[str, Any]]
+) -> Path:
     """Write ``<out>/report.md``: headline table, per-group accuracies, relevance figures."""
     figures = out / "figures"
     figures.mkdir(parents=True, exist_ok=True)
-    lines = ["# unspur report", "", f"Output folder: `{out}`", "",
-             f"## Held-out evaluation ({cfg.evaluate.split} split, balanced over class x background)", ""]
+    lines = [
+        "# unspur report",
+        "",
+        f"Output folder: `{out}`",
+        "",
+        f"## Held-out evaluation ({cfg.evaluate.split} split, balanced over class x background)",
+        "",
+    ]
     lines += _markdown_table(evaluations)
-    lines += ["", "wga = worst-group accuracy; relevance in object = share of the relevance map "
-              "(gradient-weighted attention rollout) that falls on the object's pixels.", "",
-              "## Accuracy per group", ""] + _group_table(evaluations)
+    lines += [
+        "",
+        "wga = worst-group accuracy; relevance in object = share of the relevance map "
+        "(gradient-weighted attention rollout) that falls on the object's pixels.",
+        "",
+        "## Accuracy per group",
+        "",
+    ] + _group_table(evaluations)
     for name in ("cft", "control"):
         figure = (results.get(name) or {}).get("figure")
         if figure and Path(figure).is_file():
             target = figures / f"{name}_relevance_before_after.png"
             shutil.copyfile(figure, target)
-            lines += ["", f"## Relevance maps: base (before) vs {name} (after)", "",
-                      "Columns: image, object/concept mask, relevance before, relevance after "
-                      "(validation images).", "", f"![{name}](figures/{target.name})"]
-    lines += ["", "## Stages", ""] + [f"- `{name}`: `{out / name}`{_selection(result)}"
-                                      for name, result in results.items() if not name.startswith("eval")]
+            lines += [
+                "",
+                f"## Relevance maps: base (before) vs {name} (after)",
+                "",
+                "Columns: image, object/concept mask, relevance before, relevance after (validation images).",
+                "",
+                f"![{name}](figures/{target.name})",
+            ]
+    lines += ["", "## Stages", ""] + [
+        f"- `{name}`: `{out / name}`{_selection(result)}"
+        for name, result in results.items()
+        if not name.startswith("eval")
+    ]
     lines += ["", "Open the tracked runs with `unspur ui --out " + str(out) + "`.", ""]
     path = out / "report.md"
     path.write_text("\n".join(lines))

@@ -23,7 +23,9 @@ __all__ = ["ParentRun", "best_trial", "export_best", "metric_plot", "trial_table
 BEST_CONFIG = "best_finetune.yaml"
 
 
-def trial_table(results: Any, space: SearchSpace, split: str, epochs: int, interrupted: bool = False) -> pd.DataFrame:
+def trial_table(
+    results: Any, space: SearchSpace, split: str, epochs: int, interrupted: bool = False
+) -> pd.DataFrame:
     """One row per trial: ``trial_id``, each swept parameter, ``epochs`` trained, the metric at the
     trial's last report, ``status`` (complete | stopped (early, by the scheduler) | incomplete
     (interrupted) | failed) and ``error``."""
@@ -38,14 +40,18 @@ def trial_table(results: Any, space: SearchSpace, split: str, epochs: int, inter
         else:
             status = "incomplete" if interrupted else "stopped"
         value = metrics.get(space.metric)
-        rows.append({
-            "trial_id": Path(result.path).name.removeprefix("trial_"),
-            **{key: (result.config or {}).get(key) for key in space.params},
-            "epochs": trained,
-            space.metric: float(value) if value is not None else math.nan,
-            "status": status,
-            "error": f"{type(result.error).__name__}: {result.error}"[:2000] if result.error is not None else "",
-        })
+        rows.append(
+            {
+                "trial_id": Path(result.path).name.removeprefix("trial_"),
+                **{key: (result.config or {}).get(key) for key in space.params},
+                "epochs": trained,
+                space.metric: float(value) if value is not None else math.nan,
+                "status": status,
+                "error": f"{type(result.error).__name__}: {result.error}"[:2000]
+                if result.error is not None
+                else "",
+            }
+        )
     columns = ["trial_id", *space.params, "epochs", space.metric, "status", "error"]
     return pd.DataFrame(rows, columns=columns).sort_values("trial_id", ignore_index=True)
 
@@ -60,8 +66,13 @@ def best_trial(table: pd.DataFrame, space: SearchSpace) -> dict[str, Any] | None
     sign = 1.0 if space.mode == "max" else -1.0
     order = (scored[space.metric] * sign).to_numpy(), scored["epochs"].to_numpy()
     row = scored.iloc[max(range(len(scored)), key=lambda i: (order[0][i], order[1][i]))]
-    return {"trial_id": str(row["trial_id"]), "params": {k: _plain(row[k]) for k in space.params},
-            space.metric: float(row[space.metric]), "epochs": int(row["epochs"]), "status": str(row["status"])}
+    return {
+        "trial_id": str(row["trial_id"]),
+        "params": {k: _plain(row[k]) for k in space.params},
+        space.metric: float(row[space.metric]),
+        "epochs": int(row["epochs"]),
+        "status": str(row["status"]),
+    }
 
 
 def _plain(value: Any) -> Any:
@@ -99,8 +110,13 @@ def metric_plot(table: pd.DataFrame, space: SearchSpace) -> Any:
         done = (scored["status"] == "complete").to_numpy()
         ys = scored[space.metric].to_numpy()
         ax.scatter([x for x, d in zip(xs, done, strict=True) if d], ys[done], color="C0", label="complete")
-        ax.scatter([x for x, d in zip(xs, done, strict=True) if not d], ys[~done], facecolors="none",
-                   edgecolors="C1", label="stopped early")
+        ax.scatter(
+            [x for x, d in zip(xs, done, strict=True) if not d],
+            ys[~done],
+            facecolors="none",
+            edgecolors="C1",
+            label="stopped early",
+        )
         if not numeric:
             ax.set_xticks(range(len(labels)), labels, rotation=30, fontsize=7)
         elif space.params[key].type == "loguniform":
@@ -127,8 +143,13 @@ class ParentRun:
 
     @classmethod
     def create(cls, cfg: SweepConfig, space: SearchSpace, points: list[dict[str, Any]]) -> ParentRun:
-        tags = {"job": "sweep", "method": space.method, "search": space.search, "scheduler": space.scheduler.name,
-                "metric": space.metric}
+        tags = {
+            "job": "sweep",
+            "method": space.method,
+            "search": space.search,
+            "scheduler": space.scheduler.name,
+            "metric": space.metric,
+        }
         with tracking.start_run(cfg.out, cfg.experiment, run_name=cfg.name, tags=tags) as run:
             tracking.log_config(cfg)
             tracking.log_dict(space.model_dump(mode="json"), "space.yaml")
@@ -157,9 +178,15 @@ class ParentRun:
         final = tracking.metric_items(summary.get("final") or {}, "base.")
         self.client.log_batch(self.run_id, metrics=_metrics(final))
 
-    def finish(self, summary: dict[str, Any], table: pd.DataFrame, figure: Any, best_yaml: str | None) -> None:
+    def finish(
+        self, summary: dict[str, Any], table: pd.DataFrame, figure: Any, best_yaml: str | None
+    ) -> None:
         """Log the outcome (best metric, counts, table, plot, best config), tag failed children, end."""
-        counts = {"trials": summary["trials"], "failed": summary["failed"], "trial_epochs": summary["trial_epochs"]}
+        counts = {
+            "trials": summary["trials"],
+            "failed": summary["failed"],
+            "trial_epochs": summary["trial_epochs"],
+        }
         best = summary.get("best")
         if best is not None:
             counts[f"best_{summary['metric']}"] = best[summary["metric"]]

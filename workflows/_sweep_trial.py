@@ -69,12 +69,25 @@ def trial_config(setup: Mapping[str, Any], point: Mapping[str, Any], trial_id: s
     base = FinetuneConfig.model_validate(setup["finetune"])
     cfg = validate_point(base, dict(point), f"trial {trial_id}")
     folder = Path(setup["trials"]) / trial_id
-    data = {**cfg.data.model_dump(mode="json"), "images": setup["tables"]["images"],
-            "masks": setup["tables"]["masks"], "spuriousworld": None}
-    run = {**cfg.run.model_dump(mode="json"), "name": "finetune", "storage_path": str(folder / "checkpoints"),
-           "track": False}
-    updated = {**cfg.model_dump(mode="json"), "out": str(folder), "data": data, "run": run,
-               "init_from": setup["init_from"] or cfg.init_from}
+    data = {
+        **cfg.data.model_dump(mode="json"),
+        "images": setup["tables"]["images"],
+        "masks": setup["tables"]["masks"],
+        "spuriousworld": None,
+    }
+    run = {
+        **cfg.run.model_dump(mode="json"),
+        "name": "finetune",
+        "storage_path": str(folder / "checkpoints"),
+        "track": False,
+    }
+    updated = {
+        **cfg.model_dump(mode="json"),
+        "out": str(folder),
+        "data": data,
+        "run": run,
+        "init_from": setup["init_from"] or cfg.init_from,
+    }
     return validate_config(FinetuneConfig, updated, f"trial {trial_id}")
 
 
@@ -84,7 +97,9 @@ def run_trial(point: dict[str, Any], setup: dict[str, Any]) -> None:
 
     cfg = trial_config(setup, point, tune.get_context().get_trial_id())
     if cfg.run.num_workers == 0:
-        session = TuneSession(Path(cfg.run.storage_path) / cfg.run.name, cfg.run.keep_checkpoints, setup["split"])
+        session = TuneSession(
+            Path(cfg.run.storage_path) / cfg.run.name, cfg.run.keep_checkpoints, setup["split"]
+        )
         run_loop(cfg, setup["tables"], session)
         return
     result = finetune.build(cfg, callbacks=[SweepReportCallback(setup["split"])]).fit()

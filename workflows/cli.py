@@ -55,7 +55,9 @@ def _register_job(name: str, module: str, help_text: str) -> None:
     def command(ctx: typer.Context) -> None:
         _call_main(module, list(ctx.args))
 
-    command.__doc__ = help_text + "\n\nArguments: --config FILE --out DIR [key.sub=value ...]; -h for details."
+    command.__doc__ = (
+        help_text + "\n\nArguments: --config FILE --out DIR [key.sub=value ...]; -h for details."
+    )
     app.command(name, context_settings=_JOB_SETTINGS, add_help_option=False)(command)
 
 

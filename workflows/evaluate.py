@@ -55,14 +55,19 @@ def _plain(rle: Any) -> dict[str, Any]:
 def build(cfg: EvaluateConfig, data: LoadedDataset | None = None) -> ray.data.Dataset:
     """The unexecuted inference Dataset (needs a running Ray to hold the input rows)."""
     if not ray.is_initialized():
-        raise RuntimeError("workflows.evaluate.build needs a running Ray: call workflows._job.init_ray() first")
+        raise RuntimeError(
+            "workflows.evaluate.build needs a running Ray: call workflows._job.init_ray() first"
+        )
     data = data if data is not None else load_inputs(cfg)
     use_masks = cfg.relevance is not None and data.masks is not None
     rows = attach_masks(data.images, data.masks if use_masks else None)
     keep = [c for c in ("image_id", "image", "path", "label", "group", "mask_rles") if c in rows.columns]
     return ray.data.from_pandas(rows[keep]).map_batches(
         ClassifierPredictor,
-        fn_constructor_kwargs={"checkpoint": cfg.checkpoint, "relevance": cfg.relevance if use_masks else None},
+        fn_constructor_kwargs={
+            "checkpoint": cfg.checkpoint,
+            "relevance": cfg.relevance if use_masks else None,
+        },
         compute=ray.data.ActorPoolStrategy(size=cfg.num_actors),
         num_cpus=cfg.num_cpus,
         num_gpus=cfg.num_gpus,
@@ -106,10 +111,19 @@ def _print_table(result: dict[str, Any], title: str) -> None:
     align = result.get("per_group_align_mass_in", {})
     for group, acc in result["per_group"].items():
         mark = " (worst)" if group == result["worst_group"] else ""
-        table.add_row(group + mark, str(result["group_sizes"][group]), f"{acc:.3f}",
-                      f"{align[group]:.3f}" if group in align else "-")
-    table.add_row("all", str(result["n"]), f"{result['acc']:.3f}",
-                  f"{result['align_mass_in']:.3f}" if "align_mass_in" in result else "-", style="bold")
+        table.add_row(
+            group + mark,
+            str(result["group_sizes"][group]),
+            f"{acc:.3f}",
+            f"{align[group]:.3f}" if group in align else "-",
+        )
+    table.add_row(
+        "all",
+        str(result["n"]),
+        f"{result['acc']:.3f}",
+        f"{result['align_mass_in']:.3f}" if "align_mass_in" in result else "-",
+        style="bold",
+    )
     console = Console()
     console.print(table)
     console.print(f"worst-group accuracy {result['wga']:.3f}; error rows {result['n_errors']}")
@@ -141,7 +155,9 @@ def run(cfg: EvaluateConfig) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     pred.to_parquet(out / "predictions.parquet", index=False)
     (out / "metrics.json").write_text(json.dumps(result, indent=2, default=_json_default))
-    _print_table(result, f"evaluate {Path(cfg.checkpoint).name} on {cfg.images} ({cfg.split or 'all splits'})")
+    _print_table(
+        result, f"evaluate {Path(cfg.checkpoint).name} on {cfg.images} ({cfg.split or 'all splits'})"
+    )
     if cfg.track:
         _track(cfg, result)
     return result

@@ -35,20 +35,26 @@ def resolve(cfg: FinetuneConfig) -> FinetuneConfig:
     if cfg.relevance not in RELEVANCE:
         raise ConfigError(f"unknown relevance method {cfg.relevance!r}; choose one of {sorted(RELEVANCE)}")
     if cfg.init_from and not Path(cfg.init_from).is_dir():
-        raise ConfigError(f"init_from {cfg.init_from!r} is not a checkpoint folder; pass the <out>/model "
-                         "folder of an earlier finetune run")
+        raise ConfigError(
+            f"init_from {cfg.init_from!r} is not a checkpoint folder; pass the <out>/model "
+            "folder of an earlier finetune run"
+        )
     out = Path(cfg.out).resolve()
-    data = cfg.data.model_copy(update={
-        "images": [str(Path(p).resolve()) for p in cfg.data.images] if cfg.data.images else None,
-        "masks": str(Path(cfg.data.masks).resolve()) if cfg.data.masks else None,
-    })
+    data = cfg.data.model_copy(
+        update={
+            "images": [str(Path(p).resolve()) for p in cfg.data.images] if cfg.data.images else None,
+            "masks": str(Path(cfg.data.masks).resolve()) if cfg.data.masks else None,
+        }
+    )
     storage = Path(cfg.run.storage_path).resolve() if cfg.run.storage_path else out / "checkpoints"
-    return cfg.model_copy(update={
-        "out": str(out),
-        "data": data,
-        "init_from": str(Path(cfg.init_from).resolve()) if cfg.init_from else None,
-        "run": cfg.run.model_copy(update={"storage_path": str(storage)}),
-    })
+    return cfg.model_copy(
+        update={
+            "out": str(out),
+            "data": data,
+            "init_from": str(Path(cfg.init_from).resolve()) if cfg.init_from else None,
+            "run": cfg.run.model_copy(update={"storage_path": str(storage)}),
+        }
+    )
 
 
 def table_paths(cfg: FinetuneConfig) -> dict[str, Any]:
@@ -95,8 +101,10 @@ def build(cfg: FinetuneConfig, callbacks: list[Any] | None = None) -> Any:
 
     cfg = resolve(cfg)
     if cfg.run.num_workers < 1:
-        raise ValueError("run.num_workers=0 trains in-process without Ray Train; set run.num_workers >= 1 "
-                         "to build a TorchTrainer")
+        raise ValueError(
+            "run.num_workers=0 trains in-process without Ray Train; set run.num_workers >= 1 "
+            "to build a TorchTrainer"
+        )
     resources = {"CPU": cfg.run.cpus_per_worker, **({"GPU": 1} if cfg.run.use_gpu else {})}
     loop_config = {
         "cfg": cfg.model_dump(mode="json"),
@@ -106,8 +114,9 @@ def build(cfg: FinetuneConfig, callbacks: list[Any] | None = None) -> Any:
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
-        scaling_config=ScalingConfig(num_workers=cfg.run.num_workers, use_gpu=cfg.run.use_gpu,
-                                     resources_per_worker=resources),
+        scaling_config=ScalingConfig(
+            num_workers=cfg.run.num_workers, use_gpu=cfg.run.use_gpu, resources_per_worker=resources
+        ),
         run_config=RunConfig(
             name=cfg.run.name,
             storage_path=cfg.run.storage_path,
@@ -152,8 +161,18 @@ def _fit(trainer: Any) -> Any:
     return result
 
 
-BRIEF_KEYS = ("checkpoint", "run_name", "start_epochs", "epochs_trained_this_run", "epochs", "select",
-              "selected_epoch", "figure", "mlflow_run_id", "ray_checkpoint")
+BRIEF_KEYS = (
+    "checkpoint",
+    "run_name",
+    "start_epochs",
+    "epochs_trained_this_run",
+    "epochs",
+    "select",
+    "selected_epoch",
+    "figure",
+    "mlflow_run_id",
+    "ray_checkpoint",
+)
 
 
 def _brief(summary: dict[str, Any]) -> dict[str, Any]:

@@ -74,7 +74,9 @@ class Stage:
         return hashlib.sha256((self.upstream + text).encode()).hexdigest()[:16]
 
 
-def _stage_config(model: type[BaseModel], wired: dict[str, Any], user: dict[str, Any], name: str) -> BaseModel:
+def _stage_config(
+    model: type[BaseModel], wired: dict[str, Any], user: dict[str, Any], name: str
+) -> BaseModel:
     """The pipeline's wiring, then the user's section on top, validated strictly."""
     return validate_config(model, apply_overrides(wired, user), f"pipeline section {name!r}")
 
@@ -96,9 +98,11 @@ def _sweep_job(cfg: SweepConfig) -> dict[str, Any]:
     summary = sweep.run(cfg)
     best = summary.get("best_finished")
     if best is None:
-        raise ConfigError(f"sweep {cfg.out}: no trial trained to the end (see {cfg.out}/trials.csv); rerun "
-                          "the pipeline to resume the sweep, or give the trials more epochs before a scheduler "
-                          "may stop them")
+        raise ConfigError(
+            f"sweep {cfg.out}: no trial trained to the end (see {cfg.out}/trials.csv); rerun "
+            "the pipeline to resume the sweep, or give the trials more epochs before a scheduler "
+            "may stop them"
+        )
     target = Path(cfg.out) / "best_model"
     if target.exists():
         shutil.rmtree(target)
@@ -121,13 +125,20 @@ def _data_inputs(cfg: PipelineConfig, out: Path) -> tuple[list[Stage], str, str 
         for key in ("images", "parts"):
             value = getattr(cfg.data, key)
             if value is not None and "://" not in value and not Path(value).exists():
-                raise ConfigError(f"pipeline: data.{key} {value!r} does not exist; point it at an existing "
-                                  "Parquet table (file or folder of shards)")
+                raise ConfigError(
+                    f"pipeline: data.{key} {value!r} does not exist; point it at an existing "
+                    "Parquet table (file or folder of shards)"
+                )
         parts = str(Path(cfg.data.parts).resolve()) if cfg.data.parts else None
         return [], str(Path(cfg.data.images).resolve()), parts, None
     data_dir = out / "data"
     synth = SynthConfig(out=str(data_dir), kind="spuriousworld", spuriousworld=sw)
-    return [Stage("data", synth, _job("synth"))], str(data_dir / "images"), str(data_dir / "parts"), list(sw.classes)
+    return (
+        [Stage("data", synth, _job("synth"))],
+        str(data_dir / "images"),
+        str(data_dir / "parts"),
+        list(sw.classes),
+    )
 
 
 def _finetune_wiring(out: Path, name: str, images: str, masks: str | None, n_classes: int | None) -> dict:
@@ -147,38 +158,85 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
     stages, images, parts, classes = _data_inputs(cfg, out)
     n_classes = len(classes) if classes else None
     class_source = {"source": "names", "names": classes} if classes else {"source": "table", "path": images}
-    concepts = _stage_config(ConceptsConfig, {"out": str(out / "concepts"), "classes": class_source},
-                             cfg.concepts, "concepts")
+    concepts = _stage_config(
+        ConceptsConfig, {"out": str(out / "concepts"), "classes": class_source}, cfg.concepts, "concepts"
+    )
     segmenter = {"name": "ground_truth", "ground_truth": {"parts": parts}} if parts else {}
-    masks = _stage_config(MasksConfig, {
-        "out": str(out / "masks"), "images": images, "bank": str(out / "concepts" / "concept_bank.json"),
-        "splits": ["train"], "segmenter": segmenter,
-    }, cfg.masks, "masks")
+    masks = _stage_config(
+        MasksConfig,
+        {
+            "out": str(out / "masks"),
+            "images": images,
+            "bank": str(out / "concepts" / "concept_bank.json"),
+            "splits": ["train"],
+            "segmenter": segmenter,
+        },
+        cfg.masks,
+        "masks",
+    )
     masks_table = str(out / "masks" / "masks")
-    base = _stage_config(FinetuneConfig, apply_overrides(
-        _finetune_wiring(out, "base", images, None, n_classes), {"loss": {"name": "erm"}}), cfg.base, "base")
-    cft_wiring = apply_overrides(_finetune_wiring(out, "cft", images, masks_table, n_classes), {
-        "init_from": str(out / "base" / "model"), "fewshot": {"enabled": True}, "model": base.model.model_dump()})
+    base = _stage_config(
+        FinetuneConfig,
+        apply_overrides(_finetune_wiring(out, "base", images, None, n_classes), {"loss": {"name": "erm"}}),
+        cfg.base,
+        "base",
+    )
+    cft_wiring = apply_overrides(
+        _finetune_wiring(out, "cft", images, masks_table, n_classes),
+        {
+            "init_from": str(out / "base" / "model"),
+            "fewshot": {"enabled": True},
+            "model": base.model.model_dump(),
+        },
+    )
     cft = _stage_config(FinetuneConfig, cft_wiring, cfg.cft, "cft")
     if base.loss.name != "erm" or cft.loss.name == "erm":
-        raise ConfigError(f"pipeline: base must use loss erm and cft an alignment loss; got base "
-                          f"{base.loss.name!r}, cft {cft.loss.name!r}")
-    stages += [Stage("concepts", concepts, _job("concepts")), Stage("masks", masks, _job("masks")),
-               Stage("base", base, _job("finetune")), Stage("cft", cft, _job("finetune"))]
+        raise ConfigError(
+            f"pipeline: base must use loss erm and cft an alignment loss; got base "
+            f"{base.loss.name!r}, cft {cft.loss.name!r}"
+        )
+    stages += [
+        Stage("concepts", concepts, _job("concepts")),
+        Stage("masks", masks, _job("masks")),
+        Stage("base", base, _job("finetune")),
+        Stage("cft", cft, _job("finetune")),
+    ]
     if cfg.run_control:  # the honest control: ERM from the same base on the very same few images
-        control = cft.model_copy(update={"out": str(out / "control"), "loss": cft.loss.model_copy(
-            update={"name": "erm"}), "run": cft.run.model_copy(update={"name": "control"})})
-        stages.append(Stage("control", validate_config(FinetuneConfig, control.model_dump(), "control"),
-                            _job("finetune")))
+        control = cft.model_copy(
+            update={
+                "out": str(out / "control"),
+                "loss": cft.loss.model_copy(update={"name": "erm"}),
+                "run": cft.run.model_copy(update={"name": "control"}),
+            }
+        )
+        stages.append(
+            Stage(
+                "control", validate_config(FinetuneConfig, control.model_dump(), "control"), _job("finetune")
+            )
+        )
     if cfg.sweep is not None:
         stages.append(_sweep_stage(cfg, cft, out))
     for name in [s.name for s in stages if s.name in MODELS]:
         ev = cfg.evaluate
         model = out / name / ("best_model" if name == "sweep" else "model")
-        stages.append(Stage(f"evaluate_{name}", EvaluateConfig(
-            out=str(out / "evaluate" / name), checkpoint=str(model), images=images,
-            masks=parts, split=ev.split, batch_size=ev.batch_size, relevance=ev.relevance,
-            num_actors=ev.num_actors, num_cpus=ev.num_cpus, num_gpus=ev.num_gpus), _job("evaluate")))
+        stages.append(
+            Stage(
+                f"evaluate_{name}",
+                EvaluateConfig(
+                    out=str(out / "evaluate" / name),
+                    checkpoint=str(model),
+                    images=images,
+                    masks=parts,
+                    split=ev.split,
+                    batch_size=ev.batch_size,
+                    relevance=ev.relevance,
+                    num_actors=ev.num_actors,
+                    num_cpus=ev.num_cpus,
+                    num_gpus=ev.num_gpus,
+                ),
+                _job("evaluate"),
+            )
+        )
     return stages
 
 
@@ -193,8 +251,11 @@ def _done(stage: Stage) -> dict[str, Any] | None:
 def _mark_done(stage: Stage, result: dict[str, Any], seconds: float) -> None:
     stage.out.mkdir(parents=True, exist_ok=True)
     tmp = stage.out / (STAGE_FILE + ".tmp")
-    tmp.write_text(json.dumps({"digest": stage.digest(), "seconds": round(seconds, 1), "result": result},
-                              indent=2, default=str))
+    tmp.write_text(
+        json.dumps(
+            {"digest": stage.digest(), "seconds": round(seconds, 1), "result": result}, indent=2, default=str
+        )
+    )
     os.replace(tmp, stage.out / STAGE_FILE)
 
 
@@ -241,14 +302,27 @@ def _run(cfg: PipelineConfig, stages: list[Stage], out: Path, log: Callable[[str
             if was_reused:
                 reused.append(stage.name)
         evaluations = {m: results[f"evaluate_{m}"] for m in MODELS if f"evaluate_{m}" in results}
-        tracking.log_metrics({f"{m}.{k}": v for m, r in evaluations.items() for k, v in r.items()
-                              if k in ("acc", "wga", "align_mass_in", "align_pointing")})
+        tracking.log_metrics(
+            {
+                f"{m}.{k}": v
+                for m, r in evaluations.items()
+                for k, v in r.items()
+                if k in ("acc", "wga", "align_mass_in", "align_pointing")
+            }
+        )
         report = write_report(out, cfg, results, evaluations)
         tracking.log_artifact(report)
         parent_id = parent.info.run_id
     print_table(evaluations, cfg.evaluate.split)
-    return {"out": str(out), "report": str(report), "mlflow_run_id": parent_id, "reused_stages": reused,
-            "evaluation": {m: {k: r.get(k) for k in ("acc", "wga", "align_mass_in")} for m, r in evaluations.items()}}
+    return {
+        "out": str(out),
+        "report": str(report),
+        "mlflow_run_id": parent_id,
+        "reused_stages": reused,
+        "evaluation": {
+            m: {k: r.get(k) for k in ("acc", "wga", "align_mass_in")} for m, r in evaluations.items()
+        },
+    }
 
 
 def main(argv: list[str] | None = None, defaults: str | Path | None = None) -> int:

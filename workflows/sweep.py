@@ -115,15 +115,21 @@ def prepare(cfg: SweepConfig) -> Plan:
     ft = cfg.finetune
     split = ft.data.eval_split
     if "loss.name" not in space.params and space.method != ft.loss.name:
-        raise ConfigError(f"space {cfg.space} is for method {space.method!r} but finetune.loss.name is "
-                          f"{ft.loss.name!r}; use that method's space or set finetune.loss.name: {space.method}")
+        raise ConfigError(
+            f"space {cfg.space} is for method {space.method!r} but finetune.loss.name is "
+            f"{ft.loss.name!r}; use that method's space or set finetune.loss.name: {space.method}"
+        )
     if not space.metric.startswith(f"{split}_"):
-        raise ConfigError(f"space metric {space.metric!r} is not a metric of the evaluation split {split!r} "
-                          f"(trials report {split}_acc, {split}_wga, ...); set the space's metric to "
-                          f"{split}_<name> or finetune.data.eval_split to the metric's split")
+        raise ConfigError(
+            f"space metric {space.metric!r} is not a metric of the evaluation split {split!r} "
+            f"(trials report {split}_acc, {split}_wga, ...); set the space's metric to "
+            f"{split}_<name> or finetune.data.eval_split to the metric's split"
+        )
     if space.scheduler.name == "asha" and space.scheduler.grace_period > ft.train.epochs:
-        raise ConfigError(f"scheduler.grace_period {space.scheduler.grace_period} exceeds finetune.train.epochs "
-                          f"{ft.train.epochs}; lower the grace period or train longer")
+        raise ConfigError(
+            f"scheduler.grace_period {space.scheduler.grace_period} exceeds finetune.train.epochs "
+            f"{ft.train.epochs}; lower the grace period or train longer"
+        )
     if space.search == "grid":
         points = grid_points(space)
     elif space.search == "random":
@@ -149,15 +155,16 @@ def trial_resources(ft: FinetuneConfig) -> tuple[dict[str, float], dict[str, flo
     (``num_workers`` 0): the driver trains and holds ``cpus_per_worker`` CPUs (and a GPU).
     """
     run = ft.run
-    gpus = (float(max(run.num_workers, 1)) if run.use_gpu else 0.0)
+    gpus = float(max(run.num_workers, 1)) if run.use_gpu else 0.0
     if run.num_workers == 0:
         driver = {"cpu": run.cpus_per_worker, "gpu": gpus}
         return driver, {"CPU": run.cpus_per_worker, "GPU": gpus}
     return {"cpu": 0, "memory": DRIVER_MEMORY}, {"CPU": run.num_workers * run.cpus_per_worker, "GPU": gpus}
 
 
-def concurrency(cluster: Mapping[str, float], need: Mapping[str, float], requested: int | None,
-                n_trials: int) -> int:
+def concurrency(
+    cluster: Mapping[str, float], need: Mapping[str, float], requested: int | None, n_trials: int
+) -> int:
     """How many trials run at once: what ``cluster`` fits of ``need`` each, capped by ``requested``.
 
     Raises :class:`ConfigError` when one trial does not fit, or ``requested`` exceeds what fits.
@@ -165,11 +172,15 @@ def concurrency(cluster: Mapping[str, float], need: Mapping[str, float], request
     have = {k: float(cluster.get(k, 0.0)) for k in need}
     fits = min(int(have[k] // v + 1e-9) for k, v in need.items() if v > 0)
     if fits < 1:
-        raise ConfigError(f"one trial needs {dict(need)} but the cluster has {have}; lower "
-                          "finetune.run.num_workers / cpus_per_worker, or add nodes")
+        raise ConfigError(
+            f"one trial needs {dict(need)} but the cluster has {have}; lower "
+            "finetune.run.num_workers / cpus_per_worker, or add nodes"
+        )
     if requested is not None and requested > fits:
-        raise ConfigError(f"max_concurrent_trials={requested} but the cluster's {have} fit only {fits} trials "
-                          f"of {dict(need)} each; set max_concurrent_trials <= {fits} (or null)")
+        raise ConfigError(
+            f"max_concurrent_trials={requested} but the cluster's {have} fit only {fits} trials "
+            f"of {dict(need)} each; set max_concurrent_trials <= {fits} (or null)"
+        )
     return max(1, min(requested or fits, n_trials))
 
 
@@ -188,7 +199,8 @@ def _domain(param: Any) -> Any:
     if param.type == "choice":
         return tune.choice(list(param.values))
     return {"uniform": tune.uniform, "loguniform": tune.loguniform, "randint": tune.randint}[param.type](
-        param.low, param.high)
+        param.low, param.high
+    )
 
 
 def _search_alg(plan: Plan, max_concurrent: int) -> Any:
@@ -202,8 +214,9 @@ def _search_alg(plan: Plan, max_concurrent: int) -> Any:
 
         return ConcurrencyLimiter(OptunaSearch(seed=plan.cfg.seed), max_concurrent=max_concurrent)
     points = plan.points if plan.space.search == "random" else None
-    return BasicVariantGenerator(points_to_evaluate=points, random_state=plan.cfg.seed,
-                                 max_concurrent=max_concurrent)
+    return BasicVariantGenerator(
+        points_to_evaluate=points, random_state=plan.cfg.seed, max_concurrent=max_concurrent
+    )
 
 
 class EpochASHA(ASHAScheduler):
@@ -222,13 +235,22 @@ def _scheduler(plan: Plan) -> Any:
     sched = plan.space.scheduler
     if sched.name == "fifo":
         return FIFOScheduler()
-    return EpochASHA(time_attr="epochs_done", max_t=plan.cfg.finetune.train.epochs,
-                     grace_period=sched.grace_period, reduction_factor=sched.reduction_factor)
+    return EpochASHA(
+        time_attr="epochs_done",
+        max_t=plan.cfg.finetune.train.epochs,
+        grace_period=sched.grace_period,
+        reduction_factor=sched.reduction_factor,
+    )
 
 
 def _setup(plan: Plan, tables: dict[str, Any], init_from: str | None) -> dict[str, Any]:
-    return {"finetune": plan.cfg.finetune.model_dump(mode="json"), "tables": tables, "init_from": init_from,
-            "trials": str(Path(plan.cfg.out) / "trials"), "split": plan.split}
+    return {
+        "finetune": plan.cfg.finetune.model_dump(mode="json"),
+        "tables": tables,
+        "init_from": init_from,
+        "trials": str(Path(plan.cfg.out) / "trials"),
+        "split": plan.split,
+    }
 
 
 def _trainable(plan: Plan, setup: dict[str, Any]) -> Any:
@@ -238,8 +260,13 @@ def _trainable(plan: Plan, setup: dict[str, Any]) -> Any:
     return tune.with_resources(tune.with_parameters(run_trial, setup=setup), driver)
 
 
-def build(plan: Plan, setup: dict[str, Any], max_concurrent: int, parent_run_id: str | None = None,
-          callbacks: Sequence[Any] = ()) -> Any:
+def build(
+    plan: Plan,
+    setup: dict[str, Any],
+    max_concurrent: int,
+    parent_run_id: str | None = None,
+    callbacks: Sequence[Any] = (),
+) -> Any:
     """The unexecuted Tuner of a prepared sweep (never starts Ray).
 
     ``setup``: what every trial needs (:func:`_setup`); ``parent_run_id``: the MLflow parent run
@@ -252,18 +279,27 @@ def build(plan: Plan, setup: dict[str, Any], max_concurrent: int, parent_run_id:
     loggers = []
     if parent_run_id is not None:
         tags = {"mlflow.parentRunId": parent_run_id, "job": "sweep_trial", "sweep": cfg.name}
-        loggers.append(MLflowLoggerCallback(tracking_uri=tracking.tracking_uri(cfg.out),
-                                            experiment_name=cfg.experiment, tags=tags))
+        loggers.append(
+            MLflowLoggerCallback(
+                tracking_uri=tracking.tracking_uri(cfg.out), experiment_name=cfg.experiment, tags=tags
+            )
+        )
     return tune.Tuner(
         _trainable(plan, setup),
         param_space={key: _domain(p) for key, p in space.params.items()},
         tune_config=tune.TuneConfig(
-            metric=space.metric, mode=space.mode, search_alg=_search_alg(plan, max_concurrent),
-            scheduler=_scheduler(plan), num_samples=plan.tune_samples,
-            trial_name_creator=_trial_name, trial_dirname_creator=_trial_name,
+            metric=space.metric,
+            mode=space.mode,
+            search_alg=_search_alg(plan, max_concurrent),
+            scheduler=_scheduler(plan),
+            num_samples=plan.tune_samples,
+            trial_name_creator=_trial_name,
+            trial_dirname_creator=_trial_name,
         ),
         run_config=tune.RunConfig(
-            name=cfg.name, storage_path=cfg.storage_path, verbose=1,
+            name=cfg.name,
+            storage_path=cfg.storage_path,
+            verbose=1,
             failure_config=tune.FailureConfig(max_failures=cfg.trial_max_failures),
             callbacks=[*loggers, *callbacks],
         ),
@@ -284,8 +320,10 @@ def _train_base(plan: Plan) -> tuple[str | None, dict[str, Any] | None]:
     saved = model_dir / "config.yaml"
     if saved.is_file():
         if yaml.safe_load(saved.read_text()) != base.model_dump(mode="json"):
-            raise ConfigError(f"{model_dir} holds a base model trained with another config than `base`; "
-                              "use another --out, or delete that folder to retrain it")
+            raise ConfigError(
+                f"{model_dir} holds a base model trained with another config than `base`; "
+                "use another --out, or delete that folder to retrain it"
+            )
         return str(model_dir), None
     return str(model_dir), finetune.run(base)
 
@@ -320,9 +358,11 @@ def _check_stoppable(plan: Plan) -> None:
         return True
 
     if not ray.get(state_api_ok.remote()):
-        raise ConfigError("the ASHA scheduler stops trials early, but this Ray has no State API (started "
-                          "without its dashboard), so Ray Train cannot free a stopped trial's workers; start "
-                          "Ray with its dashboard, use scheduler fifo, or set finetune.run.num_workers: 0")
+        raise ConfigError(
+            "the ASHA scheduler stops trials early, but this Ray has no State API (started "
+            "without its dashboard), so Ray Train cannot free a stopped trial's workers; start "
+            "Ray with its dashboard, use scheduler fifo, or set finetune.run.num_workers: 0"
+        )
 
 
 def _state(plan: Plan) -> dict[str, Any] | None:
@@ -330,8 +370,10 @@ def _state(plan: Plan) -> dict[str, Any] | None:
     state_file = plan.experiment_path / STATE
     state = json.loads(state_file.read_text()) if state_file.is_file() else None
     if state is not None and state["digest"] != plan.digest:
-        raise ConfigError(f"a sweep named {plan.cfg.name!r} with another config exists in {plan.experiment_path}; "
-                          "rerun it with the same config to resume it, or pick a new name / out")
+        raise ConfigError(
+            f"a sweep named {plan.cfg.name!r} with another config exists in {plan.experiment_path}; "
+            "rerun it with the same config to resume it, or pick a new name / out"
+        )
     return state
 
 
@@ -345,18 +387,27 @@ def _tuner(plan: Plan, setup: dict[str, Any], callbacks: Sequence[Any]) -> tuple
     state = _state(plan)
     restorable = tune.Tuner.can_restore(str(path))
     if restorable and state is None:
-        raise ConfigError(f"{path} holds Tune state but no {STATE} (not an unspur sweep, or damaged); pick "
-                          "a new name / out")
+        raise ConfigError(
+            f"{path} holds Tune state but no {STATE} (not an unspur sweep, or damaged); pick a new name / out"
+        )
     if restorable:
         parent = ParentRun.reopen(cfg.out, state["parent_run_id"])
         parent.end_stale_children()
-        tuner = tune.Tuner.restore(str(path), trainable=_trainable(plan, setup), resume_unfinished=True,
-                                   resume_errored=False, restart_errored=False)
+        tuner = tune.Tuner.restore(
+            str(path),
+            trainable=_trainable(plan, setup),
+            resume_unfinished=True,
+            resume_errored=False,
+            restart_errored=False,
+        )
         return tuner, parent, True
     _, need = trial_resources(cfg.finetune)
     limit = concurrency(ray.cluster_resources(), need, cfg.max_concurrent_trials, plan.n_trials)
-    parent = (ParentRun.reopen(cfg.out, state["parent_run_id"]) if state is not None
-              else ParentRun.create(cfg, plan.space, plan.points))
+    parent = (
+        ParentRun.reopen(cfg.out, state["parent_run_id"])
+        if state is not None
+        else ParentRun.create(cfg, plan.space, plan.points)
+    )
     path.mkdir(parents=True, exist_ok=True)
     state_file.write_text(json.dumps({"digest": plan.digest, "parent_run_id": parent.run_id}))
     return build(plan, setup, limit, parent.run_id, callbacks), parent, False
@@ -390,26 +441,40 @@ def run(cfg: SweepConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
         figure.savefig(out / "metric_vs_params.png", dpi=100)
     parent.finish(summary, table, figure, summary.get("best_config"))
     if summary["interrupted"]:
-        print(f"sweep interrupted: rerun the same command to resume it ({plan.experiment_path})", file=sys.stderr)
+        print(
+            f"sweep interrupted: rerun the same command to resume it ({plan.experiment_path})",
+            file=sys.stderr,
+        )
     return summary
 
 
-def _summarize(plan: Plan, results: Any, init_from: str | None, trials_dir: Path) -> tuple[dict[str, Any], Any]:
+def _summarize(
+    plan: Plan, results: Any, init_from: str | None, trials_dir: Path
+) -> tuple[dict[str, Any], Any]:
     """Write ``trials.csv`` (and, once every trial has ended, ``best_finetune.yaml``); (summary, table)."""
     out = Path(plan.cfg.out)
     interrupted = results.num_terminated + results.num_errors < plan.n_trials
     table = trial_table(results, plan.space, plan.split, plan.cfg.finetune.train.epochs, interrupted)
     table.to_csv(out / "trials.csv", index=False)
     summary: dict[str, Any] = {
-        "experiment_path": str(plan.experiment_path), "interrupted": interrupted, "metric": plan.space.metric,
-        "trials": len(table), "failed": int((table["status"] == "failed").sum()),
-        "trial_epochs": int(table["epochs"].sum()), "base_model": init_from,
+        "experiment_path": str(plan.experiment_path),
+        "interrupted": interrupted,
+        "metric": plan.space.metric,
+        "trials": len(table),
+        "failed": int((table["status"] == "failed").sum()),
+        "trial_epochs": int(table["epochs"].sum()),
+        "base_model": init_from,
     }
     best = best_trial(table, plan.space)
     if best is not None and not interrupted:
         model = trials_dir / best["trial_id"] / "model"
-        summary.update({"best": best, "best_config": str(export_best(plan.cfg.finetune, best, out, init_from)),
-                        "best_model": str(model) if model.is_dir() else None})
+        summary.update(
+            {
+                "best": best,
+                "best_config": str(export_best(plan.cfg.finetune, best, out, init_from)),
+                "best_model": str(model) if model.is_dir() else None,
+            }
+        )
         # a trial the scheduler stopped early saved no model: the best of those trained to the end
         finished = table[[(trials_dir / str(t) / "model").is_dir() for t in table["trial_id"]]]
         summary["best_finished"] = best_trial(finished, plan.space) if len(finished) else None

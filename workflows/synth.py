@@ -49,9 +49,13 @@ class Generator:
 
 
 GENERATORS: dict[str, Generator] = {
-    "spuriousworld": Generator(SpuriousWorldConfig, spuriousworld.sample_rows, ("parts",), lambda c: list(c.classes)),
+    "spuriousworld": Generator(
+        SpuriousWorldConfig, spuriousworld.sample_rows, ("parts",), lambda c: list(c.classes)
+    ),
     "digits_grid": Generator(
-        DigitsGridConfig, digits_grid.sample_rows, ("parts", "regions"),
+        DigitsGridConfig,
+        digits_grid.sample_rows,
+        ("parts", "regions"),
         lambda c: [digits_grid.DIGIT_NAMES[d] for d in c.digits],
     ),
 }
@@ -82,7 +86,9 @@ def render_batch(batch: dict[str, np.ndarray], kind: str, section: dict[str, Any
     rows = []
     for gid in batch["id"]:
         image_row, *extra = gen.rows(cfg, *_locate(sizes, int(gid)))
-        rows.append({**image_row, **{f"_{name}": table for name, table in zip(gen.tables, extra, strict=True)}})
+        rows.append(
+            {**image_row, **{f"_{name}": table for name, table in zip(gen.tables, extra, strict=True)}}
+        )
     return pa.Table.from_pylist(rows)
 
 
@@ -112,8 +118,13 @@ def _statistics(cfg: SynthConfig, rows: Any) -> dict[str, Any]:
     section = _section(cfg)
     stats: dict[str, Any] = {
         "counts": {s: int((rows["split"] == s).sum()) for s in SPLITS},
-        "groups": {s: {str(g): int(n) for g, n in rows[rows["split"] == s]["group"].value_counts().sort_index().items()}
-                   for s in SPLITS},
+        "groups": {
+            s: {
+                str(g): int(n)
+                for g, n in rows[rows["split"] == s]["group"].value_counts().sort_index().items()
+            }
+            for s in SPLITS
+        },
     }
     train = rows[rows["split"] == "train"]
     if cfg.kind == "spuriousworld":
@@ -167,7 +178,12 @@ def _print_summary(summary: dict[str, Any]) -> None:
         table.add_row(split, str(n), str(len(groups)), str(min(groups.values(), default=0)))
     console = Console()
     console.print(table)
-    for key in ("train_cooccurrence", "train_cramers_v", "train_marker_rate_target", "train_marker_rate_other"):
+    for key in (
+        "train_cooccurrence",
+        "train_cramers_v",
+        "train_marker_rate_target",
+        "train_marker_rate_other",
+    ):
         if key in summary:
             console.print(f"{key}: {summary[key]:.4f}")
 
@@ -189,14 +205,20 @@ _FLAGS: dict[str, tuple[str, tuple[str, ...]]] = {
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="unspur data synth", description=__doc__.split("\n")[0])
     p.add_argument("--out", "-o", default=None, help="output folder")
-    p.add_argument("--kind", choices=sorted(GENERATORS), default=None, help="generator (default spuriousworld)")
+    p.add_argument(
+        "--kind", choices=sorted(GENERATORS), default=None, help="generator (default spuriousworld)"
+    )
     p.add_argument("--config", "-c", type=Path, default=None, help="YAML SynthConfig")
     p.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS or a local Ray)")
     for flag in ("n_train", "n_val", "n_test", "image_size", "seed", "target_digit"):
         p.add_argument(f"--{flag.replace('_', '-')}", dest=flag, type=int, default=None)
-    p.add_argument("--rho", type=float, default=None, help="spuriousworld: train class/background co-occurrence")
+    p.add_argument(
+        "--rho", type=float, default=None, help="spuriousworld: train class/background co-occurrence"
+    )
     p.add_argument("--cramers-v", dest="cramers_v", type=float, default=None, help="digits_grid: Cramer's V")
-    p.add_argument("--classes", default=None, help="comma list: class names (spuriousworld) or digits (digits_grid)")
+    p.add_argument(
+        "--classes", default=None, help="comma list: class names (spuriousworld) or digits (digits_grid)"
+    )
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. spuriousworld.contrast=0.8")
     return p.parse_args(argv)
 
@@ -211,7 +233,9 @@ def _config(args: argparse.Namespace) -> SynthConfig:
         if value is None:
             continue
         if kind not in kinds:
-            raise ConfigError(f"--{flag.replace('_', '-')} does not apply to kind {kind!r} (it applies to {list(kinds)})")
+            raise ConfigError(
+                f"--{flag.replace('_', '-')} does not apply to kind {kind!r} (it applies to {list(kinds)})"
+            )
         if flag == "classes":
             field = "digits" if kind == "digits_grid" else "classes"
             value = "[" + ",".join(v.strip() for v in value.split(",") if v.strip()) + "]"

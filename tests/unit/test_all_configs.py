@@ -25,7 +25,11 @@ SPACES = sorted(p for ext in ("*.yaml", "*.yml") for p in (ROOT / "tune_spaces")
 def job_module_for(path: Path) -> ModuleType | None:
     """The job module a config file belongs to, by the naming convention above (None: no match)."""
     for token in path.stem.split("_"):
-        if token.isidentifier() and not token.startswith("_") and (ROOT / "workflows" / f"{token}.py").is_file():
+        if (
+            token.isidentifier()
+            and not token.startswith("_")
+            and (ROOT / "workflows" / f"{token}.py").is_file()
+        ):
             module = importlib.import_module(f"workflows.{token}")
             if hasattr(module, "CONFIG"):
                 return module

@@ -41,16 +41,24 @@ def test_empty_and_mismatched_inputs():
 
 
 def test_relevance_alignment_hand_computed():
-    phi = np.array([
-        [[0.8, 0.2], [0.0, 0.0]],  # mass in 0.8; hot {(0,0)} = mask -> iou 1; argmax in mask
-        [[0.1, 0.6], [0.3, 0.0]],  # mass in 0.4/1.0; hot {(0,1)} vs mask {(0,0),(1,0)} -> iou 0; pointing 0
-        [[1.0, 0.0], [0.0, 0.0]],  # empty mask: left out
-    ])
-    mask = np.array([
-        [[1, 0], [0, 0]],
-        [[1, 0], [1, 0]],
-        [[0, 0], [0, 0]],
-    ], bool)
+    phi = np.array(
+        [
+            [[0.8, 0.2], [0.0, 0.0]],  # mass in 0.8; hot {(0,0)} = mask -> iou 1; argmax in mask
+            [
+                [0.1, 0.6],
+                [0.3, 0.0],
+            ],  # mass in 0.4/1.0; hot {(0,1)} vs mask {(0,0),(1,0)} -> iou 0; pointing 0
+            [[1.0, 0.0], [0.0, 0.0]],  # empty mask: left out
+        ]
+    )
+    mask = np.array(
+        [
+            [[1, 0], [0, 0]],
+            [[1, 0], [1, 0]],
+            [[0, 0], [0, 0]],
+        ],
+        bool,
+    )
     out = metrics.relevance_alignment(phi, mask)
     assert out["mass_in"] == pytest.approx(0.6)
     assert out["iou"] == pytest.approx(0.5)

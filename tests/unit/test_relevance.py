@@ -20,7 +20,9 @@ VARIANTS = {
 
 def _model(variant: str = "cls", name: str = "vit_tiny_synth") -> torch.nn.Module:
     torch.manual_seed(0)
-    return build_model(ModelConfig(name=name, num_classes=3, img_size=32, kwargs={**SMALL, **VARIANTS[variant]}))
+    return build_model(
+        ModelConfig(name=name, num_classes=3, img_size=32, kwargs={**SMALL, **VARIANTS[variant]})
+    )
 
 
 def _slow_rollout(model: torch.nn.Module, images: torch.Tensor, n_prefix: int, cls_row: bool) -> torch.Tensor:
@@ -39,7 +41,9 @@ def _slow_rollout(model: torch.nn.Module, images: torch.Tensor, n_prefix: int, c
             r = r + (sum(heads) / len(heads)) @ r
         row = r[0, n_prefix:] if cls_row else r[n_prefix:, n_prefix:].mean(0)
         side = int(row.numel() ** 0.5)
-        up = F.interpolate(row.view(1, 1, side, side), size=images.shape[-2:], mode="bilinear", align_corners=False)[0, 0]
+        up = F.interpolate(
+            row.view(1, 1, side, side), size=images.shape[-2:], mode="bilinear", align_corners=False
+        )[0, 0]
         maps.append((up - up.min()) / (up.max() - up.min()))
     return torch.stack(maps)
 
@@ -54,8 +58,9 @@ def test_shapes_and_range(method: str, variant: str) -> None:
     assert phi.amin(dim=(1, 2)).allclose(torch.zeros(3)) and phi.amax(dim=(1, 2)).allclose(torch.ones(3))
 
 
-@pytest.mark.parametrize(("variant", "n_prefix", "cls_row"), [("cls", 1, True), ("gap", 0, False),
-                                                               ("registers", 3, True)])
+@pytest.mark.parametrize(
+    ("variant", "n_prefix", "cls_row"), [("cls", 1, True), ("gap", 0, False), ("registers", 3, True)]
+)
 def test_matches_slow_reference_values_and_gradients(variant: str, n_prefix: int, cls_row: bool) -> None:
     model = _model(variant).double()  # float64: the min-max scaling magnifies float32 rounding
     images = torch.randn(2, 3, 32, 32, dtype=torch.float64)

@@ -42,8 +42,16 @@ def test_tracking_uri_default_and_env(tmp_path, monkeypatch):
 
 
 def test_metric_items_flatten_and_filter():
-    items = tracking.metric_items({"acc": np.float32(0.5), "per_group": {"bird/water": 1, "a|b": 0.25},
-                                   "worst_group": "bird/water", "ok": True, "n": np.int64(3), "x": None})
+    items = tracking.metric_items(
+        {
+            "acc": np.float32(0.5),
+            "per_group": {"bird/water": 1, "a|b": 0.25},
+            "worst_group": "bird/water",
+            "ok": True,
+            "n": np.int64(3),
+            "x": None,
+        }
+    )
     assert items == {"acc": 0.5, "per_group.bird/water": 1.0, "per_group.a_b": 0.25, "ok": 1.0, "n": 3.0}
 
 

@@ -27,8 +27,15 @@ SIZE = 32
 
 @pytest.fixture(scope="module")
 def tables():
-    cfg = SpuriousWorldConfig(image_size=SIZE, classes=["bird", "tree"], backgrounds=["water", "snow"],
-                              n_train=24, n_val=8, n_test=4, object_scale=0.8)
+    cfg = SpuriousWorldConfig(
+        image_size=SIZE,
+        classes=["bird", "tree"],
+        backgrounds=["water", "snow"],
+        n_train=24,
+        n_val=8,
+        n_test=4,
+        object_scale=0.8,
+    )
     return generate_tables(cfg, splits=("train", "val"))
 
 
@@ -63,8 +70,9 @@ def test_cft_epoch_counts_images_without_a_mask(tables):
     model, base = _model(), _model()
     loss_cfg = LossConfig(name="cft", lambda_kl=0.5)
     opt = make_optimizer(model, TrainConfig(lr=1e-4))
-    terms = train_one_epoch(model, _loader(tables, drop_parts_of=no_mask), LOSSES["cft"], loss_cfg, opt,
-                            base_model=base)
+    terms = train_one_epoch(
+        model, _loader(tables, drop_parts_of=no_mask), LOSSES["cft"], loss_cfg, opt, base_model=base
+    )
     assert terms["n_no_mask"] == 5
     assert all(torch.isfinite(torch.tensor(v)) for v in terms.values())
     assert {"concept", "non_concept", "cls", "kl"} <= set(terms)
@@ -118,8 +126,8 @@ def test_params_qk_trains_only_queries_and_keys():
     for name, p in model.named_parameters():
         moved = (p.detach() - before[name]).abs()
         if name.endswith("attn.qkv.weight") or name.endswith("attn.qkv.bias"):
-            assert moved[:2 * dim].max() > 0, name  # query and key rows learn
-            assert moved[2 * dim:].max() == 0, name  # value rows are held fixed
+            assert moved[: 2 * dim].max() > 0, name  # query and key rows learn
+            assert moved[2 * dim :].max() == 0, name  # value rows are held fixed
         else:
             assert moved.max() == 0, name
 

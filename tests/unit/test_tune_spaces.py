@@ -46,7 +46,9 @@ def test_validate_point_applies_and_rejects_unknown():
 
 
 def test_impossible_range_and_unknown_type(tmp_path: Path):
-    bad = _write(tmp_path, "method: cft\nparams:\n  train.lr: {type: loguniform, low: 1.0e-3, high: 1.0e-4}\n")
+    bad = _write(
+        tmp_path, "method: cft\nparams:\n  train.lr: {type: loguniform, low: 1.0e-3, high: 1.0e-4}\n"
+    )
     with pytest.raises(ConfigError, match="impossible range"):
         load_space(bad)
     bad = _write(tmp_path, "method: cft\nparams:\n  train.lr: {type: normal, low: 0, high: 1}\n")
@@ -55,7 +57,9 @@ def test_impossible_range_and_unknown_type(tmp_path: Path):
 
 
 def test_test_metric_rejected(tmp_path: Path):
-    path = _write(tmp_path, "method: cft\nmetric: test_wga\nparams:\n  train.lr: {type: choice, values: [0.1]}\n")
+    path = _write(
+        tmp_path, "method: cft\nmetric: test_wga\nparams:\n  train.lr: {type: choice, values: [0.1]}\n"
+    )
     with pytest.raises(ConfigError, match="validation metric"):
         load_space(path)
 

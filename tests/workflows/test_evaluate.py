@@ -31,8 +31,16 @@ def inputs(tmp_path_factory):
 
 def test_evaluate_matches_in_process_loop(ray_local, inputs, tmp_path):
     root, images, parts = inputs
-    argv = ["--out", str(tmp_path), f"checkpoint={root / 'ckpt'}", f"images={root / 'images.parquet'}",
-            f"masks={root / 'parts.parquet'}", "split=test", "batch_size=8", "track=false"]
+    argv = [
+        "--out",
+        str(tmp_path),
+        f"checkpoint={root / 'ckpt'}",
+        f"images={root / 'images.parquet'}",
+        f"masks={root / 'parts.parquet'}",
+        "split=test",
+        "batch_size=8",
+        "track=false",
+    ]
     assert evaluate.main(argv) == 0
     result = json.loads((tmp_path / "metrics.json").read_text())
     pred = pd.read_parquet(tmp_path / "predictions.parquet")
@@ -56,9 +64,30 @@ def test_bad_inputs_are_clear(ray_local, inputs, tmp_path, capsys):
     assert "checkpoint" in capsys.readouterr().err  # required key missing, before Ray work
     bad = images.assign(label=images.label.where(images.index != 0, 9))
     bad.to_parquet(tmp_path / "bad.parquet")
-    assert evaluate.main(["--out", str(tmp_path), f"checkpoint={root / 'ckpt'}", f"images={tmp_path / 'bad.parquet'}",
-                          "classes=[bird,airplane,bicycle,tree]", "track=false"]) == 2
+    assert (
+        evaluate.main(
+            [
+                "--out",
+                str(tmp_path),
+                f"checkpoint={root / 'ckpt'}",
+                f"images={tmp_path / 'bad.parquet'}",
+                "classes=[bird,airplane,bicycle,tree]",
+                "track=false",
+            ]
+        )
+        == 2
+    )
     assert "labels [9] lie outside the class list" in capsys.readouterr().err
-    assert evaluate.main(["--out", str(tmp_path), f"checkpoint={tmp_path / 'nope'}",
-                          f"images={root / 'images.parquet'}", "track=false"]) == 2
+    assert (
+        evaluate.main(
+            [
+                "--out",
+                str(tmp_path),
+                f"checkpoint={tmp_path / 'nope'}",
+                f"images={root / 'images.parquet'}",
+                "track=false",
+            ]
+        )
+        == 2
+    )
     assert "nope" in capsys.readouterr().err

@@ -19,9 +19,14 @@ from workflows import finetune as job
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = [
-    "data.spuriousworld.image_size=32", "data.spuriousworld.n_train=24", "data.spuriousworld.n_val=1",
-    "data.spuriousworld.n_test=12", "model.img_size=32", "model.kwargs={depth: 1, embed_dim: 48, num_heads: 2}",
-    "train.batch_size=8", "run.figure_images=2",
+    "data.spuriousworld.image_size=32",
+    "data.spuriousworld.n_train=24",
+    "data.spuriousworld.n_val=1",
+    "data.spuriousworld.n_test=12",
+    "model.img_size=32",
+    "model.kwargs={depth: 1, embed_dim: 48, num_heads: 2}",
+    "train.batch_size=8",
+    "run.figure_images=2",
 ]
 
 
@@ -37,7 +42,9 @@ def test_in_process_cft_writes_model_metrics_figure_and_resumes(tmp_path: Path) 
     assert job.main(args) == 0
     summary = json.loads((tmp_path / "finetune_summary.json").read_text())
     assert summary["start_epochs"] == [0] and [h["epoch"] for h in summary["history"]] == [-1, 0, 1]
-    assert {"loss", "concept", "non_concept", "align", "cls", "kl", "n_no_mask"} <= set(summary["history"][1]["train"])
+    assert {"loss", "concept", "non_concept", "align", "cls", "kl", "n_no_mask"} <= set(
+        summary["history"][1]["train"]
+    )
     assert 0.0 <= summary["final"]["acc"] <= 1.0 and "align_mass_in" in summary["final"]
     model, config = load_checkpoint(tmp_path / "model")
     assert config["loss"]["name"] == "cft" and config["out"] == str(tmp_path)
@@ -84,11 +91,20 @@ def test_ray_train_two_workers_resumes_after_the_driver_is_killed(ray_local, tmp
     storage = tmp_path / "checkpoints" / "killed"
     env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address, "PYTHONPATH": str(REPO)}
     code = "import sys; from workflows.finetune import main; raise SystemExit(main(sys.argv[1:]))"
-    proc = subprocess.Popen([sys.executable, "-c", code, *args, "train.epochs=40"], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, *args, "train.epochs=40"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
-        _wait_for(lambda: (storage / "checkpoint_manager_snapshot.json").is_file() or proc.poll() is not None,
-                  240, "the first Ray Train checkpoint")
+        _wait_for(
+            lambda: (storage / "checkpoint_manager_snapshot.json").is_file() or proc.poll() is not None,
+            240,
+            "the first Ray Train checkpoint",
+        )
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
@@ -111,8 +127,16 @@ def test_ray_train_two_workers_resumes_after_the_driver_is_killed(ray_local, tmp
     assert loaded(torch.zeros(2, 3, 32, 32)).shape == (2, 4)
 
     # a base checkpoint of another architecture fails on the workers with one clear line
-    other = ["--out", str(tmp_path / "other"), *TINY, "loss.name=cft", "run.num_workers=2", "run.max_failures=0",
-             f"init_from={tmp_path / 'model'}", "model.name=hybrid_tiny_synth"]
+    other = [
+        "--out",
+        str(tmp_path / "other"),
+        *TINY,
+        "loss.name=cft",
+        "run.num_workers=2",
+        "run.max_failures=0",
+        f"init_from={tmp_path / 'model'}",
+        "model.name=hybrid_tiny_synth",
+    ]
     assert job.main(other) == 2
     assert "holds vit_tiny_synth" in capsys.readouterr().err
 
@@ -124,18 +148,37 @@ def test_shipped_configs_validate(path: Path) -> None:
 
 
 def test_resume_refuses_a_checkpoint_of_another_objective(tmp_path: Path) -> None:
-    assert job.main(["--out", str(tmp_path), *TINY, "loss.name=erm", "train.epochs=1", "run.figure_images=0"]) == 0
+    assert (
+        job.main(["--out", str(tmp_path), *TINY, "loss.name=erm", "train.epochs=1", "run.figure_images=0"])
+        == 0
+    )
     # same run name and folder, another loss: resuming would mix two runs -> a one-line error
-    assert job.main(["--out", str(tmp_path), *TINY, "loss.name=cft", "train.epochs=2", "run.figure_images=0"]) == 2
+    assert (
+        job.main(["--out", str(tmp_path), *TINY, "loss.name=cft", "train.epochs=2", "run.figure_images=0"])
+        == 2
+    )
 
 
 def test_select_saves_the_best_validation_epoch(tmp_path: Path) -> None:
-    args = ["--out", str(tmp_path), *TINY, "data.spuriousworld.n_val=32", "data.eval_split=val", "loss.name=erm",
-            "train.epochs=4", "train.lr=0.01", "run.select=best_acc", "run.figure_images=0", "run.track=false"]
+    args = [
+        "--out",
+        str(tmp_path),
+        *TINY,
+        "data.spuriousworld.n_val=32",
+        "data.eval_split=val",
+        "loss.name=erm",
+        "train.epochs=4",
+        "train.lr=0.01",
+        "run.select=best_acc",
+        "run.figure_images=0",
+        "run.track=false",
+    ]
     assert job.main(args) == 0
     summary = json.loads((tmp_path / "finetune_summary.json").read_text())
     trained = [h for h in summary["history"] if h["epoch"] >= 0]
-    best = max(trained, key=lambda h: (h["eval"]["acc"], h["eval"]["wga"], -h["epoch"]))  # then the earlier epoch
+    best = max(
+        trained, key=lambda h: (h["eval"]["acc"], h["eval"]["wga"], -h["epoch"])
+    )  # then the earlier epoch
     assert summary["select"] == "best_acc" and summary["selected_epoch"] == best["epoch"]
     assert summary["final"] == best["eval"]
     saved, _ = load_checkpoint(tmp_path / "model")

@@ -12,7 +12,11 @@ import yaml
 from unspur.config import ConfigError, PipelineConfig, load_config
 from workflows import pipeline
 
-TINY_MODEL = {"name": "vit_tiny_synth", "img_size": 32, "kwargs": {"depth": 1, "embed_dim": 48, "num_heads": 2}}
+TINY_MODEL = {
+    "name": "vit_tiny_synth",
+    "img_size": 32,
+    "kwargs": {"depth": 1, "embed_dim": 48, "num_heads": 2},
+}
 
 
 def _tiny(out: Path) -> Path:
@@ -20,11 +24,18 @@ def _tiny(out: Path) -> Path:
         "out": str(out),
         "data": {"spuriousworld": {"image_size": 32, "n_train": 48, "n_val": 16, "n_test": 32}},
         "concepts": {"backend": "wordnet", "kinds": ["important"], "track": False},
-        "masks": {"validation": {"images_per_class": 4, "min_coverage": 0.02}, "overlays": 0,
-                  "compute": {"num_cpus": 0.25, "batch_size": 16}, "track": False},
+        "masks": {
+            "validation": {"images_per_class": 4, "min_coverage": 0.02},
+            "overlays": 0,
+            "compute": {"num_cpus": 0.25, "batch_size": 16},
+            "track": False,
+        },
         "base": {"model": TINY_MODEL, "train": {"epochs": 1, "batch_size": 16}, "run": {"figure_images": 0}},
-        "cft": {"train": {"epochs": 1, "batch_size": 8}, "fewshot": {"per_class": 2},
-                "run": {"figure_images": 2, "select": "best_wga"}},
+        "cft": {
+            "train": {"epochs": 1, "batch_size": 8},
+            "fewshot": {"per_class": 2},
+            "run": {"figure_images": 2, "select": "best_wga"},
+        },
         "evaluate": {"batch_size": 32},
     }
     path = out.parent / f"{out.name}.yaml"
@@ -40,11 +51,22 @@ def test_pipeline_runs_every_stage_then_reuses_them(tmp_path: Path, ray_local, m
     printed = capsys.readouterr().out
     assert "CFT worst-group gain over base" in printed and f"unspur ui --out {out}" in printed
     names = [s.name for s in pipeline.plan(load_config(PipelineConfig, config))]
-    assert names == ["data", "concepts", "masks", "base", "cft", "control",
-                     "evaluate_base", "evaluate_cft", "evaluate_control"]
+    assert names == [
+        "data",
+        "concepts",
+        "masks",
+        "base",
+        "cft",
+        "control",
+        "evaluate_base",
+        "evaluate_cft",
+        "evaluate_control",
+    ]
     for name in names:
-        assert (Path(pipeline.plan(load_config(PipelineConfig, config))[names.index(name)].config.out)
-                / "stage.json").is_file()
+        assert (
+            Path(pipeline.plan(load_config(PipelineConfig, config))[names.index(name)].config.out)
+            / "stage.json"
+        ).is_file()
     report = (out / "report.md").read_text()
     assert "wga" in report and "figures/cft_relevance_before_after.png" in report
     assert f"`cft`: `{out / 'cft'}` (weights of epoch 1 of 1, best wga on val)" in report
@@ -58,7 +80,9 @@ def test_pipeline_runs_every_stage_then_reuses_them(tmp_path: Path, ray_local, m
     cfg = load_config(PipelineConfig, config, ["cft.train.lr=0.0002"])
     result = pipeline.run(cfg, log=lambda _: None)
     assert set(result["reused_stages"]) == {"data", "concepts", "masks", "base"}
-    assert json.loads((out / "cft" / "stage.json").read_text())["result"]["start_epochs"] == [0]  # fresh, not resumed
+    assert json.loads((out / "cft" / "stage.json").read_text())["result"]["start_epochs"] == [
+        0
+    ]  # fresh, not resumed
 
     from mlflow import MlflowClient
 
@@ -107,15 +131,27 @@ def test_demo_config_plans() -> None:
     assert stages[-1].name == "evaluate_control"
 
 
-def test_optional_sweep_stage_tunes_cft_and_its_best_model_is_evaluated(tmp_path: Path, ray_local,
-                                                                       monkeypatch) -> None:
+def test_optional_sweep_stage_tunes_cft_and_its_best_model_is_evaluated(
+    tmp_path: Path, ray_local, monkeypatch
+) -> None:
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     space = tmp_path / "space.yaml"
-    space.write_text(yaml.safe_dump({"method": "cft", "search": "grid", "scheduler": {"name": "fifo"},
-                                     "params": {"loss.lambda_align": {"type": "grid", "values": [0.2, 0.8]}}}))
+    space.write_text(
+        yaml.safe_dump(
+            {
+                "method": "cft",
+                "search": "grid",
+                "scheduler": {"name": "fifo"},
+                "params": {"loss.lambda_align": {"type": "grid", "values": [0.2, 0.8]}},
+            }
+        )
+    )
     out = tmp_path / "run"
-    cfg = load_config(PipelineConfig, _tiny(out), ["run_control=false", f"sweep.space={space}",
-                                                   "sweep.max_concurrent_trials=1"])
+    cfg = load_config(
+        PipelineConfig,
+        _tiny(out),
+        ["run_control=false", f"sweep.space={space}", "sweep.max_concurrent_trials=1"],
+    )
     stages = pipeline.plan(cfg)
     names = [s.name for s in stages]
     assert names[-4:] == ["sweep", "evaluate_base", "evaluate_cft", "evaluate_sweep"]

@@ -17,8 +17,15 @@ from unspur.config import ConfigError, FinetuneConfig, SweepConfig, load_config
 from workflows import sweep
 
 TINY_FINETUNE = {
-    "data": {"spuriousworld": {"image_size": 32, "n_train": 16, "n_val": 16, "n_test": 1}, "eval_split": "val"},
-    "model": {"name": "vit_tiny_synth", "img_size": 32, "kwargs": {"depth": 1, "embed_dim": 48, "num_heads": 2}},
+    "data": {
+        "spuriousworld": {"image_size": 32, "n_train": 16, "n_val": 16, "n_test": 1},
+        "eval_split": "val",
+    },
+    "model": {
+        "name": "vit_tiny_synth",
+        "img_size": 32,
+        "kwargs": {"depth": 1, "embed_dim": 48, "num_heads": 2},
+    },
     "loss": {"name": "cft"},
     "train": {"epochs": 2, "batch_size": 8, "warmup_epochs": 0, "num_threads": 1},
     "run": {"figure_images": 0, "num_workers": 0},
@@ -31,8 +38,15 @@ def _write(path: Path, data: dict) -> Path:
 
 
 def _space(tmp_path: Path, params: dict, search: str = "grid", scheduler: str = "fifo") -> Path:
-    return _write(tmp_path / f"space_{search}_{scheduler}.yaml", {
-        "method": "cft", "search": search, "scheduler": {"name": scheduler, "grace_period": 1}, "params": params})
+    return _write(
+        tmp_path / f"space_{search}_{scheduler}.yaml",
+        {
+            "method": "cft",
+            "search": search,
+            "scheduler": {"name": scheduler, "grace_period": 1},
+            "params": params,
+        },
+    )
 
 
 def _config(tmp_path: Path, space: Path, **changes) -> Path:
@@ -63,9 +77,17 @@ def _own_tracking(monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
 
 
-def test_optuna_sweep_of_ray_train_trials_logs_parent_children_and_exports_best(ray_local, tmp_path: Path) -> None:
-    space = _space(tmp_path, {"loss.lambda_align": {"type": "uniform", "low": 0.2, "high": 1.0},
-                              "relevance": {"type": "choice", "values": ["rollout"]}}, search="optuna")
+def test_optuna_sweep_of_ray_train_trials_logs_parent_children_and_exports_best(
+    ray_local, tmp_path: Path
+) -> None:
+    space = _space(
+        tmp_path,
+        {
+            "loss.lambda_align": {"type": "uniform", "low": 0.2, "high": 1.0},
+            "relevance": {"type": "choice", "values": ["rollout"]},
+        },
+        search="optuna",
+    )
     cfg = _config(tmp_path, space, finetune={"run.num_workers": 1, "run.cpus_per_worker": 1})
     out = tmp_path / "out"
     assert sweep.main(["--config", str(cfg), "--out", str(out), "--samples", "2"]) == 0
@@ -106,9 +128,12 @@ class InterruptAfterFirstTrial(tune.Callback):
 
 
 def test_interrupted_sweep_resumes_without_rerunning_finished_trials_and_records_failure(
-        ray_local, tmp_path: Path) -> None:
+    ray_local, tmp_path: Path
+) -> None:
     space = _space(tmp_path, {"train.lr": {"type": "grid", "values": [1.0e-4, 1.0e30]}}, scheduler="asha")
-    cfg = load_config(SweepConfig, _config(tmp_path, space, max_concurrent_trials=1), [f"out={tmp_path / 'out'}"])
+    cfg = load_config(
+        SweepConfig, _config(tmp_path, space, max_concurrent_trials=1), [f"out={tmp_path / 'out'}"]
+    )
     first = sweep.run(cfg, callbacks=[InterruptAfterFirstTrial()])
     assert first["interrupted"] and "best_config" not in first
     done = sorted((tmp_path / "out" / "trials").glob("*/finetune_summary.json"))
@@ -119,7 +144,9 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials_and_records
     assert second["resumed"] and not second["interrupted"]
     assert second["trials"] == 2 and second["failed"] == 1
     assert done[0].stat().st_mtime_ns == stamp  # the finished trial was not re-run
-    assert second["best"]["params"] == {"train.lr": 1.0e-4} and second["parent_run_id"] == first["parent_run_id"]
+    assert (
+        second["best"]["params"] == {"train.lr": 1.0e-4} and second["parent_run_id"] == first["parent_run_id"]
+    )
     table = (tmp_path / "out" / "trials.csv").read_text()
     assert "NonFiniteLossError" in table
 
@@ -133,12 +160,21 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials_and_records
         sweep.run(cfg.model_copy(update={"seed": 1}))
 
 
-@pytest.mark.parametrize(("param", "message"), [
-    ({"loss.lambda_bogus": {"type": "uniform", "low": 0.1, "high": 1.0}}, "unknown parameter"),
-    ({"loss.lambda_align": {"type": "uniform", "low": 1.0, "high": 0.5}}, "impossible range"),
-    ({"loss.lambda_concept": {"type": "uniform", "low": -1.0, "high": 1.0}}, "lambda_concept must be >= 0"),
-    ({"relevance": {"type": "grid", "values": ["rollout", "gradcam"]}}, "unknown relevance method 'gradcam'"),
-])
+@pytest.mark.parametrize(
+    ("param", "message"),
+    [
+        ({"loss.lambda_bogus": {"type": "uniform", "low": 0.1, "high": 1.0}}, "unknown parameter"),
+        ({"loss.lambda_align": {"type": "uniform", "low": 1.0, "high": 0.5}}, "impossible range"),
+        (
+            {"loss.lambda_concept": {"type": "uniform", "low": -1.0, "high": 1.0}},
+            "lambda_concept must be >= 0",
+        ),
+        (
+            {"relevance": {"type": "grid", "values": ["rollout", "gradcam"]}},
+            "unknown relevance method 'gradcam'",
+        ),
+    ],
+)
 def test_bad_space_fails_before_any_ray_work(tmp_path: Path, monkeypatch, capsys, param, message) -> None:
     monkeypatch.setattr(sweep, "_start_ray", lambda: pytest.fail("Ray was started for an invalid sweep"))
     search = "grid" if next(iter(param.values()))["type"] == "grid" else "random"
@@ -159,8 +195,21 @@ def test_bad_config_is_refused(tmp_path: Path, capsys) -> None:
     cfg = load_config(SweepConfig, _config(tmp_path, asha), ["finetune.train.epochs=1"])
     assert sweep.prepare(cfg).n_trials == 1
     with pytest.raises(ConfigError, match="grace_period 2 exceeds finetune.train.epochs 1"):
-        sweep.prepare(cfg.model_copy(update={"space": str(_write(tmp_path / "g.yaml", {
-            **yaml.safe_load(asha.read_text()), "scheduler": {"name": "asha", "grace_period": 2}}))}))
+        sweep.prepare(
+            cfg.model_copy(
+                update={
+                    "space": str(
+                        _write(
+                            tmp_path / "g.yaml",
+                            {
+                                **yaml.safe_load(asha.read_text()),
+                                "scheduler": {"name": "asha", "grace_period": 2},
+                            },
+                        )
+                    )
+                }
+            )
+        )
 
 
 def test_concurrency_fits_trials_to_the_cluster() -> None:
@@ -169,8 +218,9 @@ def test_concurrency_fits_trials_to_the_cluster() -> None:
     assert driver["cpu"] == 0 and need == {"CPU": 1.0, "GPU": 0.0}
     assert sweep.concurrency(cpu2, need, None, n_trials=4) == 2
     assert sweep.concurrency(cpu2, need, None, n_trials=1) == 1
-    driver, need = sweep.trial_resources(load_config(FinetuneConfig, None, ["run.num_workers=0",
-                                                                            "run.cpus_per_worker=2"]))
+    driver, need = sweep.trial_resources(
+        load_config(FinetuneConfig, None, ["run.num_workers=0", "run.cpus_per_worker=2"])
+    )
     assert driver["cpu"] == 2 and sweep.concurrency(cpu2, need, None, 4) == 1
     with pytest.raises(ConfigError, match="fit only 2 trials"):
         sweep.concurrency(cpu2, {"CPU": 1.0}, 3, n_trials=4)
@@ -180,8 +230,9 @@ def test_concurrency_fits_trials_to_the_cluster() -> None:
 
 def test_more_concurrent_trials_than_the_cluster_fits_is_refused(ray_local, tmp_path: Path, capsys) -> None:
     space = _space(tmp_path, {"loss.lambda_align": {"type": "grid", "values": [0.2, 0.5, 0.8]}})
-    cfg = _config(tmp_path, space, max_concurrent_trials=3,
-                  finetune={"run.num_workers": 1, "run.cpus_per_worker": 1})
+    cfg = _config(
+        tmp_path, space, max_concurrent_trials=3, finetune={"run.num_workers": 1, "run.cpus_per_worker": 1}
+    )
     assert sweep.main(["--config", str(cfg), "--out", str(tmp_path / "out")]) == 2
     assert "max_concurrent_trials=3 but the cluster's {'CPU': 2.0" in capsys.readouterr().err
     asha = _space(tmp_path, {"loss.lambda_align": {"type": "grid", "values": [0.2]}}, scheduler="asha")
@@ -199,13 +250,27 @@ def test_trial_metrics_and_best_trial_rules() -> None:
     from workflows._sweep_trial import trial_metrics
 
     report = {"epoch": 0, "eval/wga": 0.5, "eval/per_group/bird/water": 1.0, "train/loss": 2.0, "lr": 1e-4}
-    assert trial_metrics(report, "val") == {"epoch": 0, "val_wga": 0.5, "val_per_group/bird/water": 1.0,
-                                            "train_loss": 2.0, "lr": 1e-4, "epochs_done": 1}
+    assert trial_metrics(report, "val") == {
+        "epoch": 0,
+        "val_wga": 0.5,
+        "val_per_group/bird/water": 1.0,
+        "train_loss": 2.0,
+        "lr": 1e-4,
+        "epochs_done": 1,
+    }
     space = load_space("cft")
-    rows = [("collapsed", 8, 0.0, "complete"), ("stopped", 1, 0.775, "stopped"), ("done", 8, 0.775, "complete"),
-            ("broken", 3, 0.9, "failed")]
-    table = pd.DataFrame([{"trial_id": t, "epochs": e, "val_wga": v, "status": s, **{k: 0.5 for k in space.params}}
-                          for t, e, v, s in rows])
+    rows = [
+        ("collapsed", 8, 0.0, "complete"),
+        ("stopped", 1, 0.775, "stopped"),
+        ("done", 8, 0.775, "complete"),
+        ("broken", 3, 0.9, "failed"),
+    ]
+    table = pd.DataFrame(
+        [
+            {"trial_id": t, "epochs": e, "val_wga": v, "status": s, **{k: 0.5 for k in space.params}}
+            for t, e, v, s in rows
+        ]
+    )
     assert best_trial(table, space)["trial_id"] == "done"  # last metric first, then epochs; failed left out
     assert best_trial(table[table["trial_id"] != "done"], space)["trial_id"] == "stopped"
     assert best_trial(table[table["status"] == "failed"], space) is None

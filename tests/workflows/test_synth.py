@@ -21,7 +21,20 @@ def test_issue_command_holds_its_statistics(ray_local, tmp_path):
     # the issue's command with smaller val / test splits: rows are rendered per (seed, split, index),
     # so the train split is exactly the one of `--n-train 2000 --rho 0.95 --seed 0`
     out = tmp_path / "sw"
-    argv = ["--out", str(out), "--n-train", "2000", "--rho", "0.95", "--seed", "0", "--n-val", "32", "--n-test", "160"]
+    argv = [
+        "--out",
+        str(out),
+        "--n-train",
+        "2000",
+        "--rho",
+        "0.95",
+        "--seed",
+        "0",
+        "--n-val",
+        "32",
+        "--n-test",
+        "160",
+    ]
     assert synth.main(argv) == 0
     meta = json.loads((out / "meta.json").read_text())
     images = pd.read_parquet(out / "images")
@@ -29,7 +42,8 @@ def test_issue_command_holds_its_statistics(ray_local, tmp_path):
     assert len(images) == 2192 and images.image_id.is_unique
     train = images[images.split == "train"]
     on_own_background = np.mean(
-        train.background.to_numpy() == np.asarray(meta["config"]["backgrounds"])[train.label.to_numpy()])
+        train.background.to_numpy() == np.asarray(meta["config"]["backgrounds"])[train.label.to_numpy()]
+    )
     assert meta["train_cooccurrence"] == pytest.approx(on_own_background)
     assert abs(on_own_background - 0.95) <= 0.03
     test_counts = images[images.split == "test"].group.value_counts()
@@ -39,14 +53,35 @@ def test_issue_command_holds_its_statistics(ray_local, tmp_path):
 
 
 def test_same_seed_identical_tables_digits_grid(ray_local, tmp_path):
-    argv = ["--kind", "digits_grid", "--n-train", "300", "--n-val", "40", "--n-test", "40", "--cramers-v", "0.9",
-            "--seed", "1", "digits_grid.image_size=32", "rows_per_block=64"]
+    argv = [
+        "--kind",
+        "digits_grid",
+        "--n-train",
+        "300",
+        "--n-val",
+        "40",
+        "--n-test",
+        "40",
+        "--cramers-v",
+        "0.9",
+        "--seed",
+        "1",
+        "digits_grid.image_size=32",
+        "rows_per_block=64",
+    ]
     assert synth.main(["--out", str(tmp_path / "a"), *argv]) == 0
     assert synth.main(["--out", str(tmp_path / "b"), *argv]) == 0
-    for table, sort in (("images", ["image_id"]), ("parts", ["image_id", "part"]), ("regions", ["image_id", "region"])):
+    for table, sort in (
+        ("images", ["image_id"]),
+        ("parts", ["image_id", "part"]),
+        ("regions", ["image_id", "region"]),
+    ):
         a, b = _read(tmp_path / "a" / table, sort), _read(tmp_path / "b" / table, sort)
         pd.testing.assert_frame_equal(a, b)
-    images, regions = _read(tmp_path / "a" / "images", ["image_id"]), _read(tmp_path / "a" / "regions", ["image_id"])
+    images, regions = (
+        _read(tmp_path / "a" / "images", ["image_id"]),
+        _read(tmp_path / "a" / "regions", ["image_id"]),
+    )
     meta = json.loads((tmp_path / "a" / "meta.json").read_text())
     train = images[images.split == "train"]
     assert meta["train_cramers_v"] == pytest.approx(cramers_v(train.label, train.has_marker))

@@ -78,11 +78,15 @@ def _require_path(path: str | Path, what: str, is_dir: bool | None = None) -> Pa
 def _classes_from_table(df: pd.DataFrame, source: str) -> list[str]:
     pairs = df[["label", "class_name"]].drop_duplicates()
     if pairs["label"].duplicated().any() or pairs["class_name"].duplicated().any():
-        raise DatasetError(f"{source}: labels and class names do not map one to one: "
-                           f"{sorted(map(tuple, pairs.to_numpy().tolist()))}")
+        raise DatasetError(
+            f"{source}: labels and class names do not map one to one: "
+            f"{sorted(map(tuple, pairs.to_numpy().tolist()))}"
+        )
     names = dict(zip(pairs["label"].astype(int), pairs["class_name"].astype(str), strict=True))
     if sorted(names) != list(range(len(names))):
-        raise DatasetError(f"{source}: labels {sorted(names)} are not 0..K-1; pass the class list (classes=[...])")
+        raise DatasetError(
+            f"{source}: labels {sorted(names)} are not 0..K-1; pass the class list (classes=[...])"
+        )
     return [names[i] for i in range(len(names))]
 
 
@@ -97,7 +101,9 @@ def check_image_table(df: pd.DataFrame, source: str, classes: Sequence[str] | No
     if missing:
         raise DatasetError(f"{source}: image table lacks required columns {missing}; has {list(df.columns)}")
     if "image" not in df.columns and "path" not in df.columns:
-        raise DatasetError(f"{source}: image table needs an 'image' (bytes) or a 'path' column; has {list(df.columns)}")
+        raise DatasetError(
+            f"{source}: image table needs an 'image' (bytes) or a 'path' column; has {list(df.columns)}"
+        )
     if len(df) == 0:
         raise DatasetError(f"{source}: the dataset is empty (0 rows)")
     dups = df["image_id"][df["image_id"].duplicated()].unique().tolist()
@@ -110,14 +116,18 @@ def check_image_table(df: pd.DataFrame, source: str, classes: Sequence[str] | No
     classes = list(classes)
     bad = sorted(set(df["label"][(df["label"] < 0) | (df["label"] >= len(classes))].tolist()))
     if bad:
-        raise DatasetError(f"{source}: labels {bad} lie outside the class list {classes} (0..{len(classes) - 1})")
+        raise DatasetError(
+            f"{source}: labels {bad} lie outside the class list {classes} (0..{len(classes) - 1})"
+        )
     expected = np.asarray(classes, dtype=object)[df["label"].to_numpy()]
     wrong = df["class_name"].astype(str).to_numpy() != expected
     if wrong.any():
         row = df[wrong].iloc[0]
-        raise DatasetError(f"{source}: {int(wrong.sum())} rows have a class_name that is not classes[label], e.g. "
-                           f"image {row['image_id']!r}: label {row['label']} is {classes[row['label']]!r} in "
-                           f"{classes} but class_name is {row['class_name']!r}")
+        raise DatasetError(
+            f"{source}: {int(wrong.sum())} rows have a class_name that is not classes[label], e.g. "
+            f"image {row['image_id']!r}: label {row['label']} is {classes[row['label']]!r} in "
+            f"{classes} but class_name is {row['class_name']!r}"
+        )
     return classes
 
 
@@ -131,8 +141,9 @@ def check_masks_table(df: pd.DataFrame, source: str) -> pd.DataFrame:
     return df
 
 
-def _finish(images: pd.DataFrame, masks: pd.DataFrame | None, classes: list[str], split: str | None,
-            source: str) -> LoadedDataset:
+def _finish(
+    images: pd.DataFrame, masks: pd.DataFrame | None, classes: list[str], split: str | None, source: str
+) -> LoadedDataset:
     if "group" not in images.columns:
         images = images.assign(group=images["class_name"])
     if split is not None:
@@ -175,8 +186,9 @@ class ParquetAdapter:
         classes = check_image_table(images, str(path), classes)
         masks = None
         if masks_path is not None:
-            masks = check_masks_table(_read_parquet(_require_path(masks_path, "masks table"), "masks table"),
-                                      str(masks_path))
+            masks = check_masks_table(
+                _read_parquet(_require_path(masks_path, "masks table"), "masks table"), str(masks_path)
+            )
         return _finish(images, masks, classes, self.split, str(path))
 
 
@@ -222,8 +234,13 @@ class ImageFolderMasksAdapter:
             folder = root / name
             for file in sorted(folder.iterdir()) if folder.is_dir() else []:
                 if file.suffix.lower() in IMAGE_SUFFIXES:
-                    row = {"image_id": f"{name}/{file.stem}", "path": str(file), "label": label,
-                           "class_name": name, "split": self.split}
+                    row = {
+                        "image_id": f"{name}/{file.stem}",
+                        "path": str(file),
+                        "label": label,
+                        "class_name": name,
+                        "split": self.split,
+                    }
                     if self.read_bytes:
                         row["image"] = file.read_bytes()
                     rows.append(row)
@@ -249,8 +266,14 @@ class ImageFolderMasksAdapter:
             for value in np.unique(cat):
                 if value in (0, IGNORE_ID):
                     continue
-                rows.append({"image_id": image_id, "concept": names.get(int(value), f"category_{int(value)}"),
-                             "rle": encode(cat == value), "status": "ok"})
+                rows.append(
+                    {
+                        "image_id": image_id,
+                        "concept": names.get(int(value), f"category_{int(value)}"),
+                        "rle": encode(cat == value),
+                        "status": "ok",
+                    }
+                )
         self.n_without_mask = len(images) - len({r["image_id"] for r in rows})
         return pd.DataFrame(rows, columns=["image_id", "concept", "rle", "status"])
 
@@ -279,7 +302,9 @@ class WaterbirdsAdapter:
     def load(self) -> LoadedDataset:
         root = _require_path(self.root, "Waterbirds folder", is_dir=True)
         if self.classes is not None and list(self.classes) != _WATERBIRDS_CLASSES:
-            raise DatasetError(f"Waterbirds has the classes {_WATERBIRDS_CLASSES}; got classes={list(self.classes)}")
+            raise DatasetError(
+                f"Waterbirds has the classes {_WATERBIRDS_CLASSES}; got classes={list(self.classes)}"
+            )
         meta_path = _require_path(root / "metadata.csv", "Waterbirds metadata")
         meta = pd.read_csv(meta_path)
         missing = [c for c in ("img_filename", "y", "place", "split") if c not in meta.columns]
@@ -295,25 +320,30 @@ class WaterbirdsAdapter:
         if self.check_files:
             absent = [str(p) for p in paths if not p.is_file()]
             if absent:
-                raise DatasetError(f"{meta_path}: {len(absent)} image files listed are missing, e.g. {absent[:3]}")
+                raise DatasetError(
+                    f"{meta_path}: {len(absent)} image files listed are missing, e.g. {absent[:3]}"
+                )
         classes = np.asarray(_WATERBIRDS_CLASSES, dtype=object)[meta["y"].to_numpy()]
         places = np.asarray(_WATERBIRDS_PLACES, dtype=object)[meta["place"].to_numpy()]
-        images = pd.DataFrame({
-            "image_id": meta["img_filename"].astype(str),
-            "path": [str(p) for p in paths],
-            "label": meta["y"].astype(int),
-            "class_name": classes,
-            "background": places,
-            "group": [f"{c}/{p}" for c, p in zip(classes, places, strict=True)],
-            "split": meta["split"].map(_WATERBIRDS_SPLITS),
-        })
+        images = pd.DataFrame(
+            {
+                "image_id": meta["img_filename"].astype(str),
+                "path": [str(p) for p in paths],
+                "label": meta["y"].astype(int),
+                "class_name": classes,
+                "background": places,
+                "group": [f"{c}/{p}" for c, p in zip(classes, places, strict=True)],
+                "split": meta["split"].map(_WATERBIRDS_SPLITS),
+            }
+        )
         if self.read_bytes:
             images["image"] = [p.read_bytes() for p in paths]
         check_image_table(images, str(meta_path), _WATERBIRDS_CLASSES)
         masks = None
         if self.masks is not None:
-            masks = check_masks_table(_read_parquet(_require_path(self.masks, "masks table"), "masks table"),
-                                      str(self.masks))
+            masks = check_masks_table(
+                _read_parquet(_require_path(self.masks, "masks table"), "masks table"), str(self.masks)
+            )
         return _finish(images, masks, list(_WATERBIRDS_CLASSES), self.split, str(meta_path))
 
 
@@ -335,5 +365,7 @@ def load_dataset(kind: str, path: str | Path, **options: Any) -> LoadedDataset:
         adapter = ctor(**{first: path}, **options)
     except TypeError as err:
         fields = list(getattr(ctor, "__dataclass_fields__", {}))
-        raise DatasetError(f"adapter {kind!r}: bad options {sorted(options)} ({err}); allowed: {fields}") from None
+        raise DatasetError(
+            f"adapter {kind!r}: bad options {sorted(options)} ({err}); allowed: {fields}"
+        ) from None
     return adapter.load()

@@ -128,7 +128,7 @@ def _source_digits() -> tuple[np.ndarray, dict[tuple[int, int], np.ndarray]]:
         idx = rng.permutation(np.flatnonzero(data.target == digit))
         n_train = int(len(idx) * _SOURCE_FRACTIONS[0])
         n_val = int(len(idx) * _SOURCE_FRACTIONS[1])
-        for code, part in enumerate((idx[:n_train], idx[n_train:n_train + n_val], idx[n_train + n_val:])):
+        for code, part in enumerate((idx[:n_train], idx[n_train : n_train + n_val], idx[n_train + n_val :])):
             pools[(code, digit)] = part
     return data.images.astype(np.float64) / 16.0, pools
 
@@ -149,7 +149,10 @@ def _plan_cached(seed: int, code: int, n: int, n_cls: int, target: int, rates: t
     total_other = int(np.floor(rates[1] * (n - n_target) + 0.5))
     quota = np.full(len(others), total_other // len(others))
     quota[rng.permutation(len(others))[: total_other % len(others)]] += 1
-    counts = {target: int(np.floor(rates[0] * n_target + 0.5)), **dict(zip(others, quota.tolist(), strict=True))}
+    counts = {
+        target: int(np.floor(rates[0] * n_target + 0.5)),
+        **dict(zip(others, quota.tolist(), strict=True)),
+    }
     for c, count in counts.items():
         idx = np.flatnonzero(labels == c)
         markers[rng.choice(idx, size=min(count, len(idx)), replace=False)] = True
@@ -191,10 +194,13 @@ def render_sample(cfg: DigitsGridConfig, split: str, index: int) -> DigitSample:
     pool = pools[(SPLITS[split], digit)]
     side = max(8, int(round(q * 0.8)))
     patch = _digit_patch(images[pool[rng.integers(len(pool))]], side)
-    x0, y0 = boxes[digit_q][0] + int(rng.integers(q - side + 1)), boxes[digit_q][1] + int(rng.integers(q - side + 1))
-    canvas[y0:y0 + side, x0:x0 + side] = patch[..., None] * rng.uniform(0.8, 1.0)
+    x0, y0 = (
+        boxes[digit_q][0] + int(rng.integers(q - side + 1)),
+        boxes[digit_q][1] + int(rng.integers(q - side + 1)),
+    )
+    canvas[y0 : y0 + side, x0 : x0 + side] = patch[..., None] * rng.uniform(0.8, 1.0)
     digit_mask = np.zeros((size, size), dtype=bool)
-    digit_mask[y0:y0 + side, x0:x0 + side] = patch > 0.25
+    digit_mask[y0 : y0 + side, x0 : x0 + side] = patch > 0.25
 
     marker_mask = np.zeros((size, size), dtype=bool)
     if has_marker:
@@ -202,13 +208,14 @@ def render_sample(cfg: DigitsGridConfig, split: str, index: int) -> DigitSample:
         w, h = (int(v) for v in rng.integers(lo, hi + 1, size=2))
         mx = boxes[marker_q][0] + int(rng.integers(q - w + 1))
         my = boxes[marker_q][1] + int(rng.integers(q - h + 1))
-        marker_mask[my:my + h, mx:mx + w] = True
+        marker_mask[my : my + h, mx : mx + w] = True
         red = (rng.uniform(0.8, 1.0), rng.uniform(0.0, 0.15), rng.uniform(0.0, 0.15))
         canvas[marker_mask] = red
     image = (np.clip(canvas, 0, 1) * 255 + 0.5).astype(np.uint8)
     caption = CAPTION_TEMPLATES[int(rng.integers(len(CAPTION_TEMPLATES)))].format(d=DIGIT_NAMES[digit])
-    return DigitSample(image, label, DIGIT_NAMES[digit], has_marker, digit_q, marker_q, caption,
-                       digit_mask, marker_mask)
+    return DigitSample(
+        image, label, DIGIT_NAMES[digit], has_marker, digit_q, marker_q, caption, digit_mask, marker_mask
+    )
 
 
 def group_name(class_name: str, has_marker: bool) -> str:

@@ -126,14 +126,19 @@ class _ObjectSpec:
 
 
 _OBJECTS: dict[str, _ObjectSpec] = {
-    "bird": _ObjectSpec(_bird, {"feather": (0.85, 0.25, 0.2), "wing": (0.45, 0.1, 0.1), "beak": (1.0, 0.8, 0.0)}),
+    "bird": _ObjectSpec(
+        _bird, {"feather": (0.85, 0.25, 0.2), "wing": (0.45, 0.1, 0.1), "beak": (1.0, 0.8, 0.0)}
+    ),
     "airplane": _ObjectSpec(
-        _airplane, {"fuselage": (0.55, 0.55, 0.62), "wing": (0.25, 0.25, 0.3), "windshield": (0.1, 0.85, 0.95)}
+        _airplane,
+        {"fuselage": (0.55, 0.55, 0.62), "wing": (0.25, 0.25, 0.3), "windshield": (0.1, 0.85, 0.95)},
     ),
     "bicycle": _ObjectSpec(
         _bicycle, {"wheel": (0.08, 0.08, 0.08), "handlebar": (0.75, 0.1, 0.6), "pedal": (0.95, 0.55, 0.1)}
     ),
-    "tree": _ObjectSpec(_tree, {"trunk": (0.4, 0.22, 0.08), "limb": (0.3, 0.16, 0.05), "crown": (0.5, 0.2, 0.6)}),
+    "tree": _ObjectSpec(
+        _tree, {"trunk": (0.4, 0.22, 0.08), "limb": (0.3, 0.16, 0.05), "crown": (0.5, 0.2, 0.6)}
+    ),
 }
 
 CLASS_PARTS: dict[str, tuple[str, ...]] = {

@@ -23,12 +23,20 @@ def kl_to_base(logits: torch.Tensor, base_logits: torch.Tensor | None, weight: f
     if weight == 0:
         return logits.new_zeros(())
     if base_logits is None:
-        raise ValueError("loss.lambda_kl > 0 needs base_logits from the frozen base model; "
-                         "pass base_logits= or set loss.lambda_kl=0")
+        raise ValueError(
+            "loss.lambda_kl > 0 needs base_logits from the frozen base model; "
+            "pass base_logits= or set loss.lambda_kl=0"
+        )
     if base_logits.shape != logits.shape:
-        raise ValueError(f"base_logits shape {tuple(base_logits.shape)} != logits shape {tuple(logits.shape)}")
-    return F.kl_div(F.log_softmax(logits, dim=1), F.log_softmax(base_logits.detach(), dim=1),
-                    reduction="batchmean", log_target=True)
+        raise ValueError(
+            f"base_logits shape {tuple(base_logits.shape)} != logits shape {tuple(logits.shape)}"
+        )
+    return F.kl_div(
+        F.log_softmax(logits, dim=1),
+        F.log_softmax(base_logits.detach(), dim=1),
+        reduction="batchmean",
+        log_target=True,
+    )
 
 
 def alignment_inputs(
@@ -41,17 +49,23 @@ def alignment_inputs(
     holds any mask pixel becomes wholly mask (max-pool, then nearest upsampling).
     """
     if phi is None or masks is None:
-        raise ValueError("this loss needs phi (relevance maps) and masks; the training loop must "
-                         "compute relevance for losses with needs_relevance=True")
+        raise ValueError(
+            "this loss needs phi (relevance maps) and masks; the training loop must "
+            "compute relevance for losses with needs_relevance=True"
+        )
     if phi.shape != masks.shape:
-        raise ValueError(f"masks shape {tuple(masks.shape)} != relevance shape {tuple(phi.shape)}; "
-                         "resize masks to the image size (nearest) before the loss")
+        raise ValueError(
+            f"masks shape {tuple(masks.shape)} != relevance shape {tuple(phi.shape)}; "
+            "resize masks to the image size (nearest) before the loss"
+        )
     masks = (masks > 0.5).to(phi.dtype)
     if grid > 0:
         h, w = masks.shape[-2:]
         if h % grid or w % grid:
-            raise ValueError(f"loss.mask_grid {grid} does not divide the mask size {h}x{w}; use the "
-                             "model's patch size (or 0 for pixel masks)")
+            raise ValueError(
+                f"loss.mask_grid {grid} does not divide the mask size {h}x{w}; use the "
+                "model's patch size (or 0 for pixel masks)"
+            )
         cells = torch.nn.functional.max_pool2d(masks[:, None], grid)
         masks = torch.nn.functional.interpolate(cells, scale_factor=grid, mode="nearest")[:, 0]
     keep = masks.flatten(1).sum(1) > 0

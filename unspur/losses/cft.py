@@ -20,7 +20,9 @@ __all__ = ["cft_loss", "concept_terms"]
 EPS = 1e-6
 
 
-def concept_terms(phi: torch.Tensor, masks: torch.Tensor, normalize: str) -> tuple[torch.Tensor, torch.Tensor]:
+def concept_terms(
+    phi: torch.Tensor, masks: torch.Tensor, normalize: str
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-image L_concept and L_non_concept, each (B,). phi, masks: (B, H, W), masks {0, 1}."""
     pos = -(torch.log(phi + EPS) * masks).flatten(1).sum(1)
     neg = -(torch.log(1.0 - phi + EPS) * (1.0 - masks)).flatten(1).sum(1)

@@ -103,7 +103,10 @@ def load_weights(model: nn.Module, directory: str | Path, expected: ModelConfig 
     saved = checkpoint_model_config(directory)
     if expected is not None:
         same = (saved.name, saved.num_classes, saved.img_size) == (
-            expected.name, expected.num_classes, expected.img_size)
+            expected.name,
+            expected.num_classes,
+            expected.img_size,
+        )
         if not same:
             raise CheckpointError(
                 f"checkpoint {directory} holds {_describe(saved)}, but the config asks for "

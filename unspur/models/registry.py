@@ -54,8 +54,10 @@ def vit_tiny_synth(cfg: ModelConfig) -> nn.Module:
     global_pool: avg`` for a GAP model, ``reg_tokens: 2``, ``depth: 2``).
     """
     if cfg.pretrained:
-        raise ValueError(f"model {cfg.name!r} is a from-scratch config with no pretrained weights; "
-                         "set model.pretrained=false or pick a timm model name")
+        raise ValueError(
+            f"model {cfg.name!r} is a from-scratch config with no pretrained weights; "
+            "set model.pretrained=false or pick a timm model name"
+        )
     args = {**_TINY_VIT, **cfg.kwargs}
     return VisionTransformer(img_size=cfg.img_size, num_classes=cfg.num_classes, **args)
 
@@ -79,8 +81,10 @@ def hybrid_tiny_synth(cfg: ModelConfig) -> nn.Module:
     kwarg ``stem_channels`` (list of ints) changes the stem; other kwargs go to VisionTransformer.
     """
     if cfg.pretrained:
-        raise ValueError(f"model {cfg.name!r} is a from-scratch config with no pretrained weights; "
-                         "set model.pretrained=false or pick a timm model name")
+        raise ValueError(
+            f"model {cfg.name!r} is a from-scratch config with no pretrained weights; "
+            "set model.pretrained=false or pick a timm model name"
+        )
     kwargs = dict(cfg.kwargs)
     channels = tuple(int(c) for c in kwargs.pop("stem_channels", (32, 64, 128)))
     stem = _conv_stem(channels)
@@ -98,12 +102,18 @@ def _timm_model(cfg: ModelConfig) -> nn.Module:
         )
     try:
         return timm.create_model(
-            cfg.name, pretrained=cfg.pretrained, num_classes=cfg.num_classes, img_size=cfg.img_size, **cfg.kwargs
+            cfg.name,
+            pretrained=cfg.pretrained,
+            num_classes=cfg.num_classes,
+            img_size=cfg.img_size,
+            **cfg.kwargs,
         )
     except TypeError as err:  # models without an img_size argument (CNNs)
         if "img_size" not in str(err):
             raise
-        return timm.create_model(cfg.name, pretrained=cfg.pretrained, num_classes=cfg.num_classes, **cfg.kwargs)
+        return timm.create_model(
+            cfg.name, pretrained=cfg.pretrained, num_classes=cfg.num_classes, **cfg.kwargs
+        )
 
 
 def build_model(cfg: ModelConfig) -> nn.Module:

@@ -28,15 +28,18 @@ def checkpoint(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def batch():
-    images, _ = generate_tables(SpuriousWorldConfig(image_size=32, n_train=1, n_val=1, n_test=4), splits=("test",))
+    images, _ = generate_tables(
+        SpuriousWorldConfig(image_size=32, n_train=1, n_val=1, n_test=4), splits=("test",)
+    )
     full = np.ones((32, 32), bool)
     return {
         "image_id": images.image_id.to_numpy(),
         "image": np.array([*images.image[:3], b"not an image"], dtype=object),
         "label": images.label.to_numpy(),
         "group": images.group.to_numpy(),
-        "mask_rles": np.array([json.dumps([encode(full)]), "", json.dumps([encode(np.zeros((32, 32), bool))]), ""],
-                              dtype=object),
+        "mask_rles": np.array(
+            [json.dumps([encode(full)]), "", json.dumps([encode(np.zeros((32, 32), bool))]), ""], dtype=object
+        ),
     }
 
 
@@ -47,7 +50,9 @@ def test_predictions_match_the_model_and_bad_image_is_an_error_row(checkpoint, b
     assert out["pred"][3] == -1 and "cannot identify image" in out["error"][3]
     assert list(out["error"][:3]) == ["", "", ""]
     assert np.isnan(out["align_mass_in"]).all()  # no relevance method: no alignment
-    ds = ImageMaskDataset(pd.DataFrame({k: list(v[:3]) for k, v in batch.items() if k != "mask_rles"}), img_size=32)
+    ds = ImageMaskDataset(
+        pd.DataFrame({k: list(v[:3]) for k, v in batch.items() if k != "mask_rles"}), img_size=32
+    )
     with torch.no_grad():
         expected = predictor.model(torch.stack([ds[i]["image"] for i in range(3)])).argmax(1).numpy()
     assert out["pred"][:3].tolist() == expected.tolist()

@@ -20,13 +20,15 @@ def _png(value: int = 0, size: int = 8) -> bytes:
 
 def _table(n: int = 4) -> pd.DataFrame:
     classes = ["cat", "dog"]
-    return pd.DataFrame({
-        "image_id": [f"im{i}" for i in range(n)],
-        "image": [_png(i) for i in range(n)],
-        "label": [i % 2 for i in range(n)],
-        "class_name": [classes[i % 2] for i in range(n)],
-        "split": ["train", "test"] * (n // 2),
-    })
+    return pd.DataFrame(
+        {
+            "image_id": [f"im{i}" for i in range(n)],
+            "image": [_png(i) for i in range(n)],
+            "label": [i % 2 for i in range(n)],
+            "class_name": [classes[i % 2] for i in range(n)],
+            "split": ["train", "test"] * (n // 2),
+        }
+    )
 
 
 def test_registry_names():
@@ -40,7 +42,8 @@ def test_parquet_table_split_groups_and_masks(tmp_path):
     mask = np.zeros((8, 8), bool)
     mask[2:4, 2:5] = True
     pd.DataFrame({"image_id": ["im1", "im2"], "part": ["ear", "ear"], "rle": [encode(mask)] * 2}).to_parquet(
-        tmp_path / "parts.parquet")
+        tmp_path / "parts.parquet"
+    )
     ds = load_dataset("parquet", tmp_path / "images.parquet", masks=tmp_path / "parts.parquet", split="test")
     assert ds.classes == ["cat", "dog"]
     assert ds.images.image_id.tolist() == ["im1", "im3"]
@@ -54,7 +57,8 @@ def test_parquet_synth_folder_uses_meta_and_parts(tmp_path):
     (tmp_path / "parts").mkdir()
     _table().to_parquet(tmp_path / "images" / "a.parquet")
     pd.DataFrame({"image_id": ["im0"], "part": ["ear"], "rle": [encode(np.ones((8, 8), bool))]}).to_parquet(
-        tmp_path / "parts" / "a.parquet")
+        tmp_path / "parts" / "a.parquet"
+    )
     (tmp_path / "meta.json").write_text(json.dumps({"classes": ["cat", "dog", "cow"]}))
     ds = load_dataset("parquet", tmp_path)
     assert ds.classes == ["cat", "dog", "cow"] and len(ds.images) == 4 and len(ds.masks) == 1
@@ -81,7 +85,9 @@ def test_parquet_missing_file_and_unknown_split(tmp_path):
     with pytest.raises(DatasetError, match="does not exist"):
         load_dataset("parquet", tmp_path / "nope.parquet")
     _table().to_parquet(tmp_path / "t.parquet")
-    with pytest.raises(DatasetError, match=r"no rows of split 'val'; the splits present are \['test', 'train'\]"):
+    with pytest.raises(
+        DatasetError, match=r"no rows of split 'val'; the splits present are \['test', 'train'\]"
+    ):
         load_dataset("parquet", tmp_path / "t.parquet", split="val")
     with pytest.raises(DatasetError, match="allowed"):
         load_dataset("parquet", tmp_path / "t.parquet", colour="red")
@@ -130,18 +136,24 @@ def _waterbirds(tmp_path, rows):
     for name, *_ in rows:
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         Image.new("RGB", (4, 4)).save(tmp_path / name)
-    pd.DataFrame(rows, columns=["img_filename", "y", "place", "split"]).to_csv(tmp_path / "metadata.csv", index=False)
+    pd.DataFrame(rows, columns=["img_filename", "y", "place", "split"]).to_csv(
+        tmp_path / "metadata.csv", index=False
+    )
     return tmp_path
 
 
 def test_waterbirds_groups_and_splits(tmp_path):
-    root = _waterbirds(tmp_path, [("001.A/a.jpg", 0, 0, 0), ("002.B/b.jpg", 1, 0, 0), ("002.B/c.jpg", 1, 1, 2)])
+    root = _waterbirds(
+        tmp_path, [("001.A/a.jpg", 0, 0, 0), ("002.B/b.jpg", 1, 0, 0), ("002.B/c.jpg", 1, 1, 2)]
+    )
     ds = load_dataset("waterbirds", root)
     assert ds.classes == ["landbird", "waterbird"]
     assert ds.images.group.tolist() == ["landbird/land", "waterbird/land", "waterbird/water"]
     assert ds.images.split.tolist() == ["train", "train", "test"]
     test = load_dataset("waterbirds", root, split="test", read_bytes=True)
-    assert test.images.image_id.tolist() == ["002.B/c.jpg"] and test.images.image[0][:4] == b"\xff\xd8\xff\xe0"
+    assert (
+        test.images.image_id.tolist() == ["002.B/c.jpg"] and test.images.image[0][:4] == b"\xff\xd8\xff\xe0"
+    )
 
 
 def test_waterbirds_errors(tmp_path):
@@ -154,7 +166,8 @@ def test_waterbirds_errors(tmp_path):
     with pytest.raises(DatasetError, match=r"lacks required columns \['place', 'split'\]"):
         load_dataset("waterbirds", root)
     pd.DataFrame({"img_filename": ["gone.jpg"], "y": [0], "place": [1], "split": [0]}).to_csv(
-        root / "metadata.csv", index=False)
+        root / "metadata.csv", index=False
+    )
     with pytest.raises(DatasetError, match="1 image files listed are missing"):
         load_dataset("waterbirds", root)
     pd.DataFrame(columns=["img_filename", "y", "place", "split"]).to_csv(root / "metadata.csv", index=False)

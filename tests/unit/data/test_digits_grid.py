@@ -39,8 +39,9 @@ def test_generated_train_split_has_requested_v(v):
 
 def test_unreachable_v_is_a_config_error():
     with pytest.raises(ConfigError, match="unreachable"):
-        validate_config(DigitsGridConfig, {"digits": [1, 7], "target_digit": 7, "marker_rate": 0.3,
-                                           "cramers_v": 0.8})
+        validate_config(
+            DigitsGridConfig, {"digits": [1, 7], "target_digit": 7, "marker_rate": 0.3, "cramers_v": 0.8}
+        )
     with pytest.raises(ConfigError, match="target_digit"):
         validate_config(DigitsGridConfig, {"digits": [1, 7], "target_digit": 3})
 

@@ -33,11 +33,16 @@ def test_train_background_matches_class_with_probability_rho():
 
 
 def test_rho_one_and_zero_are_exact():
-    assert all(render_sample(_cfg(rho=1.0), "train", i).background == _cfg().backgrounds[
-        render_sample(_cfg(rho=1.0), "train", i).label] for i in range(40))
+    assert all(
+        render_sample(_cfg(rho=1.0), "train", i).background
+        == _cfg().backgrounds[render_sample(_cfg(rho=1.0), "train", i).label]
+        for i in range(40)
+    )
     cfg = _cfg(rho=0.0)
-    assert not any(render_sample(cfg, "train", i).background == cfg.backgrounds[
-        render_sample(cfg, "train", i).label] for i in range(40))
+    assert not any(
+        render_sample(cfg, "train", i).background == cfg.backgrounds[render_sample(cfg, "train", i).label]
+        for i in range(40)
+    )
 
 
 def test_val_and_test_are_balanced_over_every_group():
@@ -91,7 +96,9 @@ def test_plate_puts_the_object_on_a_uniform_card_grown_by_the_margin():
     s = render_sample(_cfg(plate_margin=margin), "test", 3)
     ys, xs = np.nonzero(s.object_mask)
     box = np.zeros_like(s.object_mask)
-    box[max(0, ys.min() - margin):ys.max() + 1 + margin, max(0, xs.min() - margin):xs.max() + 1 + margin] = True
+    box[
+        max(0, ys.min() - margin) : ys.max() + 1 + margin, max(0, xs.min() - margin) : xs.max() + 1 + margin
+    ] = True
     card = s.image[box & ~s.object_mask].astype(float)
     assert len(card) > 0 and card.std() < 8 and abs(card.mean() - 0.55 * 255) < 3  # grey + pixel noise only
     plain = render_sample(_cfg(plate_margin=0), "test", 3)  # the same sample without the card
@@ -116,7 +123,11 @@ def test_sample_rows_match_the_rendered_sample():
     s = render_sample(cfg, "val", 5)
     assert row["image_id"] == "val-000005" and row["split"] == "val"
     assert (row["label"], row["class_name"], row["background"], row["group"]) == (
-        s.label, s.class_name, s.background, s.group)
+        s.label,
+        s.class_name,
+        s.background,
+        s.group,
+    )
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(row["image"]))), s.image)
     assert np.array_equal(decode(row["object_rle"]), s.object_mask)
     assert [r["part"] for r in part_rows] == list(CLASS_PARTS[s.class_name])

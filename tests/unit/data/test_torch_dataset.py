@@ -21,12 +21,14 @@ def _png(h: int, w: int, value: int = 128) -> bytes:
 
 
 def _images(n: int = 3, size: int = 16) -> pd.DataFrame:
-    return pd.DataFrame({
-        "image_id": [f"im{i}" for i in range(n)],
-        "image": [_png(size, size) for _ in range(n)],
-        "label": list(range(n)),
-        "group": [f"g{i}" for i in range(n)],
-    })
+    return pd.DataFrame(
+        {
+            "image_id": [f"im{i}" for i in range(n)],
+            "image": [_png(size, size) for _ in range(n)],
+            "label": list(range(n)),
+            "group": [f"g{i}" for i in range(n)],
+        }
+    )
 
 
 def _box(h: int, w: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
@@ -37,12 +39,14 @@ def _box(h: int, w: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
 
 def test_mask_is_the_union_of_ok_concept_masks():
     a, b, c = _box(16, 16, 0, 4, 0, 4), _box(16, 16, 10, 12, 10, 16), _box(16, 16, 6, 8, 6, 8)
-    masks = pd.DataFrame({
-        "image_id": ["im0", "im0", "im0"],
-        "concept": ["beak", "wing", "sky"],
-        "rle": [encode(a), encode(b), encode(c)],
-        "status": ["ok", "ok", "error"],
-    })
+    masks = pd.DataFrame(
+        {
+            "image_id": ["im0", "im0", "im0"],
+            "concept": ["beak", "wing", "sky"],
+            "rle": [encode(a), encode(b), encode(c)],
+            "status": ["ok", "ok", "error"],
+        }
+    )
     ds = ImageMaskDataset(_images(), masks, img_size=16)
     item = ds[0]
     assert item["image"].shape == (3, 16, 16) and item["image"].dtype == torch.float32
@@ -111,7 +115,9 @@ def test_augmentation_flips_image_and_mask_together():
 
 def _labelled(per_class: int, n_classes: int) -> pd.DataFrame:
     n = per_class * n_classes
-    return pd.DataFrame({"image_id": [f"x{i:03d}" for i in range(n)], "label": [i % n_classes for i in range(n)]})
+    return pd.DataFrame(
+        {"image_id": [f"x{i:03d}" for i in range(n)], "label": [i % n_classes for i in range(n)]}
+    )
 
 
 def test_few_shot_picks_per_class_images_from_a_fraction_of_classes():

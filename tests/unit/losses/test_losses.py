@@ -19,8 +19,9 @@ CLS_T1 = math.log(1 + math.exp(-2) + math.exp(-3))  # CE(logits, argmax = 0)
 
 def _call(name: str, phi=PHI, masks=MASK, **kw):
     cfg = LossConfig(name=name, **kw.pop("cfg", {}))
-    return get_loss(name).fn(logits=kw.pop("logits", LOGITS), labels=torch.tensor([1]), phi=phi,
-                             masks=masks, cfg=cfg, **kw)
+    return get_loss(name).fn(
+        logits=kw.pop("logits", LOGITS), labels=torch.tensor([1]), phi=phi, masks=masks, cfg=cfg, **kw
+    )
 
 
 def test_erm_is_cross_entropy_on_labels() -> None:
@@ -109,8 +110,14 @@ def test_registry_contract(name: str) -> None:
     logits = torch.randn(4, 3, requires_grad=True)
     phi = torch.rand(4, 8, 8, requires_grad=True)
     masks = (torch.rand(4, 8, 8) > 0.5).float()
-    out = get_loss(name).fn(logits=logits, labels=torch.tensor([0, 1, 2, 0]), phi=phi, masks=masks,
-                            has_mask=torch.ones(4, dtype=torch.bool), cfg=LossConfig(name=name))
+    out = get_loss(name).fn(
+        logits=logits,
+        labels=torch.tensor([0, 1, 2, 0]),
+        phi=phi,
+        masks=masks,
+        has_mask=torch.ones(4, dtype=torch.bool),
+        cfg=LossConfig(name=name),
+    )
     assert "loss" in out and all(v.ndim == 0 and torch.isfinite(v) for v in out.values())
     out["loss"].backward()
     assert logits.grad is not None

@@ -50,8 +50,11 @@ def test_other_architecture_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="does not fit"):
         load_weights(build_model(wider), tmp_path, wider)
     with pytest.raises(CheckpointError, match="num_classes=4.*num_classes=7"):
-        load_weights(build_model(hybrid.model_copy(update={"num_classes": 7})), tmp_path,
-                     hybrid.model_copy(update={"num_classes": 7}))
+        load_weights(
+            build_model(hybrid.model_copy(update={"num_classes": 7})),
+            tmp_path,
+            hybrid.model_copy(update={"num_classes": 7}),
+        )
 
 
 def test_not_a_checkpoint(tmp_path: Path) -> None:

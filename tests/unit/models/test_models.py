@@ -32,7 +32,9 @@ def test_registered_model_forward_and_attention(name: str) -> None:
 
 
 def test_timm_name_passes_through() -> None:
-    model = build_model(ModelConfig(name="vit_tiny_patch16_224", num_classes=5, img_size=32, kwargs={"depth": 1}))
+    model = build_model(
+        ModelConfig(name="vit_tiny_patch16_224", num_classes=5, img_size=32, kwargs={"depth": 1})
+    )
     assert patch_grid(model) == (2, 2)
     assert model(torch.randn(1, 3, 32, 32)).shape == (1, 5)
     assert len(attention_modules(model)) == 1
