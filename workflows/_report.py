@@ -12,44 +12,43 @@ __all__ = ["print_table", "write_report", "HEADLINE"]
 
 #: (metric key, column title) of the comparison table, in order.
 HEADLINE = (("acc", "avg acc"), ("wga", "wga (worst-group acc)"), ("align_mass_in", "relevance in object"))
-LABELS = {
-    "base": "base (ERM, biased data)",
-    "cft": "CFT (few-shot)",
-    "control": "control (ERM, same few images)",
-    "sweep": "CFT (best of sweep)",
-}
 
 
 def _fmt(value: Any) -> str:
     return f"{value:.3f}" if isinstance(value, (int, float)) else "-"
 
 
-def print_table(evaluations: dict[str, dict[str, Any]], split: str) -> None:
-    """A rich table of base vs CFT vs control, then one plain ``model: acc=.. wga=..`` line each."""
+def print_table(cfg: Any, evaluations: dict[str, dict[str, Any]]) -> None:
+    """A rich table of the evaluated models (``cfg.evaluate.models`` labels), one plain
+    ``model: acc=.. wga=..`` line each, then the headline gain of ``cfg.report.gain``."""
     from rich.console import Console
     from rich.table import Table
 
+    labels = cfg.evaluate.models
     console = Console()
-    table = Table(title=f"SpuriousWorld {split} split: base vs CFT vs control")
+    table = Table(title=f"{cfg.report.title}: {cfg.evaluate.split} split")
     table.add_column("model")
     for _, title in HEADLINE:
         table.add_column(title, justify="right")
     for name, result in evaluations.items():
-        table.add_row(LABELS.get(name, name), *(_fmt(result.get(key)) for key, _ in HEADLINE))
+        table.add_row(labels.get(name, name), *(_fmt(result.get(key)) for key, _ in HEADLINE))
     console.print(table)
     for name, result in evaluations.items():
         console.print(f"{name}: " + " ".join(f"{key}={_fmt(result.get(key))}" for key, _ in HEADLINE))
-    if "base" in evaluations and "cft" in evaluations:
-        gain = evaluations["cft"]["wga"] - evaluations["base"]["wga"]
-        drop = evaluations["base"]["acc"] - evaluations["cft"]["acc"]
-        console.print(f"CFT worst-group gain over base: {gain:+.3f} (average accuracy change {-drop:+.3f})")
+    gain = cfg.report.gain
+    if gain is not None and gain.method in evaluations and gain.baseline in evaluations:
+        method, baseline = evaluations[gain.method], evaluations[gain.baseline]
+        console.print(
+            f"{gain.label or gain.method} worst-group gain over {gain.baseline}: "
+            f"{method['wga'] - baseline['wga']:+.3f} (average accuracy change {method['acc'] - baseline['acc']:+.3f})"
+        )
 
 
-def _markdown_table(evaluations: dict[str, dict[str, Any]]) -> list[str]:
+def _markdown_table(evaluations: dict[str, dict[str, Any]], labels: dict[str, str]) -> list[str]:
     lines = ["| model | " + " | ".join(t for _, t in HEADLINE) + " |", "|---" * (len(HEADLINE) + 1) + "|"]
     for name, result in evaluations.items():
         lines.append(
-            f"| {LABELS.get(name, name)} | " + " | ".join(_fmt(result.get(k)) for k, _ in HEADLINE) + " |"
+            f"| {labels.get(name, name)} | " + " | ".join(_fmt(result.get(k)) for k, _ in HEADLINE) + " |"
         )
     return lines
 
@@ -79,14 +78,14 @@ def write_report(
     figures = out / "figures"
     figures.mkdir(parents=True, exist_ok=True)
     lines = [
-        "# unspur report",
+        f"# {cfg.report.title}",
         "",
         f"Output folder: `{out}`",
         "",
         f"## Held-out evaluation ({cfg.evaluate.split} split, balanced over class x background)",
         "",
     ]
-    lines += _markdown_table(evaluations)
+    lines += _markdown_table(evaluations, cfg.evaluate.models)
     lines += [
         "",
         "wga = worst-group accuracy; relevance in object = share of the relevance map "
@@ -95,14 +94,14 @@ def write_report(
         "## Accuracy per group",
         "",
     ] + _group_table(evaluations)
-    for name in ("cft", "control"):
+    for name in evaluations:
         figure = (results.get(name) or {}).get("figure")
         if figure and Path(figure).is_file():
             target = figures / f"{name}_relevance_before_after.png"
             shutil.copyfile(figure, target)
             lines += [
                 "",
-                f"## Relevance maps: base (before) vs {name} (after)",
+                f"## Relevance maps: starting model (before) vs {name} (after)",
                 "",
                 "Columns: image, object/concept mask, relevance before, relevance after (validation images).",
                 "",

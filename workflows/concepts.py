@@ -39,7 +39,8 @@ from unspur.concept_bank import assemble_bank, bank_table_rows
 from unspur.config import ConceptsConfig, SpuriousWorldConfig
 from workflows._job import main_for
 
-__all__ = ["CONFIG", "Plan", "JsonCache", "resolve_classes", "make_plan", "build", "run", "main"]
+__all__ = [
+    "outputs","CONFIG", "Plan", "JsonCache", "resolve_classes", "make_plan", "build", "run", "main"]
 
 CONFIG = ConceptsConfig
 
@@ -435,6 +436,11 @@ def run(cfg: ConceptsConfig) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     return main_for("concepts", ConceptsConfig, run, argv)
+
+
+def outputs(cfg: ConceptsConfig) -> dict[str, Any]:
+    """What a pipeline stage of this job offers later stages: ``bank`` (the concept bank JSON)."""
+    return {"bank": str(Path(cfg.out).resolve() / "concept_bank.json")}
 
 
 if __name__ == "__main__":  # pragma: no cover

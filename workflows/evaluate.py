@@ -27,7 +27,8 @@ from unspur.data.adapters import DatasetError, LoadedDataset, load_dataset
 from unspur.metrics import summarize
 from workflows._job import main_for
 
-__all__ = ["CONFIG", "attach_masks", "build", "load_inputs", "main", "metrics_from_predictions", "run"]
+__all__ = [
+    "outputs","CONFIG", "attach_masks", "build", "load_inputs", "main", "metrics_from_predictions", "run"]
 
 CONFIG = EvaluateConfig
 ALIGN_KEYS = ("mass_in", "iou", "pointing")
@@ -178,6 +179,11 @@ def main(argv: list[str] | None = None) -> int:
     except (DatasetError, CheckpointError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+
+
+def outputs(cfg: EvaluateConfig) -> dict[str, Any]:
+    """What a pipeline stage of this job offers later stages: ``metrics`` (metrics.json)."""
+    return {"metrics": str(Path(cfg.out).resolve() / "metrics.json")}
 
 
 if __name__ == "__main__":  # pragma: no cover

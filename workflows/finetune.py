@@ -24,7 +24,8 @@ from unspur.relevance import RELEVANCE
 from workflows._finetune_loop import SUMMARY, LocalSession, run_loop, train_loop_per_worker
 from workflows._job import init_ray, main_for, parse_job_args, user_errors
 
-__all__ = ["CONFIG", "build", "main", "prepare_data", "resolve", "run", "table_paths"]
+__all__ = [
+    "outputs","CONFIG", "build", "main", "prepare_data", "resolve", "run", "table_paths"]
 
 CONFIG = FinetuneConfig
 
@@ -193,6 +194,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.address:
         os.environ["RAY_ADDRESS"] = args.address
     return main_for("finetune", FinetuneConfig, run, argv, needs_ray=False)
+
+
+def outputs(cfg: FinetuneConfig) -> dict[str, Any]:
+    """What a pipeline stage of this job offers later stages: ``model`` (the kept weights)."""
+    return {"model": str(Path(cfg.out).resolve() / "model")}
 
 
 if __name__ == "__main__":  # pragma: no cover

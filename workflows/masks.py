@@ -36,7 +36,8 @@ from unspur.validation import concept_statistics, decide, select_validation_imag
 from workflows._job import main_for
 from workflows._mask_store import ShardStore, resolve_fs
 
-__all__ = ["CONFIG", "MaskPass", "Inputs", "build", "main", "plan_pass", "prepare", "run"]
+__all__ = [
+    "outputs","CONFIG", "MaskPass", "Inputs", "build", "main", "plan_pass", "prepare", "run"]
 
 CONFIG = MasksConfig
 VALIDATED_BANK = "concepts_validated.json"
@@ -452,6 +453,13 @@ def run(cfg: MasksConfig) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     """``unspur masks --config FILE --out DIR [key.sub=value ...]``."""
     return main_for("masks", MasksConfig, run, argv)
+
+
+def outputs(cfg: MasksConfig) -> dict[str, Any]:
+    """What a pipeline stage of this job offers later stages: ``masks`` (the masks table, the
+    training input) and ``concepts`` (the validated concepts JSON)."""
+    out = Path(cfg.out).resolve()
+    return {"masks": str(out / "masks"), "concepts": str(out / "concepts_validated.json")}
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,23 +1,27 @@
-"""``unspur run``: the whole CFT flow from one YAML, each stage reused when already done.
+"""``unspur run``: a pipeline from one YAML stage list, each stage reused when already done.
 
-    data (SpuriousWorld render or an existing table) -> concepts -> masks (+ validation)
-    -> base (ERM on the biased train split) -> cft (few-shot, from base) [+ control: ERM on the
-    very same few images] [+ sweep: Ray Tune over cft's loss weights, best model kept]
-    -> evaluate every model on the held-out split -> report.md
+A pipeline YAML lists named stages; each names its job (:data:`JOBS`), holds keys of that job's
+config and refers to earlier stages' outputs (``${data.images}``, ``${base.model}``), see
+:mod:`unspur.pipeline_spec`. After the stages, every model of ``evaluate.models`` is evaluated on
+the held-out split (stages ``evaluate_<model>``), the comparison table is printed and
+``report.md`` written. ``workflows/configs/cft_pipeline.yaml`` is the CFT flow (``unspur demo``):
+
+    data (SpuriousWorld) -> concepts -> masks (+ validation) -> base (ERM, biased split)
+    -> cft (few-shot, from base) [+ control: ERM on the very same few images]
+    [+ sweep: Ray Tune over cft's loss weights, best model kept] -> evaluate -> report.md
 
 Every stage writes into ``<out>/<stage>`` and finishes by writing ``stage.json`` (a digest of
 its config and of every stage before it, and its result). A rerun skips a stage whose
 ``stage.json`` matches that digest (a changed stage clears its stale output and reruns, and so
-does everything after it), so a
-pipeline that failed half way resumes from the last finished stage (and the stages themselves
-resume: masks skip written image ids, finetune restarts from its last checkpoint). MLflow: one
-parent run, a child run per stage (the stage jobs' own runs nest below it), in
-``MLFLOW_TRACKING_URI`` or ``sqlite:///<out>/mlflow.db``.
+does everything after it), so a pipeline that failed half way resumes from the last finished
+stage (and the stages themselves resume: masks skip written image ids, finetune restarts from
+its last checkpoint). MLflow: one parent run, a child run per stage (the stage jobs' own runs
+nest below it), in ``MLFLOW_TRACKING_URI`` or ``sqlite:///<out>/mlflow.db``.
 """
 
 from __future__ import annotations
 
-import hashlib
+import importlib
 import json
 import os
 import shutil
@@ -26,34 +30,32 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from pydantic import BaseModel
 
 from unspur import tracking
-from unspur.config import (
-    ConceptsConfig,
-    ConfigError,
-    EvaluateConfig,
-    FinetuneConfig,
-    MasksConfig,
-    PipelineConfig,
-    SweepConfig,
-    SynthConfig,
-    apply_overrides,
-    load_config,
-    validate_config,
-)
+from unspur.config import ConfigError, load_config, validate_config
+from unspur.pipeline_spec import PipelineConfig, references, resolve
 from workflows._job import init_ray, parse_job_args, user_errors
 from workflows._report import print_table, write_report
 
-__all__ = ["CONFIG", "DEMO_CONFIG", "MODELS", "Stage", "main", "plan", "run"]
+__all__ = ["CONFIG", "DEMO_CONFIG", "JOBS", "Stage", "main", "plan", "run"]
 
 CONFIG = PipelineConfig
-MODELS = ("base", "cft", "control", "sweep")
 STAGE_FILE = "stage.json"
 #: the embedded defaults of ``unspur demo`` (SpuriousWorld, WordNet concepts, ground-truth masks)
 DEMO_CONFIG = Path(__file__).parent / "configs" / "cft_pipeline.yaml"
+#: a stage's ``job`` -> the job module: its ``CONFIG``, ``run(cfg)`` and ``outputs(cfg)``.
+JOBS: dict[str, str] = {
+    "synth": "workflows.synth",
+    "concepts": "workflows.concepts",
+    "masks": "workflows.masks",
+    "finetune": "workflows.finetune",
+    "sweep": "workflows.sweep",
+    "evaluate": "workflows.evaluate",
+}
 
 
 @dataclass
@@ -64,180 +66,103 @@ class Stage:
     config: BaseModel
     job: Callable[[Any], dict[str, Any]]
     upstream: str = ""  # digest of the stages before this one: a rerun upstream reruns this too
+    needs: tuple[str, ...] = ()  # outputs of this stage that later stages read: checked after it runs
+    outputs: dict[str, Any] | None = None
 
     @property
     def out(self) -> Path:
         return Path(self.config.out)
 
     def digest(self) -> str:
-        text = json.dumps(self.config.model_dump(mode="json"), sort_keys=True, default=str)
-        return hashlib.sha256((self.upstream + text).encode()).hexdigest()[:16]
+        return config_digest(self.config, self.upstream)
 
 
-def _stage_config(
-    model: type[BaseModel], wired: dict[str, Any], user: dict[str, Any], name: str
-) -> BaseModel:
-    """The pipeline's wiring, then the user's section on top, validated strictly."""
-    return validate_config(model, apply_overrides(wired, user), f"pipeline section {name!r}")
+def _module(job: str, where: str) -> ModuleType:
+    if job not in JOBS:
+        raise ConfigError(f"{where}: unknown job {job!r}; jobs are {sorted(JOBS)}")
+    return importlib.import_module(JOBS[job])
 
 
-def _job(module: str) -> Callable[[Any], dict[str, Any]]:
-    def call(stage_cfg: Any) -> dict[str, Any]:
-        import importlib
-
-        return importlib.import_module(f"workflows.{module}").run(stage_cfg)
-
-    return call
+def _stage(name: str, module: ModuleType, data: dict[str, Any], where: str) -> Stage:
+    config = validate_config(module.CONFIG, data, where)
+    return Stage(name, config, module.run, outputs={"config": _without_out(config), **module.outputs(config)})
 
 
-def _sweep_job(cfg: SweepConfig) -> dict[str, Any]:
-    """Run the sweep, then copy the model of its best trial that trained to the end (the sweep's
-    ``best_finished``) to ``<out>/best_model`` for evaluation."""
-    from workflows import sweep
-
-    summary = sweep.run(cfg)
-    best = summary.get("best_finished")
-    if best is None:
-        raise ConfigError(
-            f"sweep {cfg.out}: no trial trained to the end (see {cfg.out}/trials.csv); rerun "
-            "the pipeline to resume the sweep, or give the trials more epochs before a scheduler "
-            "may stop them"
-        )
-    target = Path(cfg.out) / "best_model"
-    if target.exists():
-        shutil.rmtree(target)
-    shutil.copytree(Path(cfg.out) / "trials" / best["trial_id"] / "model", target)
-    return {"best": best, "best_overall": summary.get("best"), "best_model": str(target)}
-
-
-def _sweep_stage(cfg: PipelineConfig, cft: FinetuneConfig, out: Path) -> Stage:
-    """The optional sweep: every trial is the cft stage's config with one point of the space applied."""
-    trial = cft.model_dump(mode="json")
-    trial["run"].update(figure_images=0, eval_every=1)  # the scheduler ranks every epoch's metric
-    wired = {"out": str(out / "sweep"), "finetune": trial, "base": None}
-    return Stage("sweep", _stage_config(SweepConfig, wired, cfg.sweep or {}, "sweep"), _sweep_job)
-
-
-def _data_inputs(cfg: PipelineConfig, out: Path) -> tuple[list[Stage], str, str | None, list[str] | None]:
-    """The data stage (if SpuriousWorld is rendered) and the image table / parts table / classes."""
-    sw = cfg.data.spuriousworld
-    if sw is None:
-        for key in ("images", "parts"):
-            value = getattr(cfg.data, key)
-            if value is not None and "://" not in value and not Path(value).exists():
-                raise ConfigError(
-                    f"pipeline: data.{key} {value!r} does not exist; point it at an existing "
-                    "Parquet table (file or folder of shards)"
-                )
-        parts = str(Path(cfg.data.parts).resolve()) if cfg.data.parts else None
-        return [], str(Path(cfg.data.images).resolve()), parts, None
-    data_dir = out / "data"
-    synth = SynthConfig(out=str(data_dir), kind="spuriousworld", spuriousworld=sw)
-    return (
-        [Stage("data", synth, _job("synth"))],
-        str(data_dir / "images"),
-        str(data_dir / "parts"),
-        list(sw.classes),
-    )
-
-
-def _finetune_wiring(out: Path, name: str, images: str, masks: str | None, n_classes: int | None) -> dict:
-    wired: dict[str, Any] = {
-        "out": str(out / name),
-        "data": {"images": [images], "spuriousworld": None, "masks": masks, "eval_split": "val"},
-        "run": {"name": name},
-    }
-    if n_classes is not None:
-        wired["model"] = {"num_classes": n_classes}
-    return wired
+def _without_out(config: BaseModel) -> dict[str, Any]:
+    dumped = config.model_dump(mode="json")
+    dumped.pop("out", None)  # a stage that extends another writes into its own folder
+    return dumped
 
 
 def plan(cfg: PipelineConfig) -> list[Stage]:
-    """Every stage with its validated config, in order; raises ConfigError before any compute."""
+    """Every enabled stage with its validated config, in order, then one evaluation per model;
+    raises ConfigError naming the stage and key before any compute."""
     out = Path(cfg.out).resolve()
-    stages, images, parts, classes = _data_inputs(cfg, out)
-    n_classes = len(classes) if classes else None
-    class_source = {"source": "names", "names": classes} if classes else {"source": "table", "path": images}
-    concepts = _stage_config(
-        ConceptsConfig, {"out": str(out / "concepts"), "classes": class_source}, cfg.concepts, "concepts"
-    )
-    segmenter = {"name": "ground_truth", "ground_truth": {"parts": parts}} if parts else {}
-    masks = _stage_config(
-        MasksConfig,
-        {
-            "out": str(out / "masks"),
-            "images": images,
-            "bank": str(out / "concepts" / "concept_bank.json"),
-            "splits": ["train"],
-            "segmenter": segmenter,
-        },
-        cfg.masks,
-        "masks",
-    )
-    masks_table = str(out / "masks" / "masks")
-    base = _stage_config(
-        FinetuneConfig,
-        apply_overrides(_finetune_wiring(out, "base", images, None, n_classes), {"loss": {"name": "erm"}}),
-        cfg.base,
-        "base",
-    )
-    cft_wiring = apply_overrides(
-        _finetune_wiring(out, "cft", images, masks_table, n_classes),
-        {
-            "init_from": str(out / "base" / "model"),
-            "fewshot": {"enabled": True},
-            "model": base.model.model_dump(),
-        },
-    )
-    cft = _stage_config(FinetuneConfig, cft_wiring, cfg.cft, "cft")
-    if base.loss.name != "erm" or cft.loss.name == "erm":
-        raise ConfigError(
-            f"pipeline: base must use loss erm and cft an alignment loss; got base "
-            f"{base.loss.name!r}, cft {cft.loss.name!r}"
-        )
-    stages += [
-        Stage("concepts", concepts, _job("concepts")),
-        Stage("masks", masks, _job("masks")),
-        Stage("base", base, _job("finetune")),
-        Stage("cft", cft, _job("finetune")),
-    ]
-    if cfg.run_control:  # the honest control: ERM from the same base on the very same few images
-        control = cft.model_copy(
-            update={
-                "out": str(out / "control"),
-                "loss": cft.loss.model_copy(update={"name": "erm"}),
-                "run": cft.run.model_copy(update={"name": "control"}),
-            }
-        )
-        stages.append(
-            Stage(
-                "control", validate_config(FinetuneConfig, control.model_dump(), "control"), _job("finetune")
-            )
-        )
-    if cfg.sweep is not None:
-        stages.append(_sweep_stage(cfg, cft, out))
-    for name in [s.name for s in stages if s.name in MODELS]:
-        ev = cfg.evaluate
-        model = out / name / ("best_model" if name == "sweep" else "model")
-        stages.append(
-            Stage(
-                f"evaluate_{name}",
-                EvaluateConfig(
-                    out=str(out / "evaluate" / name),
-                    checkpoint=str(model),
-                    images=images,
-                    masks=parts,
-                    split=ev.split,
-                    batch_size=ev.batch_size,
-                    relevance=ev.relevance,
-                    num_actors=ev.num_actors,
-                    num_cpus=ev.num_cpus,
-                    num_gpus=ev.num_gpus,
-                ),
-                _job("evaluate"),
-            )
-        )
+    outputs: dict[str, dict[str, Any]] = {}
+    stages: list[Stage] = []
+    disabled: list[str] = []
+    for spec in cfg.stages:
+        where = f"pipeline stage {spec.name!r} (job {spec.job})"
+        module = _module(spec.job, where)
+        try:
+            data = resolve(spec.config, outputs, where)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{where}: config must be a mapping of the job's keys")
+        stage = _stage(spec.name, module, {**data, "out": str(out / spec.name)}, where)
+        outputs[spec.name] = stage.outputs or {}
+        off = sorted({r.split(".")[0] for r in references(spec.config)} & set(disabled))
+        if spec.enabled and off:
+            raise ConfigError(f"{where}: reads the output of disabled stage(s) {off}; enable them or drop it")
+        if spec.enabled:
+            stages.append(stage)
+        else:
+            disabled.append(spec.name)
+    stages += _evaluations(cfg, out, outputs, disabled)
+    _mark_needs(cfg, stages)
     return stages
+
+
+def _evaluations(
+    cfg: PipelineConfig, out: Path, outputs: dict[str, dict[str, Any]], disabled: list[str]
+) -> list[Stage]:
+    ev = cfg.evaluate
+    module = _module("evaluate", "pipeline evaluate")
+    stages = []
+    for name in ev.models:
+        if name in disabled:
+            continue
+        where = f"pipeline evaluate of {name!r}"
+        if "model" not in outputs[name]:
+            raise ConfigError(
+                f"{where}: stage {name!r} trains no model (its outputs: {sorted(outputs[name])})"
+            )
+        try:
+            images, masks = resolve([ev.images, ev.masks], outputs, where)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+        data = ev.model_dump(exclude={"models", "images", "masks"})
+        data.update(
+            out=str(out / "evaluate" / name), checkpoint=outputs[name]["model"], images=images, masks=masks
+        )
+        stages.append(_stage(f"evaluate_{name}", module, data, where))
+    return stages
+
+
+def _mark_needs(cfg: PipelineConfig, stages: list[Stage]) -> None:
+    """Record on each stage which of its outputs later stages read (checked once it has run)."""
+    refs = [r for spec in cfg.stages if spec.enabled for r in references(spec.config)]
+    refs += [f"{m}.model" for m in cfg.evaluate.models]
+    for stage in stages:
+        stage.needs = tuple(sorted({r.split(".")[1] for r in refs if r.split(".")[0] == stage.name}))
+
+
+def config_digest(config: BaseModel, upstream: str = "") -> str:
+    import hashlib
+
+    text = json.dumps(config.model_dump(mode="json"), sort_keys=True, default=str)
+    return hashlib.sha256((upstream + text).encode()).hexdigest()[:16]
 
 
 def _done(stage: Stage) -> dict[str, Any] | None:
@@ -259,6 +184,18 @@ def _mark_done(stage: Stage, result: dict[str, Any], seconds: float) -> None:
     os.replace(tmp, stage.out / STAGE_FILE)
 
 
+def _check_needs(stage: Stage) -> None:
+    """A stage that finished without an output a later stage reads fails here, by name."""
+    for key in stage.needs:
+        value = (stage.outputs or {}).get(key)
+        if isinstance(value, str) and value.startswith(str(stage.out)) and not Path(value).exists():
+            raise ConfigError(
+                f"pipeline stage {stage.name!r} finished without its output {key!r} ({value}), which a "
+                f"later stage reads; see {stage.out} (a sweep whose trials were all stopped early has "
+                "no best model: rerun to resume it, or give its trials more epochs)"
+            )
+
+
 def _execute(stage: Stage, reuse: bool, log: Callable[[str], None]) -> tuple[dict[str, Any], bool]:
     """Run one stage in its own MLflow child run, or reuse its finished output."""
     previous = _done(stage) if reuse else None
@@ -275,6 +212,7 @@ def _execute(stage: Stage, reuse: bool, log: Callable[[str], None]) -> tuple[dic
         result = stage.job(stage.config)
         seconds = time.perf_counter() - start
         tracking.log_metrics({"stage_seconds": seconds})
+    _check_needs(stage)
     _mark_done(stage, result, seconds)
     log(f"[stage] {stage.name}: done in {seconds:.0f} s")
     return result, False
@@ -301,7 +239,7 @@ def _run(cfg: PipelineConfig, stages: list[Stage], out: Path, log: Callable[[str
             results[stage.name], was_reused = _execute(stage, cfg.reuse, log)
             if was_reused:
                 reused.append(stage.name)
-        evaluations = {m: results[f"evaluate_{m}"] for m in MODELS if f"evaluate_{m}" in results}
+        evaluations = {m: results[f"evaluate_{m}"] for m in cfg.evaluate.models if f"evaluate_{m}" in results}
         tracking.log_metrics(
             {
                 f"{m}.{k}": v
@@ -313,7 +251,7 @@ def _run(cfg: PipelineConfig, stages: list[Stage], out: Path, log: Callable[[str
         report = write_report(out, cfg, results, evaluations)
         tracking.log_artifact(report)
         parent_id = parent.info.run_id
-    print_table(evaluations, cfg.evaluate.split)
+    print_table(cfg, evaluations)
     return {
         "out": str(out),
         "report": str(report),

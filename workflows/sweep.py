@@ -26,6 +26,7 @@ import hashlib
 import json
 import os
 import random
+import shutil
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -40,10 +41,11 @@ from unspur import tracking
 from unspur.config import ConfigError, FinetuneConfig, SweepConfig
 from workflows import finetune
 from workflows._job import init_ray, main_for, parse_job_args
-from workflows._sweep_report import ParentRun, best_trial, export_best, metric_plot, trial_table
+from workflows._sweep_report import BEST_CONFIG, ParentRun, best_trial, export_best, metric_plot, trial_table
 from workflows._sweep_trial import run_trial
 
-__all__ = ["CONFIG", "EpochASHA", "Plan", "build", "concurrency", "main", "prepare", "run", "trial_resources"]
+__all__ = [
+    "outputs","CONFIG", "EpochASHA", "Plan", "build", "concurrency", "main", "prepare", "run", "trial_resources"]
 
 CONFIG = SweepConfig
 STATE = "unspur_sweep.json"  # in the Tune experiment folder: the parent run and the config digest
@@ -478,9 +480,20 @@ def _summarize(
         # a trial the scheduler stopped early saved no model: the best of those trained to the end
         finished = table[[(trials_dir / str(t) / "model").is_dir() for t in table["trial_id"]]]
         summary["best_finished"] = best_trial(finished, plan.space) if len(finished) else None
+        if summary["best_finished"] is not None:
+            summary["best_finished_model"] = str(_keep_model(trials_dir, summary["best_finished"], out))
     if plan.cfg.plot and len(table):
         summary["plot"] = str(out / "metric_vs_params.png")
     return summary, table
+
+
+def _keep_model(trials_dir: Path, best: dict[str, Any], out: Path) -> Path:
+    """Copy the model of ``best`` (a trial that trained to the end) to ``<out>/best_model``."""
+    target = out / "best_model"
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(trials_dir / str(best["trial_id"]) / "model", target)
+    return target
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -500,6 +513,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.address:
         os.environ["RAY_ADDRESS"] = args.address
     return main_for("sweep", SweepConfig, run, rest, needs_ray=False)
+
+
+def outputs(cfg: SweepConfig) -> dict[str, Any]:
+    """What a pipeline stage of this job offers later stages: ``model`` (the model of the best
+    trial that trained to the end) and ``best_config`` (its finetune config)."""
+    out = Path(cfg.out).resolve()
+    return {"model": str(out / "best_model"), "best_config": str(out / BEST_CONFIG)}
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -32,7 +32,8 @@ from unspur.config import ConfigError, DigitsGridConfig, SpuriousWorldConfig, Sy
 from unspur.data import digits_grid, spuriousworld
 from workflows._job import init_ray
 
-__all__ = ["CONFIG", "GENERATORS", "Generator", "build", "run", "main", "parse_args", "render_batch"]
+__all__ = [
+    "outputs","CONFIG", "GENERATORS", "Generator", "build", "run", "main", "parse_args", "render_batch"]
 
 CONFIG = SynthConfig
 SPLITS = ("train", "val", "test")
@@ -253,6 +254,16 @@ def main(argv: list[str] | None = None) -> int:
     init_ray(args.address)
     _print_summary(run(cfg))
     return 0
+
+
+def outputs(cfg: SynthConfig) -> dict[str, Any]:
+    """What a pipeline stage of this job offers later stages: ``images`` (the image table), one
+    path per extra table (``parts`` / ``regions``), ``classes`` and ``num_classes``."""
+    out = Path(cfg.out).resolve()
+    gen = GENERATORS[cfg.kind]
+    classes = gen.classes(_section(cfg))
+    tables = {name: str(out / name) for name in gen.tables}
+    return {"images": str(out / "images"), **tables, "classes": classes, "num_classes": len(classes)}
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from unspur.config import ConfigError, PipelineConfig, load_config
+from unspur.config import ConfigError, apply_overrides, load_config
 from workflows import pipeline
+
+PipelineConfig = pipeline.CONFIG
 
 TINY_MODEL = {
     "name": "vit_tiny_synth",
@@ -20,7 +22,8 @@ TINY_MODEL = {
 
 
 def _tiny(out: Path) -> Path:
-    cfg = {
+    """The demo's stage list with every stage shrunk (its sections merged into the stages)."""
+    sections = {
         "out": str(out),
         "data": {"spuriousworld": {"image_size": 32, "n_train": 48, "n_val": 16, "n_test": 32}},
         "concepts": {"backend": "wordnet", "kinds": ["important"], "track": False},
@@ -38,6 +41,7 @@ def _tiny(out: Path) -> Path:
         },
         "evaluate": {"batch_size": 32},
     }
+    cfg = apply_overrides(yaml.safe_load(pipeline.DEMO_CONFIG.read_text()), sections)
     path = out.parent / f"{out.name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
@@ -96,7 +100,7 @@ def test_pipeline_runs_every_stage_then_reuses_them(tmp_path: Path, ray_local, m
 
 def test_failed_stage_resumes_from_the_last_finished_one(tmp_path: Path, ray_local, monkeypatch) -> None:
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    cfg = load_config(PipelineConfig, _tiny(tmp_path / "run"), ["run_control=false"])
+    cfg = load_config(PipelineConfig, _tiny(tmp_path / "run"), ["control.enabled=false"])
     stages = pipeline.plan(cfg)
     calls: list[str] = []
 
@@ -119,9 +123,14 @@ def test_bad_sections_and_missing_inputs_fail_before_running(tmp_path: Path) -> 
         pipeline.plan(load_config(PipelineConfig, config, ["cft.train.lrr=1"]))
     with pytest.raises(ConfigError, match="cft"):
         pipeline.plan(load_config(PipelineConfig, config, ["cft.loss.name=erm"]))
-    missing = ["data.spuriousworld=null", f"data.images={tmp_path / 'nope'}"]
-    with pytest.raises(ConfigError, match="does not exist"):
-        pipeline.plan(load_config(PipelineConfig, config, missing))
+    with pytest.raises(ConfigError, match="'nope', which is not an earlier stage"):
+        pipeline.plan(load_config(PipelineConfig, config, ["masks.bank=${nope.bank}"]))
+    with pytest.raises(ConfigError, match="'base' has no key 'weights'"):
+        pipeline.plan(load_config(PipelineConfig, config, ["cft.init_from=${base.weights}"]))
+    with pytest.raises(ConfigError, match="disabled stage"):
+        pipeline.plan(load_config(PipelineConfig, config, ["base.enabled=false"]))
+    with pytest.raises(ConfigError, match="unknown job 'finetun'"):
+        pipeline.plan(load_config(PipelineConfig, config, ["base.job=finetun"]))
     assert pipeline.main(["--config", str(config), "masks.segmenter.name=sam9"]) == 2
     assert not (tmp_path / "run").exists()
 
@@ -150,7 +159,12 @@ def test_optional_sweep_stage_tunes_cft_and_its_best_model_is_evaluated(
     cfg = load_config(
         PipelineConfig,
         _tiny(out),
-        ["run_control=false", f"sweep.space={space}", "sweep.max_concurrent_trials=1"],
+        [
+            "control.enabled=false",
+            "sweep.enabled=true",
+            f"sweep.space={space}",
+            "sweep.max_concurrent_trials=1",
+        ],
     )
     stages = pipeline.plan(cfg)
     names = [s.name for s in stages]
