@@ -36,6 +36,7 @@ from unspur.config import (
     ConfigError,
     EvaluateConfig,
     FinetuneConfig,
+    LossConfig,
     MasksConfig,
     PipelineConfig,
     SweepConfig,
@@ -205,7 +206,7 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
         control = cft.model_copy(
             update={
                 "out": str(out / "control"),
-                "loss": cft.loss.model_copy(update={"name": "erm"}),
+                "loss": LossConfig(name="erm"),
                 "run": cft.run.model_copy(update={"name": "control"}),
             }
         )
