@@ -30,6 +30,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
+import actors.proposers  # noqa: F401  (registers the concept backends the stage configs name)
+import actors.segmenters  # noqa: F401  (registers the segmenters the stage configs name)
 from unspur import tracking
 from unspur.config import (
     ConceptsConfig,

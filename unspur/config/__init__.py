@@ -28,15 +28,13 @@ if TYPE_CHECKING:
         validate_config,
     )
     from unspur.config.concepts import (
+        CONCEPT_BACKENDS,
         CONCEPT_KINDS,
         ConceptClassesConfig,
         ConceptFilterConfig,
         ConceptSamplingConfig,
         ConceptsConfig,
         ConceptSimilarityConfig,
-        ConceptTransformersConfig,
-        ConceptVLLMConfig,
-        ConceptWordNetConfig,
     )
     from unspur.config.data import DigitsGridConfig, SpuriousWorldConfig, SynthConfig
     from unspur.config.evaluate import EvaluateConfig
@@ -50,10 +48,8 @@ if TYPE_CHECKING:
         TrainConfig,
     )
     from unspur.config.masks import (
-        ClipSegConfig,
+        SEGMENTERS,
         ConceptValidationConfig,
-        GroundedSamConfig,
-        GroundTruthConfig,
         MaskComputeConfig,
         MasksConfig,
         SegmenterConfig,
@@ -84,21 +80,17 @@ _MODULES = {
         "TrainConfig",
     ],
     "concepts": [
+        "CONCEPT_BACKENDS",
         "CONCEPT_KINDS",
         "ConceptClassesConfig",
         "ConceptFilterConfig",
         "ConceptSamplingConfig",
         "ConceptSimilarityConfig",
-        "ConceptTransformersConfig",
-        "ConceptVLLMConfig",
-        "ConceptWordNetConfig",
         "ConceptsConfig",
     ],
     "masks": [
-        "ClipSegConfig",
+        "SEGMENTERS",
         "ConceptValidationConfig",
-        "GroundTruthConfig",
-        "GroundedSamConfig",
         "MaskComputeConfig",
         "MasksConfig",
         "SegmenterConfig",
@@ -109,16 +101,14 @@ _MODULES = {
 _WHERE = {name: module for module, names in _MODULES.items() for name in names}
 
 __all__ = [
+    "CONCEPT_BACKENDS",
     "CONCEPT_KINDS",
-    "ClipSegConfig",
+    "SEGMENTERS",
     "ConceptClassesConfig",
     "ConceptFilterConfig",
     "ConceptSamplingConfig",
     "ConceptSimilarityConfig",
-    "ConceptTransformersConfig",
-    "ConceptVLLMConfig",
     "ConceptValidationConfig",
-    "ConceptWordNetConfig",
     "ConceptsConfig",
     "ConfigError",
     "DigitsGridConfig",
@@ -127,8 +117,6 @@ __all__ = [
     "FinetuneConfig",
     "FinetuneDataConfig",
     "FinetuneRunConfig",
-    "GroundTruthConfig",
-    "GroundedSamConfig",
     "LossConfig",
     "MaskComputeConfig",
     "MasksConfig",

@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
 from unspur.config.base import StrictModel
+from unspur.config.registered import SectionedModel
+from unspur.registry import Registry
 
 __all__ = [
+    "CONCEPT_BACKENDS",
     "CONCEPT_KINDS",
     "ConceptClassesConfig",
     "ConceptFilterConfig",
     "ConceptSamplingConfig",
     "ConceptSimilarityConfig",
-    "ConceptTransformersConfig",
-    "ConceptVLLMConfig",
-    "ConceptWordNetConfig",
     "ConceptsConfig",
 ]
 
@@ -68,69 +68,6 @@ class ConceptSamplingConfig(StrictModel):
         return self
 
 
-class ConceptVLLMConfig(StrictModel):
-    """``backend: vllm``: Ray Data LLM processor (``ray.data.llm``) over vLLM engine replicas.
-
-    ``concurrency`` engine replicas, each on ``tensor_parallel_size`` GPUs of
-    ``accelerator_type`` (None = any); ``engine_kwargs`` go to vLLM as they are.
-    ``structured_outputs`` constrains decoding to a JSON list of strings.
-    """
-
-    engine_kwargs: dict[str, Any] = {"max_model_len": 4096}
-    tensor_parallel_size: int = 1
-    concurrency: int = 1
-    batch_size: int = 32
-    accelerator_type: str | None = None
-    structured_outputs: bool = True
-
-    @model_validator(mode="after")
-    def _check(self) -> ConceptVLLMConfig:
-        if min(self.tensor_parallel_size, self.concurrency, self.batch_size) < 1:
-            raise ValueError("vllm.tensor_parallel_size, vllm.concurrency and vllm.batch_size must be >= 1")
-        return self
-
-
-class ConceptTransformersConfig(StrictModel):
-    """``backend: transformers``: a Hugging Face causal LM in ``pool_size`` Ray Data actors."""
-
-    device: str = "cpu"
-    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
-    trust_remote_code: bool = False
-    pool_size: int = 1
-    num_cpus: float = 0.5
-    num_gpus: float = 0.0
-    batch_size: int = 8
-
-    @model_validator(mode="after")
-    def _check(self) -> ConceptTransformersConfig:
-        if self.pool_size < 1 or self.batch_size < 1:
-            raise ValueError("transformers.pool_size and transformers.batch_size must be >= 1")
-        if self.num_cpus < 0 or self.num_gpus < 0 or self.num_cpus + self.num_gpus == 0:
-            raise ValueError(f"an actor needs num_cpus or num_gpus > 0, got {self.num_cpus}, {self.num_gpus}")
-        return self
-
-
-class ConceptWordNetConfig(StrictModel):
-    """``backend: wordnet``: part meronyms -> important, hypernyms -> superclass (offline).
-
-    ``synsets`` pins a class to a sense (``{"crane": "crane.n.05"}``; default: the first noun
-    sense); ``meronym_depth`` 1 = direct parts, 2 = also the parts' parts; ``lemmas`` ``first``
-    (the synset's head word) or ``all`` synonyms; ``hypernym_depth`` levels above the class.
-    """
-
-    synsets: dict[str, str] = {}
-    meronym_depth: int = 2
-    lemmas: Literal["first", "all"] = "first"
-    substance_meronyms: bool = False
-    hypernym_depth: int = 3
-
-    @model_validator(mode="after")
-    def _check(self) -> ConceptWordNetConfig:
-        if self.meronym_depth < 1 or self.hypernym_depth < 1:
-            raise ValueError("wordnet.meronym_depth and wordnet.hypernym_depth must be >= 1")
-        return self
-
-
 class ConceptSimilarityConfig(StrictModel):
     """Text encoder for the similarity filters (``unspur.text_similarity.TEXT_ENCODERS``)."""
 
@@ -159,10 +96,18 @@ class ConceptFilterConfig(StrictModel):
         return self
 
 
-class ConceptsConfig(StrictModel):
+#: concept backend name -> ``ProposerSpec`` (what it answers, how the job builds it); config: its
+#: settings section. The built-in backends are registered by ``actors.proposers``.
+CONCEPT_BACKENDS: Registry = Registry(
+    "concept backend", hint="the built-in backends are registered by importing actors.proposers"
+)
+
+
+class ConceptsConfig(SectionedModel):
     """``unspur concepts``: class names -> proposer -> parse -> filter -> concept bank.
 
-    ``backend``: ``wordnet`` / ``bank`` (offline), ``transformers`` / ``vllm`` (an LLM named by
+    ``backend`` (:data:`CONCEPT_BACKENDS`; its settings sit under a key of its name, e.g.
+    ``wordnet:``): ``wordnet`` / ``bank`` (offline), ``transformers`` / ``vllm`` (an LLM named by
     ``model``: a Hugging Face id or a local folder). ``bank_path``: the user's YAML/JSON bank
     for ``backend: bank``. ``kinds``: Label-free CBM prompt kinds; ``spurious_kinds``: StarFT
     spurious-description template pools ([] = none). Generations are cached under
@@ -172,31 +117,25 @@ class ConceptsConfig(StrictModel):
 
     out: str = "runs/concepts"
     classes: ConceptClassesConfig = Field(default_factory=ConceptClassesConfig)
-    backend: Literal["wordnet", "bank", "transformers", "vllm"] = "wordnet"
+    registry: ClassVar[Registry] = CONCEPT_BACKENDS
+    selector: ClassVar[str] = "backend"
+
+    backend: str = "wordnet"
     model: str = ""
     bank_path: str | None = None
     kinds: list[Literal["important", "superclass", "around"]] = list(CONCEPT_KINDS)
     spurious_kinds: list[str] = ["background", "texture", "resolution"]
     sampling: ConceptSamplingConfig = Field(default_factory=ConceptSamplingConfig)
-    vllm: ConceptVLLMConfig = Field(default_factory=ConceptVLLMConfig)
-    transformers: ConceptTransformersConfig = Field(default_factory=ConceptTransformersConfig)
-    wordnet: ConceptWordNetConfig = Field(default_factory=ConceptWordNetConfig)
     similarity: ConceptSimilarityConfig = Field(default_factory=ConceptSimilarityConfig)
     filters: ConceptFilterConfig = Field(default_factory=ConceptFilterConfig)
     cache_dir: str | None = None
     use_cache: bool = True
-    num_cpus: float = 0.25
+    num_cpus: float = Field(0.25, gt=0)
     experiment: str = "concepts"
     track: bool = True
 
     @model_validator(mode="after")
     def _check(self) -> ConceptsConfig:
-        if self.backend in ("transformers", "vllm") and not self.model:
-            raise ValueError(
-                f"backend={self.backend} needs model (a Hugging Face id or a local model folder)"
-            )
-        if self.backend == "bank" and not self.bank_path:
-            raise ValueError("backend=bank needs bank_path (a YAML/JSON concept bank)")
         if not self.kinds and not self.spurious_kinds:
             raise ValueError("kinds and spurious_kinds are both empty: nothing to propose")
         for name, items in (("kinds", self.kinds), ("spurious_kinds", self.spurious_kinds)):
@@ -205,6 +144,4 @@ class ConceptsConfig(StrictModel):
         bad = [k for k in self.spurious_kinds if not k.replace("_", "").isalnum()]
         if bad:
             raise ValueError(f"spurious_kinds must be plain words (letters, digits, _), got {bad}")
-        if self.num_cpus <= 0:
-            raise ValueError(f"num_cpus must be > 0, got {self.num_cpus}")
         return self

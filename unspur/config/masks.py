@@ -1,111 +1,47 @@
-"""Configs of ``unspur masks``: segmenter, actor pool, concept validation."""
+"""Configs of ``unspur masks``: segmenter, actor pool, concept validation.
+
+Each segmenter's settings class lives with its implementation in ``actors`` and is registered in
+:data:`SEGMENTERS`; ``segmenter.name`` is looked up there when a config is validated.
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
 from unspur.config.base import StrictModel
+from unspur.config.registered import SectionedModel
 from unspur.data.spuriousworld import SpuriousWorldConfig
+from unspur.registry import Registry
 
 __all__ = [
-    "ClipSegConfig",
+    "SEGMENTERS",
     "ConceptValidationConfig",
-    "GroundTruthConfig",
-    "GroundedSamConfig",
     "MaskComputeConfig",
     "MasksConfig",
     "SegmenterConfig",
 ]
 
 
-class GroundedSamConfig(StrictModel):
-    """``segmenter.name: grounded_sam``: GroundingDINO boxes (transformers) -> SAM box-prompted masks.
-
-    ``detector``: a Hugging Face id or local folder of a zero-shot object detector (GroundingDINO),
-    or ``tiny`` (random init, for tests). ``sam_model``: a segment-anything registry size (``vit_h``,
-    ``vit_l``, ``vit_b``) loaded from ``sam_checkpoint`` (a .pth file), or ``tiny`` (random init,
-    img_size 256). A query box is a detection when its best token probability over the prompt's
-    concepts exceeds ``box_threshold``; it belongs to every concept with a token above
-    ``text_threshold``. ``prompt_mode``: ``merged`` = one detector pass per image over "c1. c2. ...",
-    ``per_concept`` = one prompt "<concept>." per concept (one batched pass). Per concept, boxes
-    go through NMS at ``nms_iou``, the best ``max_boxes_per_concept`` are kept, and SAM decodes
-    at most ``sam_batch_size`` boxes per call from the image's one cached embedding.
-    """
-
-    detector: str = "IDEA-Research/grounding-dino-tiny"
-    sam_model: str = "vit_h"
-    sam_checkpoint: str | None = None
-    box_threshold: float = 0.35
-    text_threshold: float = 0.25
-    prompt_mode: Literal["merged", "per_concept"] = "merged"
-    nms_iou: float = 0.8
-    max_boxes_per_concept: int = 4
-    sam_batch_size: int = 64
-    seed: int = 0
-
-    @model_validator(mode="after")
-    def _check(self) -> GroundedSamConfig:
-        for name in ("box_threshold", "text_threshold", "nms_iou"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"grounded_sam.{name} must lie in [0, 1], got {getattr(self, name)}")
-        if self.max_boxes_per_concept < 1 or self.sam_batch_size < 1:
-            raise ValueError(
-                "grounded_sam.max_boxes_per_concept and grounded_sam.sam_batch_size must be >= 1"
-            )
-        return self
+#: segmenter name -> factory ``(SegmenterConfig) -> Segmenter``; config: its settings section.
+#: The built-in segmenters (and their configs) are registered by ``actors.segmenters``.
+SEGMENTERS: Registry = Registry(
+    "segmenter", hint="the built-in segmenters are registered by importing actors.segmenters"
+)
 
 
-class ClipSegConfig(StrictModel):
-    """``segmenter.name: clipseg``: text-prompted CLIPSeg; a pixel is in the mask when its
-    probability exceeds ``threshold``. ``model``: a Hugging Face id / local folder, or ``tiny``."""
-
-    model: str = "CIDAS/clipseg-rd64-refined"
-    threshold: float = 0.4
-    seed: int = 0
-
-    @model_validator(mode="after")
-    def _check(self) -> ClipSegConfig:
-        if not 0.0 <= self.threshold <= 1.0:
-            raise ValueError(f"clipseg.threshold must lie in [0, 1], got {self.threshold}")
-        return self
-
-
-class GroundTruthConfig(StrictModel):
-    """``segmenter.name: ground_truth``: masks a dataset already has, matched to concept strings
-    (exact name, then head noun: "long beak" -> beak). ``parts``: a Parquet parts table
-    (``image_id``, ``part``, ``rle``); ``mask_dir``: a folder of ``<image_id>/<part>.png`` (non-zero =
-    inside). Exactly one of the two (with ``synth``, ``parts`` defaults to the generated table)."""
-
-    parts: str | None = None
-    mask_dir: str | None = None
-
-
-class SegmenterConfig(StrictModel):
-    """Which segmenter (``actors.segmenters.SEGMENTERS``) and its settings; only its section is used.
+class SegmenterConfig(SectionedModel):
+    """Which segmenter (:data:`SEGMENTERS`) and its settings, under a key of its name
+    (``{name: clipseg, clipseg: {threshold: 0.5}}``); only the chosen section is used.
 
     ``device``: ``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda``, ``cuda:1`` ...
     """
 
-    name: Literal["grounded_sam", "clipseg", "ground_truth"] = "grounded_sam"
-    device: str = "auto"
-    grounded_sam: GroundedSamConfig = Field(default_factory=GroundedSamConfig)
-    clipseg: ClipSegConfig = Field(default_factory=ClipSegConfig)
-    ground_truth: GroundTruthConfig = Field(default_factory=GroundTruthConfig)
+    registry: ClassVar[Registry] = SEGMENTERS
 
-    @model_validator(mode="after")
-    def _check(self) -> SegmenterConfig:
-        gs = self.grounded_sam
-        if self.name == "grounded_sam" and gs.sam_model != "tiny" and not gs.sam_checkpoint:
-            raise ValueError(
-                f"segmenter.grounded_sam.sam_model={gs.sam_model} needs segmenter.grounded_sam.sam_checkpoint "
-                "(a segment-anything .pth file); use sam_model=tiny only for a random test model"
-            )
-        gt = self.ground_truth
-        if self.name == "ground_truth" and gt.parts and gt.mask_dir:
-            raise ValueError("segmenter.ground_truth: set parts or mask_dir, not both")
-        return self
+    name: str = "grounded_sam"
+    device: str = "auto"
 
 
 class MaskComputeConfig(StrictModel):
@@ -113,11 +49,11 @@ class MaskComputeConfig(StrictModel):
     holding ``num_gpus`` / ``num_cpus`` (fractional allowed: keep num_cpus <= 0.5 on small CPU
     machines so reads are not starved) and taking ``batch_size`` images per call (one shard each)."""
 
-    min_actors: int = 1
-    max_actors: int = 1
-    num_gpus: float = 0.0
-    num_cpus: float = 0.5
-    batch_size: int = 8
+    min_actors: int = Field(1, ge=1)
+    max_actors: int = Field(1, ge=1)
+    num_gpus: float = Field(0.0, ge=0)
+    num_cpus: float = Field(0.5, ge=0)
+    batch_size: int = Field(8, ge=1)
 
     @model_validator(mode="after")
     def _check(self) -> MaskComputeConfig:
@@ -125,8 +61,6 @@ class MaskComputeConfig(StrictModel):
             raise ValueError(f"need 1 <= min_actors <= max_actors, got {self.min_actors}, {self.max_actors}")
         if self.num_cpus < 0 or self.num_gpus < 0 or self.num_cpus + self.num_gpus == 0:
             raise ValueError(f"an actor needs num_cpus or num_gpus > 0, got {self.num_cpus}, {self.num_gpus}")
-        if self.batch_size < 1:
-            raise ValueError(f"compute.batch_size must be >= 1, got {self.batch_size}")
         return self
 
 
@@ -137,18 +71,9 @@ class ConceptValidationConfig(StrictModel):
     >= ``min_coverage``. The main pass then segments only the kept concepts."""
 
     enabled: bool = True
-    images_per_class: int = 30
-    min_occurrence: float = 0.15
-    min_coverage: float = 0.20
-
-    @model_validator(mode="after")
-    def _check(self) -> ConceptValidationConfig:
-        if self.images_per_class < 1:
-            raise ValueError(f"validation.images_per_class must be >= 1, got {self.images_per_class}")
-        for name in ("min_occurrence", "min_coverage"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"validation.{name} must lie in [0, 1], got {getattr(self, name)}")
-        return self
+    images_per_class: int = Field(30, ge=1)
+    min_occurrence: float = Field(0.15, ge=0.0, le=1.0)
+    min_coverage: float = Field(0.20, ge=0.0, le=1.0)
 
 
 class MasksConfig(StrictModel):
@@ -173,7 +98,7 @@ class MasksConfig(StrictModel):
     segmenter: SegmenterConfig = Field(default_factory=SegmenterConfig)
     compute: MaskComputeConfig = Field(default_factory=MaskComputeConfig)
     validation: ConceptValidationConfig = Field(default_factory=ConceptValidationConfig)
-    overlays: int = 16
+    overlays: int = Field(16, ge=0)
     experiment: str = "masks"
     track: bool = True
 
@@ -189,9 +114,7 @@ class MasksConfig(StrictModel):
             )
         if not self.kinds or len(set(self.kinds)) != len(self.kinds):
             raise ValueError(f"kinds must be a non-empty list without repeats, got {self.kinds}")
-        gt = self.segmenter.ground_truth
+        gt = self.segmenter.section
         if self.segmenter.name == "ground_truth" and self.synth is None and not (gt.parts or gt.mask_dir):
             raise ValueError("segmenter.name=ground_truth needs segmenter.ground_truth.parts or .mask_dir")
-        if self.overlays < 0:
-            raise ValueError(f"overlays must be >= 0, got {self.overlays}")
         return self
