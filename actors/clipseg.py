@@ -15,8 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from actors.segmenter_models import TextSegmenter, load_clipseg
-from actors.segmenters import ConceptMask
-from unspur.config import ClipSegConfig
+from actors.segmenters import ClipSegConfig, ConceptMask
 
 __all__ = ["ClipSeg"]
 

@@ -18,8 +18,7 @@ import numpy as np
 import torch
 
 from actors.segmenter_models import Detector, load_detector, load_sam
-from actors.segmenters import ConceptMask
-from unspur.config import GroundedSamConfig
+from actors.segmenters import ConceptMask, GroundedSamConfig
 
 __all__ = ["Detections", "GroundedSam", "Prompt", "box_iou", "build_prompts", "nms"]
 

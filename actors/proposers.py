@@ -21,14 +21,20 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+from pydantic import Field, model_validator
 
 from actors.concepts import ANSWER_SCHEMA, build_messages, normalize_class_name
 from unspur.concept_bank import read_bank_source
+from unspur.config.base import StrictModel
+from unspur.config.concepts import CONCEPT_BACKENDS
 
 __all__ = [
+    "ConceptTransformersConfig",
+    "ConceptVLLMConfig",
+    "ConceptWordNetConfig",
     "REQUEST_COLUMNS",
     "ProposerSpec",
     "PROPOSERS",
@@ -372,9 +378,75 @@ def _transformers_kwargs(cfg: Any) -> dict[str, Any]:
     )
 
 
-#: backend name -> spec (the config's ``backend`` vocabulary)
-PROPOSERS: dict[str, ProposerSpec] = {
-    "wordnet": ProposerSpec(
+# Backends register their ProposerSpec and settings class in the core registry
+# ``unspur.config.concepts.CONCEPT_BACKENDS`` (the vocabulary of ``ConceptsConfig.backend``); a
+# backend's settings sit under a key of its name (``wordnet:``, ``vllm:``, ``transformers:``).
+
+
+class ConceptVLLMConfig(StrictModel):
+    """``backend: vllm``: Ray Data LLM processor (``ray.data.llm``) over vLLM engine replicas.
+
+    ``concurrency`` engine replicas, each on ``tensor_parallel_size`` GPUs of
+    ``accelerator_type`` (None = any); ``engine_kwargs`` go to vLLM as they are.
+    ``structured_outputs`` constrains decoding to a JSON list of strings.
+    """
+
+    engine_kwargs: dict[str, Any] = {"max_model_len": 4096}
+    tensor_parallel_size: int = Field(1, ge=1)
+    concurrency: int = Field(1, ge=1)
+    batch_size: int = Field(32, ge=1)
+    accelerator_type: str | None = None
+    structured_outputs: bool = True
+
+
+class ConceptTransformersConfig(StrictModel):
+    """``backend: transformers``: a Hugging Face causal LM in ``pool_size`` Ray Data actors."""
+
+    device: str = "cpu"
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    trust_remote_code: bool = False
+    pool_size: int = Field(1, ge=1)
+    num_cpus: float = Field(0.5, ge=0)
+    num_gpus: float = Field(0.0, ge=0)
+    batch_size: int = Field(8, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> ConceptTransformersConfig:
+        if self.num_cpus < 0 or self.num_gpus < 0 or self.num_cpus + self.num_gpus == 0:
+            raise ValueError(f"an actor needs num_cpus or num_gpus > 0, got {self.num_cpus}, {self.num_gpus}")
+        return self
+
+
+class ConceptWordNetConfig(StrictModel):
+    """``backend: wordnet``: part meronyms -> important, hypernyms -> superclass (offline).
+
+    ``synsets`` pins a class to a sense (``{"crane": "crane.n.05"}``; default: the first noun
+    sense); ``meronym_depth`` 1 = direct parts, 2 = also the parts' parts; ``lemmas`` ``first``
+    (the synset's head word) or ``all`` synonyms; ``hypernym_depth`` levels above the class.
+    """
+
+    synsets: dict[str, str] = {}
+    meronym_depth: int = Field(2, ge=1)
+    lemmas: Literal["first", "all"] = "first"
+    substance_meronyms: bool = False
+    hypernym_depth: int = Field(3, ge=1)
+
+
+def _needs_model(cfg: Any) -> None:
+    if not cfg.model:
+        raise ValueError(f"backend={cfg.backend} needs model (a Hugging Face id or a local model folder)")
+
+
+def _needs_bank_path(cfg: Any) -> None:
+    if not cfg.bank_path:
+        raise ValueError("backend=bank needs bank_path (a YAML/JSON concept bank)")
+
+
+#: backend name -> spec (the config's ``backend`` vocabulary), with its settings class
+PROPOSERS = CONCEPT_BACKENDS
+PROPOSERS.add(
+    "wordnet",
+    ProposerSpec(
         "wordnet",
         ("important", "superclass"),
         spurious=False,
@@ -386,7 +458,11 @@ PROPOSERS: dict[str, ProposerSpec] = {
         actor=WordNetProposer,
         kwargs=lambda cfg: cfg.wordnet.model_dump(),
     ),
-    "bank": ProposerSpec(
+    ConceptWordNetConfig,
+)
+PROPOSERS.add(
+    "bank",
+    ProposerSpec(
         "bank",
         ALL_KINDS,
         spurious=True,
@@ -394,7 +470,11 @@ PROPOSERS: dict[str, ProposerSpec] = {
         actor=BankProposer,
         kwargs=lambda cfg: {"path": cfg.bank_path},
     ),
-    "transformers": ProposerSpec(
+    check=_needs_bank_path,
+)
+PROPOSERS.add(
+    "transformers",
+    ProposerSpec(
         "transformers",
         ALL_KINDS,
         spurious=True,
@@ -402,5 +482,9 @@ PROPOSERS: dict[str, ProposerSpec] = {
         actor=TransformersProposer,
         kwargs=_transformers_kwargs,
     ),
-    "vllm": ProposerSpec("vllm", ALL_KINDS, spurious=True, llm=True),
-}
+    ConceptTransformersConfig,
+    check=_needs_model,
+)
+PROPOSERS.add(
+    "vllm", ProposerSpec("vllm", ALL_KINDS, spurious=True, llm=True), ConceptVLLMConfig, check=_needs_model
+)

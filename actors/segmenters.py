@@ -3,7 +3,8 @@
 The API follows segment-anything's ``SamPredictor``: ``set_image(image)`` encodes an image ONCE,
 then ``predict(concepts)`` answers every concept prompt of that image from the cached encoding
 and returns one :class:`ConceptMask` per concept, in order. Backends are registered by name in
-:data:`SEGMENTERS` (the config vocabulary of ``segmenter.name``):
+:data:`SEGMENTERS` (``unspur.config.masks.SEGMENTERS``, the config vocabulary of
+``segmenter.name``) together with their settings classes:
 
 - ``grounded_sam``: GroundingDINO boxes (transformers) -> SAM box-prompted masks (actors/grounded_sam.py)
 - ``clipseg``: text-prompted CLIPSeg (actors/clipseg.py)
@@ -18,17 +19,22 @@ stops a batch: it becomes rows with ``status`` ``error`` and the reason.
 from __future__ import annotations
 
 import io
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
+from pydantic import Field
 
-from unspur.config import SegmenterConfig
+from unspur.config.base import StrictModel
+from unspur.config.masks import SEGMENTERS, SegmenterConfig
 from unspur.masks import bbox, encode
 
 __all__ = [
+    "ClipSegConfig",
+    "GroundTruthConfig",
+    "GroundedSamConfig",
     "MASK_COLUMNS",
     "SEGMENTERS",
     "ConceptMask",
@@ -91,10 +97,72 @@ def resolve_device(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+# ----------------------------------------------------------------------------- registry
+# Each backend registers its settings class and a factory in the core registry
+# ``unspur.config.masks.SEGMENTERS`` (the vocabulary of ``segmenter.name``); the factories import
+# their backend lazily (ground truth needs no torch). To add a segmenter: implement it in
+# actors/<name>.py (``set_image`` / ``predict``), then add its config class and one
+# ``SEGMENTERS.add`` call here.
+
+
+class GroundedSamConfig(StrictModel):
+    """``segmenter.name: grounded_sam``: GroundingDINO boxes (transformers) -> SAM box-prompted masks.
+
+    ``detector``: a Hugging Face id or local folder of a zero-shot object detector (GroundingDINO),
+    or ``tiny`` (random init, for tests). ``sam_model``: a segment-anything registry size (``vit_h``,
+    ``vit_l``, ``vit_b``) loaded from ``sam_checkpoint`` (a .pth file), or ``tiny`` (random init,
+    img_size 256). A query box is a detection when its best token probability over the prompt's
+    concepts exceeds ``box_threshold``; it belongs to every concept with a token above
+    ``text_threshold``. ``prompt_mode``: ``merged`` = one detector pass per image over "c1. c2. ...",
+    ``per_concept`` = one prompt "<concept>." per concept (one batched pass). Per concept, boxes
+    go through NMS at ``nms_iou``, the best ``max_boxes_per_concept`` are kept, and SAM decodes
+    at most ``sam_batch_size`` boxes per call from the image's one cached embedding.
+    """
+
+    detector: str = "IDEA-Research/grounding-dino-tiny"
+    sam_model: str = "vit_h"
+    sam_checkpoint: str | None = None
+    box_threshold: float = Field(0.35, ge=0.0, le=1.0)
+    text_threshold: float = Field(0.25, ge=0.0, le=1.0)
+    prompt_mode: Literal["merged", "per_concept"] = "merged"
+    nms_iou: float = Field(0.8, ge=0.0, le=1.0)
+    max_boxes_per_concept: int = Field(4, ge=1)
+    sam_batch_size: int = Field(64, ge=1)
+    seed: int = 0
+
+
+class ClipSegConfig(StrictModel):
+    """``segmenter.name: clipseg``: text-prompted CLIPSeg; a pixel is in the mask when its
+    probability exceeds ``threshold``. ``model``: a Hugging Face id / local folder, or ``tiny``."""
+
+    model: str = "CIDAS/clipseg-rd64-refined"
+    threshold: float = Field(0.4, ge=0.0, le=1.0)
+    seed: int = 0
+
+
+class GroundTruthConfig(StrictModel):
+    """``segmenter.name: ground_truth``: masks a dataset already has, matched to concept strings
+    (exact name, then head noun: "long beak" -> beak). ``parts``: a Parquet parts table
+    (``image_id``, ``part``, ``rle``); ``mask_dir``: a folder of ``<image_id>/<part>.png`` (non-zero =
+    inside). Exactly one of the two (with ``synth``, ``parts`` defaults to the generated table)."""
+
+    parts: str | None = None
+    mask_dir: str | None = None
+
+
 def _grounded_sam(cfg: SegmenterConfig) -> Segmenter:
     from actors.grounded_sam import GroundedSam
 
     return GroundedSam.from_config(cfg.grounded_sam, resolve_device(cfg.device))
+
+
+def _check_grounded_sam(cfg: SegmenterConfig) -> None:
+    gs = cfg.grounded_sam
+    if gs.sam_model != "tiny" and not gs.sam_checkpoint:
+        raise ValueError(
+            f"segmenter.grounded_sam.sam_model={gs.sam_model} needs segmenter.grounded_sam.sam_checkpoint "
+            "(a segment-anything .pth file); use sam_model=tiny only for a random test model"
+        )
 
 
 def _clipseg(cfg: SegmenterConfig) -> Segmenter:
@@ -109,20 +177,20 @@ def _ground_truth(cfg: SegmenterConfig) -> Segmenter:
     return GroundTruth.from_config(cfg.ground_truth)
 
 
-#: segmenter name -> factory(SegmenterConfig); backends import lazily (ground truth needs no torch)
-SEGMENTERS: dict[str, Callable[[SegmenterConfig], Segmenter]] = {
-    "grounded_sam": _grounded_sam,
-    "clipseg": _clipseg,
-    "ground_truth": _ground_truth,
-}
+def _check_ground_truth(cfg: SegmenterConfig) -> None:
+    if cfg.ground_truth.parts and cfg.ground_truth.mask_dir:
+        raise ValueError("segmenter.ground_truth: set parts or mask_dir, not both")
+
+
+SEGMENTERS.add("grounded_sam", _grounded_sam, GroundedSamConfig, check=_check_grounded_sam)
+SEGMENTERS.add("clipseg", _clipseg, ClipSegConfig)
+SEGMENTERS.add("ground_truth", _ground_truth, GroundTruthConfig, check=_check_ground_truth)
 
 
 def build_segmenter(cfg: SegmenterConfig | Mapping[str, Any]) -> Segmenter:
     """Build the segmenter ``cfg.name`` from its config section (a model or its dict dump)."""
     if not isinstance(cfg, SegmenterConfig):
         cfg = SegmenterConfig.model_validate(dict(cfg))
-    if cfg.name not in SEGMENTERS:
-        raise ValueError(f"unknown segmenter {cfg.name!r}; known: {sorted(SEGMENTERS)}")
     return SEGMENTERS[cfg.name](cfg)
 
 

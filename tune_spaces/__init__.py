@@ -132,12 +132,13 @@ def load_space(path: str | Path, overrides: list[str] | None = None) -> SearchSp
     return load_config(SearchSpace, path, overrides)
 
 
-def _paths(model: type[BaseModel], prefix: str = "") -> set[str]:
+def _paths(cfg: BaseModel, prefix: str = "") -> set[str]:
+    """Dotted keys of ``cfg``'s values (a section chosen by name, e.g. ``loss``, gives its own keys)."""
     out: set[str] = set()
-    for name, field in model.model_fields.items():
-        ann = field.annotation
-        if isinstance(ann, type) and issubclass(ann, BaseModel):
-            out |= _paths(ann, f"{prefix}{name}.")
+    for name in [*type(cfg).model_fields, *(cfg.model_extra or {})]:
+        value = getattr(cfg, name, None)
+        if isinstance(value, BaseModel):
+            out |= _paths(value, f"{prefix}{name}.")
         else:
             out.add(f"{prefix}{name}")
     return out
@@ -148,7 +149,7 @@ def validate_point(base: BaseModel, point: dict[str, Any], source: str = "sample
 
     Raises :class:`ConfigError` naming an unknown parameter or a value the config rejects.
     """
-    known = _paths(type(base))
+    known = _paths(base)
     unknown = sorted(k for k in point if k not in known)
     if unknown:
         raise ConfigError(

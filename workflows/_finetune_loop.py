@@ -309,7 +309,7 @@ def run_loop(cfg: FinetuneConfig, tables: dict[str, Any], session: Any) -> dict[
     model = initial_model(cfg)
     train_ds, eval_ds = datasets(cfg, tables, _norm_stats(model))
     base = None
-    if cfg.loss.lambda_kl > 0:
+    if cfg.loss.kl_weight > 0:
         base = initial_model(cfg).eval().requires_grad_(False)
     apply_trainable(model, cfg.train.params)  # before DDP: it must see which parameters train
     model = session.prepare_model(model)

@@ -39,8 +39,7 @@ from unspur.concept_bank import assemble_bank, bank_table_rows
 from unspur.config import ConceptsConfig, SpuriousWorldConfig
 from workflows._job import main_for
 
-__all__ = [
-    "outputs","CONFIG", "Plan", "JsonCache", "resolve_classes", "make_plan", "build", "run", "main"]
+__all__ = ["outputs", "CONFIG", "Plan", "JsonCache", "resolve_classes", "make_plan", "build", "run", "main"]
 
 CONFIG = ConceptsConfig
 

@@ -28,7 +28,15 @@ from unspur.metrics import summarize
 from workflows._job import main_for
 
 __all__ = [
-    "outputs","CONFIG", "attach_masks", "build", "load_inputs", "main", "metrics_from_predictions", "run"]
+    "outputs",
+    "CONFIG",
+    "attach_masks",
+    "build",
+    "load_inputs",
+    "main",
+    "metrics_from_predictions",
+    "run",
+]
 
 CONFIG = EvaluateConfig
 ALIGN_KEYS = ("mass_in", "iou", "pointing")

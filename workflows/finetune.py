@@ -24,8 +24,7 @@ from unspur.relevance import RELEVANCE
 from workflows._finetune_loop import SUMMARY, LocalSession, run_loop, train_loop_per_worker
 from workflows._job import init_ray, main_for, parse_job_args, user_errors
 
-__all__ = [
-    "outputs","CONFIG", "build", "main", "prepare_data", "resolve", "run", "table_paths"]
+__all__ = ["outputs", "CONFIG", "build", "main", "prepare_data", "resolve", "run", "table_paths"]
 
 CONFIG = FinetuneConfig
 

@@ -36,8 +36,7 @@ from unspur.validation import concept_statistics, decide, select_validation_imag
 from workflows._job import main_for
 from workflows._mask_store import ShardStore, resolve_fs
 
-__all__ = [
-    "outputs","CONFIG", "MaskPass", "Inputs", "build", "main", "plan_pass", "prepare", "run"]
+__all__ = ["outputs", "CONFIG", "MaskPass", "Inputs", "build", "main", "plan_pass", "prepare", "run"]
 
 CONFIG = MasksConfig
 VALIDATED_BANK = "concepts_validated.json"

@@ -2,7 +2,7 @@
 
 A pipeline YAML lists named stages; each names its job (:data:`JOBS`), holds keys of that job's
 config and refers to earlier stages' outputs (``${data.images}``, ``${base.model}``), see
-:mod:`unspur.pipeline_spec`. After the stages, every model of ``evaluate.models`` is evaluated on
+:mod:`unspur.config.pipeline`. After the stages, every model of ``evaluate.models`` is evaluated on
 the held-out split (stages ``evaluate_<model>``), the comparison table is printed and
 ``report.md`` written. ``workflows/configs/cft_pipeline.yaml`` is the CFT flow (``unspur demo``):
 
@@ -35,9 +35,11 @@ from typing import Any
 
 from pydantic import BaseModel
 
+import actors.proposers  # noqa: F401  (registers the concept backends the stage configs name)
+import actors.segmenters  # noqa: F401  (registers the segmenters the stage configs name)
 from unspur import tracking
 from unspur.config import ConfigError, load_config, validate_config
-from unspur.pipeline_spec import PipelineConfig, references, resolve
+from unspur.config.pipeline import PipelineConfig, references, resolve
 from workflows._job import init_ray, parse_job_args, user_errors
 from workflows._report import print_table, write_report
 

@@ -45,7 +45,17 @@ from workflows._sweep_report import BEST_CONFIG, ParentRun, best_trial, export_b
 from workflows._sweep_trial import run_trial
 
 __all__ = [
-    "outputs","CONFIG", "EpochASHA", "Plan", "build", "concurrency", "main", "prepare", "run", "trial_resources"]
+    "outputs",
+    "CONFIG",
+    "EpochASHA",
+    "Plan",
+    "build",
+    "concurrency",
+    "main",
+    "prepare",
+    "run",
+    "trial_resources",
+]
 
 CONFIG = SweepConfig
 STATE = "unspur_sweep.json"  # in the Tune experiment folder: the parent run and the config digest

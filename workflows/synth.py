@@ -33,7 +33,16 @@ from unspur.data import digits_grid, spuriousworld
 from workflows._job import init_ray
 
 __all__ = [
-    "outputs","CONFIG", "GENERATORS", "Generator", "build", "run", "main", "parse_args", "render_batch"]
+    "outputs",
+    "CONFIG",
+    "GENERATORS",
+    "Generator",
+    "build",
+    "run",
+    "main",
+    "parse_args",
+    "render_batch",
+]
 
 CONFIG = SynthConfig
 SPLITS = ("train", "val", "test")

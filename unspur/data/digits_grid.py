@@ -29,11 +29,14 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
+from pydantic import Field, model_validator
 
-from unspur.config import DigitsGridConfig
+from unspur.config.base import StrictModel
 from unspur.data.encoding import encode_png
+from unspur.data.kinds import DATA_KINDS
 
 __all__ = [
+    "DigitsGridConfig",
     "CAPTION_TEMPLATES",
     "DIGIT_NAMES",
     "REGION_NAMES",
@@ -59,6 +62,44 @@ CAPTION_TEMPLATES = (
 )
 #: fractions of each digit class's source images given to train / val / test (fixed, seed-free)
 _SOURCE_FRACTIONS = (0.6, 0.2, 0.2)
+
+
+class DigitsGridConfig(StrictModel):
+    """digits-grid (RaVL's synthetic setting): a digit in one quadrant of a 2x2 grid and a red
+    rectangle (the spurious marker) in another quadrant.
+
+    Train split: the marker's presence is correlated with ``target_digit`` at Cramer's V =
+    ``cramers_v``; the per-class marker rates are derived from V exactly (see
+    :func:`unspur.data.digits_grid.marker_rates`). ``marker_rate`` is the overall train marker
+    frequency (None = the target class's share, so V=1 means "marker iff target"). Val and test
+    splits carry the marker with probability ``eval_marker_rate`` independently of the class
+    (no correlation). ``marker_scale`` bounds the rectangle's sides as a fraction of a quadrant.
+    """
+
+    image_size: int = Field(64, ge=16, description="pixels, even")
+    digits: list[int] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]
+    target_digit: int = 0
+    cramers_v: float = Field(0.9, ge=0.0, le=1.0)
+    marker_rate: float | None = Field(None, gt=0.0, lt=1.0)
+    eval_marker_rate: float = Field(0.5, gt=0.0, lt=1.0)
+    marker_scale: float = Field(0.6, ge=0.1, le=1.0)
+    n_train: int = Field(2000, gt=0)
+    n_val: int = Field(500, gt=0)
+    n_test: int = Field(1000, gt=0)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _check(self) -> DigitsGridConfig:
+        if len(set(self.digits)) != len(self.digits) or len(self.digits) < 2:
+            raise ValueError(f"digits must hold >= 2 distinct digits, got {self.digits}")
+        if any(not 0 <= d <= 9 for d in self.digits):
+            raise ValueError(f"digits must lie in 0..9, got {self.digits}")
+        if self.target_digit not in self.digits:
+            raise ValueError(f"target_digit {self.target_digit} is not one of digits {self.digits}")
+        if self.image_size % 2:
+            raise ValueError(f"image_size must be even and >= 16 pixels, got {self.image_size}")
+        marker_rates(self)  # raises when (cramers_v, marker_rate) is not reachable
+        return self
 
 
 @dataclass
@@ -276,3 +317,6 @@ def generate_tables(cfg: DigitsGridConfig, splits: Sequence[str] = ("train", "va
             parts.extend(part_rows)
             regions.extend(region_rows)
     return pd.DataFrame(images), pd.DataFrame(parts), pd.DataFrame(regions)
+
+
+DATA_KINDS.add("digits_grid", sample_rows, DigitsGridConfig)

@@ -1,44 +1,31 @@
-"""Training objectives, one file each, in a name-keyed registry.
+"""Training objectives, one file each, each registering its function and config in ``LOSSES``.
 
 ``LOSSES[name]`` is a :class:`LossSpec`: ``fn(*, logits, labels, cfg, phi=None, masks=None,
 has_mask=None, base_logits=None) -> dict[str, Tensor]`` (key ``loss`` plus every named term)
-and ``needs_relevance`` (whether the training loop must compute Phi for it).
+and ``needs_relevance`` (whether the training loop must compute Phi for it);
+``LOSSES.entry(name).config`` is its config class. To add a loss, add a file here that defines
+its config (``name: Literal["<name>"]`` + its weights) and decorates its function with
+:func:`register_loss`, and import it below.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from unspur.losses.base import LOSSES, AlignmentLossConfig, LossConfig, LossSpec, get_loss, register_loss
+from unspur.losses.cft import CftLossConfig, cft_loss
+from unspur.losses.erm import ErmLossConfig, erm_loss
+from unspur.losses.robustvit import RobustVitLossConfig, robustvit_loss
 
-import torch
-
-from unspur.losses.cft import cft_loss
-from unspur.losses.erm import erm_loss
-from unspur.losses.robustvit import robustvit_loss
-
-__all__ = ["LOSSES", "LossSpec", "get_loss", "cft_loss", "erm_loss", "robustvit_loss"]
-
-LossFn = Callable[..., dict[str, torch.Tensor]]
-
-
-@dataclass(frozen=True)
-class LossSpec:
-    """A registered objective: its function and whether it needs relevance maps."""
-
-    fn: LossFn
-    needs_relevance: bool
-
-
-LOSSES: dict[str, LossSpec] = {
-    "erm": LossSpec(erm_loss, needs_relevance=False),
-    "cft": LossSpec(cft_loss, needs_relevance=True),
-    "robustvit": LossSpec(robustvit_loss, needs_relevance=True),
-}
-
-
-def get_loss(name: str) -> LossSpec:
-    """The registered :class:`LossSpec` called ``name`` (clear error otherwise)."""
-    spec = LOSSES.get(name)
-    if spec is None:
-        raise ValueError(f"unknown loss {name!r}; choose one of {sorted(LOSSES)}")
-    return spec
+__all__ = [
+    "LOSSES",
+    "AlignmentLossConfig",
+    "CftLossConfig",
+    "ErmLossConfig",
+    "LossConfig",
+    "LossSpec",
+    "RobustVitLossConfig",
+    "cft_loss",
+    "erm_loss",
+    "get_loss",
+    "register_loss",
+    "robustvit_loss",
+]

@@ -10,12 +10,15 @@ Images with an empty mask skip the alignment terms and are counted in ``n_no_mas
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
+from pydantic import Field
 
-from unspur.config import LossConfig
 from unspur.losses._terms import alignment_inputs, kl_to_base, self_prediction_ce
+from unspur.losses.base import AlignmentLossConfig, register_loss
 
-__all__ = ["cft_loss", "concept_terms"]
+__all__ = ["CftLossConfig", "cft_loss", "concept_terms"]
 
 EPS = 1e-6
 
@@ -36,11 +39,24 @@ def concept_terms(
     raise ValueError(f"loss.normalize must be 'region' or 'image', got {normalize!r}")
 
 
+class CftLossConfig(AlignmentLossConfig):
+    """``loss.name: cft``: lambda_align * (lambda_concept * L_concept + lambda_non * L_non_concept)
+    + lambda_cls * CE(logits / T, argmax) + lambda_kl * KL(base || model). ``normalize``: ``region``
+    averages the concept / non-concept terms over |S| / |Sbar| (paper), ``image`` over all H*W
+    pixels (released code)."""
+
+    name: Literal["cft"] = "cft"
+    lambda_concept: float = Field(0.5, ge=0)
+    lambda_non: float = Field(1.2, ge=0)
+    normalize: Literal["region", "image"] = "region"
+
+
+@register_loss("cft", CftLossConfig, needs_relevance=True)
 def cft_loss(
     *,
     logits: torch.Tensor,
     labels: torch.Tensor,
-    cfg: LossConfig,
+    cfg: CftLossConfig,
     phi: torch.Tensor | None = None,
     masks: torch.Tensor | None = None,
     has_mask: torch.Tensor | None = None,

@@ -2,19 +2,28 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 
-from unspur.config import LossConfig
+from unspur.losses.base import LossConfig, register_loss
 
-__all__ = ["erm_loss"]
+__all__ = ["ErmLossConfig", "erm_loss"]
 
 
+class ErmLossConfig(LossConfig):
+    """``loss.name: erm``: cross-entropy on the labels; no weights."""
+
+    name: Literal["erm"] = "erm"
+
+
+@register_loss("erm", ErmLossConfig, needs_relevance=False)
 def erm_loss(
     *,
     logits: torch.Tensor,
     labels: torch.Tensor,
-    cfg: LossConfig,
+    cfg: ErmLossConfig,
     phi: torch.Tensor | None = None,
     masks: torch.Tensor | None = None,
     has_mask: torch.Tensor | None = None,

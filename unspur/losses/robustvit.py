@@ -8,19 +8,32 @@ Images with an empty mask skip L_bg / L_fg and are counted in ``n_no_mask``.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
+from pydantic import Field
 
-from unspur.config import LossConfig
 from unspur.losses._terms import alignment_inputs, kl_to_base, self_prediction_ce
+from unspur.losses.base import AlignmentLossConfig, register_loss
 
-__all__ = ["robustvit_loss"]
+__all__ = ["RobustVitLossConfig", "robustvit_loss"]
 
 
+class RobustVitLossConfig(AlignmentLossConfig):
+    """``loss.name: robustvit``: lambda_align * (lambda_bg * L_bg + lambda_fg * L_fg) + lambda_cls *
+    L_cls + lambda_kl * KL."""
+
+    name: Literal["robustvit"] = "robustvit"
+    lambda_bg: float = Field(2.0, ge=0)
+    lambda_fg: float = Field(0.3, ge=0)
+
+
+@register_loss("robustvit", RobustVitLossConfig, needs_relevance=True)
 def robustvit_loss(
     *,
     logits: torch.Tensor,
     labels: torch.Tensor,
-    cfg: LossConfig,
+    cfg: RobustVitLossConfig,
     phi: torch.Tensor | None = None,
     masks: torch.Tensor | None = None,
     has_mask: torch.Tensor | None = None,

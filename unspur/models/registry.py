@@ -17,6 +17,7 @@ from torch import nn
 
 from unspur.config import ModelConfig
 from unspur.models.attention import disable_fused_attn
+from unspur.models.families import FAMILIES
 
 __all__ = ["MODELS", "build_model", "register_model"]
 
@@ -133,3 +134,6 @@ def build_model(cfg: ModelConfig) -> nn.Module:
 
         load_weights(model, cfg.checkpoint, cfg)
     return model
+
+
+FAMILIES.add("timm", build_model, ModelConfig)

@@ -1,4 +1,4 @@
-"""``unspur run``'s config: a pipeline is a YAML list of named stages.
+"""Config of ``unspur run`` / ``unspur demo``: a pipeline is a YAML list of named stages.
 
 Each stage names its job (``synth``, ``concepts``, ``masks``, ``finetune``, ``sweep``,
 ``evaluate``...), holds keys of that job's own config, and refers to earlier stages' outputs as
@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import Field, model_validator
 
-from unspur.config import StrictModel, apply_overrides
+from unspur.config.base import StrictModel, apply_overrides
 
 __all__ = [
     "PipelineConfig",

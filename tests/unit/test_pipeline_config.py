@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from unspur.config import ConfigError, validate_config
-from unspur.pipeline_spec import PipelineConfig, references, resolve
+from unspur.config.pipeline import PipelineConfig, references, resolve
 
 OUTPUTS = {
     "data": {"images": "/o/data/images", "classes": ["bird", "tree"], "num_classes": 2},

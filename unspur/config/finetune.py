@@ -1,0 +1,202 @@
+"""Configs of ``unspur finetune``: optimisation, few-shot protocol, model, data, execution.
+
+The ``loss`` section is validated against the config class of the loss its ``name`` picks
+(``unspur.losses.LOSSES``); ``model.family`` must name a registered model family.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from unspur.config.base import StrictModel
+from unspur.config.registered import registered, registered_default
+from unspur.data.spuriousworld import SpuriousWorldConfig
+from unspur.losses import LOSSES, LossConfig
+
+__all__ = [
+    "FewShotConfig",
+    "FinetuneConfig",
+    "FinetuneDataConfig",
+    "FinetuneRunConfig",
+    "LossConfig",
+    "ModelConfig",
+    "TrainConfig",
+]
+
+
+class TrainConfig(StrictModel):
+    """Optimisation of one fine-tuning run (AdamW; per-step learning-rate schedule).
+
+    ``schedule``: ``step`` multiplies the lr by ``lr_decay`` every ``lr_decay_every`` epochs
+    (paper: x0.85 every 2 epochs), ``cosine`` anneals to 0 over ``epochs``, ``constant`` keeps it;
+    all start with a linear warm-up over ``warmup_epochs``. ``freeze_norm`` keeps BatchNorm layers
+    in eval mode (use it when few-shot batches are tiny). ``grad_clip`` 0 turns clipping off.
+    ``num_threads`` 0 leaves torch's thread count alone. ``augment`` flips images horizontally.
+    ``params`` picks what is trained: ``all``; ``attention`` (the blocks' attention layers only);
+    ``qk`` (only the query and key projections: the model can change WHERE it looks but not what
+    it sees there - the relevance-gaming-proof choice for small models trained from scratch).
+    """
+
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(5e-4, gt=0)
+    weight_decay: float = Field(0.05, ge=0)
+    warmup_epochs: float = Field(1.0, ge=0)
+    schedule: Literal["step", "cosine", "constant"] = "step"
+    lr_decay: float = Field(0.85, gt=0, le=1)
+    lr_decay_every: int = Field(2, ge=1)
+    grad_clip: float = Field(1.0, ge=0)
+    freeze_norm: bool = False
+    params: Literal["all", "attention", "qk"] = "all"
+    augment: bool = False
+    seed: int = 0
+    num_threads: int = Field(0, ge=0)
+
+
+class FewShotConfig(StrictModel):
+    """Few-shot protocol: ``per_class`` images of each of ``class_fraction`` of the classes."""
+
+    enabled: bool = False
+    per_class: int = Field(3, ge=1)
+    class_fraction: float = Field(0.5, gt=0, le=1)
+    seed: int = 0
+
+
+class ModelConfig(StrictModel):
+    """A classifier of model ``family`` (``unspur.models.families.FAMILIES``; ``timm`` only so far):
+    a registered tiny config (``unspur.models.MODELS``) or any timm model name.
+
+    ``pretrained`` loads timm's weights (needs the hub; a cluster concern). ``checkpoint`` is an
+    unspur checkpoint folder (``model.safetensors`` + ``config.yaml``) whose weights are loaded
+    after building. ``kwargs`` go to the factory (e.g. ``{depth: 2}`` or timm's ``drop_rate``).
+    """
+
+    family: str = "timm"
+    name: str = "vit_tiny_synth"
+    pretrained: bool = False
+    num_classes: int = Field(4, ge=2)
+    img_size: int = Field(64, ge=8, description="pixels")
+    checkpoint: str | None = None
+    kwargs: dict[str, Any] = {}
+
+    @field_validator("family")
+    @classmethod
+    def _registered_family(cls, family: str) -> str:
+        from unspur.models.families import FAMILIES  # registered by unspur.models on import
+
+        FAMILIES.entry(family)
+        return family
+
+
+class FinetuneDataConfig(StrictModel):
+    """Training data of ``unspur finetune``.
+
+    ``images``: Parquet image table(s) (files or folders of shards; ARCHITECTURE.md contract) with
+    a ``split`` column; ``masks``: the masks table (``image_id, concept, rle, status``) or a
+    SpuriousWorld parts table (``image_id, part, rle``); an image's mask is the union of its rows.
+    Without ``images``, ``spuriousworld`` is rendered into ``<out>/data`` (cached by config).
+    ``eval_max_images`` caps the evaluation split (None = all of it).
+    """
+
+    images: list[str] | None = None
+    masks: str | None = None
+    spuriousworld: SpuriousWorldConfig | None = None
+    train_split: str = "train"
+    eval_split: str = "test"
+    eval_max_images: int | None = Field(None, ge=1)
+    loader_workers: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> FinetuneDataConfig:
+        if (self.images is None) == (self.spuriousworld is None):
+            raise ValueError(
+                "give exactly one of data.images (Parquet image tables) and "
+                "data.spuriousworld (a SpuriousWorld config to render)"
+            )
+        return self
+
+
+class FinetuneRunConfig(StrictModel):
+    """Execution of ``unspur finetune``: Ray Train workers, checkpoints, tracking.
+
+    ``num_workers`` 0 trains in this process (no Ray Train); N > 0 runs a TorchTrainer with N
+    DDP workers (``use_gpu`` puts one GPU on each). Checkpoints go to ``storage_path/name``
+    (default ``<out>/checkpoints``) every epoch; rerunning with the same name and storage path
+    resumes from the latest one. ``max_failures`` worker-group restarts are allowed per run.
+    MLflow (experiment ``experiment``) is written by rank 0 when ``track`` is on.
+    ``select`` picks the weights saved as ``<out>/model``: the last epoch's, or those of the
+    evaluated epoch (every ``eval_every``) with the best worst-group (``best_wga``) or average
+    (``best_acc``) accuracy on ``data.eval_split``, which must then be a validation split. The
+    starting weights are never a candidate; ties go to the other accuracy, then the earlier epoch.
+    """
+
+    name: str = "finetune"
+    storage_path: str | None = None
+    num_workers: int = Field(0, ge=0)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0)
+    max_failures: int = Field(1, ge=0)
+    keep_checkpoints: int = Field(2, ge=1)
+    eval_every: int = Field(1, ge=1)
+    select: Literal["last", "best_wga", "best_acc"] = "last"
+    figure_images: int = Field(6, ge=0)
+    experiment: str = "finetune"
+    track: bool = True
+
+    @model_validator(mode="after")
+    def _check(self) -> FinetuneRunConfig:
+        if not self.name or "/" in self.name:
+            raise ValueError(f"run.name must be a non-empty folder name without '/', got {self.name!r}")
+        return self
+
+
+class FinetuneConfig(StrictModel):
+    """``unspur finetune``: train a classifier with ``loss`` (a registered loss, ``unspur.losses``:
+    erm, cft, robustvit; ``loss.name`` picks the loss's own config class) on Ray Train.
+
+    ``init_from``: an unspur checkpoint folder to start from (the base model; also the frozen
+    reference of the KL guard ``loss.lambda_kl``). ``relevance``: a key of
+    ``unspur.relevance.RELEVANCE``. ``fewshot.enabled`` trains on ``per_class`` images of a
+    ``class_fraction`` of the classes; evaluation always covers every class.
+    """
+
+    out: str = "runs/finetune"
+    data: FinetuneDataConfig = Field(
+        default_factory=lambda: FinetuneDataConfig(spuriousworld=SpuriousWorldConfig())
+    )
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    loss: registered(LOSSES, default="cft") = Field(default_factory=registered_default(LOSSES, "cft"))
+    relevance: str = "rollout"
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    fewshot: FewShotConfig = Field(default_factory=FewShotConfig)
+    init_from: str | None = None
+    run: FinetuneRunConfig = Field(default_factory=FinetuneRunConfig)
+
+    @model_validator(mode="after")
+    def _check(self) -> FinetuneConfig:
+        needs_masks = LOSSES[self.loss.name].needs_relevance
+        if needs_masks and self.data.masks is None and self.data.spuriousworld is None:
+            raise ValueError(
+                f"loss {self.loss.name!r} aligns relevance with masks: set data.masks to a "
+                "masks or parts table, or use a loss without relevance (loss.name=erm)"
+            )
+        if self.loss.kl_weight > 0 and not self.init_from:
+            raise ValueError(
+                "loss.lambda_kl > 0 keeps the model close to its base model: set init_from "
+                "to the base checkpoint, or loss.lambda_kl=0"
+            )
+        if self.run.select != "last" and self.data.eval_split in ("test", self.data.train_split):
+            raise ValueError(
+                f"run.select is {self.run.select!r} but data.eval_split is {self.data.eval_split!r}: "
+                "choosing an epoch on the test or training split biases what it reports; set "
+                "data.eval_split: val (or run.select: last)"
+            )
+        sw = self.data.spuriousworld
+        if sw is not None and len(sw.classes) != self.model.num_classes:
+            raise ValueError(
+                f"data.spuriousworld has {len(sw.classes)} classes but model.num_classes is "
+                f"{self.model.num_classes}; make them equal"
+            )
+        return self
