@@ -108,11 +108,13 @@ def _allowed_hint(model: type[BaseModel], err: ValidationError) -> str:
             node = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
             if node is None:
                 break
-        if node is not None:
-            hints.append(
-                f"  allowed at {'.'.join(map(str, e['loc'][:-1])) or '<root>'}: "
-                + ", ".join(node.allowed_keys() if hasattr(node, "allowed_keys") else node.model_fields)
-            )
+        keys = (
+            (node.allowed_keys() if hasattr(node, "allowed_keys") else list(node.model_fields))
+            if node
+            else []
+        )
+        if keys:
+            hints.append(f"  allowed at {'.'.join(map(str, e['loc'][:-1])) or '<root>'}: " + ", ".join(keys))
     return ("\n" + "\n".join(dict.fromkeys(hints))) if hints else ""
 
 
