@@ -92,7 +92,7 @@ def test_non_finite_loss_stops_with_the_batch_image_ids(tables):
     model = _model()
     opt = make_optimizer(model, TrainConfig())
     with pytest.raises(NonFiniteLossError, match="train-000000") as info:
-        train_one_epoch(model, _loader(tables, batch_size=4), LossSpec(nan_loss, False), None, opt)
+        train_one_epoch(model, _loader(tables, batch_size=4), LossSpec(nan_loss), None, opt)
     assert info.value.image_ids == ["train-000000", "train-000001", "train-000002", "train-000003"]
 
 
