@@ -1,6 +1,7 @@
 """Batch inference of an unspur classifier checkpoint, as a plain callable for Ray Data.
 
-``ClassifierPredictor(checkpoint, relevance=None)`` loads the model once in ``__init__``;
+``ClassifierPredictor(checkpoint, relevance=None)`` loads the model once in ``__init__`` and runs
+it through the checkpoint's model family (``unspur.models.families``);
 ``__call__`` maps a batch of image-table columns (``image_id``, ``image`` bytes or ``path``,
 ``label``, ``group``, optional ``mask_rles``: a JSON list of COCO RLEs per image) to
 predictions and, with a relevance method, the per-image relevance alignment of
@@ -57,13 +58,16 @@ class ClassifierPredictor:
 
     def __init__(self, checkpoint: str, relevance: str | None = None, device: str = "auto") -> None:
         from unspur.models import checkpoint_model_config, load_checkpoint
+        from unspur.models.families import family_of
 
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
         self.model, self.config = load_checkpoint(checkpoint)
         self.model.to(self.device).eval()
-        self.img_size = checkpoint_model_config(checkpoint).img_size
+        model_cfg = checkpoint_model_config(checkpoint)
+        self.family = family_of(model_cfg)
+        self.img_size = model_cfg.img_size
         if relevance is not None:
             from unspur.relevance import RELEVANCE
 
@@ -92,14 +96,17 @@ class ClassifierPredictor:
     def _forward(self, images: torch.Tensor, masks: torch.Tensor, has_mask: np.ndarray):
         """-> preds (B,), alignment (B, 3) of mass_in / iou / pointing (NaN without a mask)."""
         align = np.full((len(images), 3), np.nan)
+        batch = {"image": images}
         if self.relevance is None:
             with torch.no_grad():
-                return self.model(images).argmax(1).cpu().numpy(), align
+                logits = self.family.forward(self.model, batch, frozenset({"logits"}))["logits"]
+            return logits.argmax(1).cpu().numpy(), align
         from unspur.metrics import relevance_alignment
-        from unspur.relevance import relevance_map
 
+        needs = frozenset({"logits", "relevance"})
         with torch.enable_grad():
-            logits, phi = relevance_map(self.model, images, method=self.relevance)
+            out = self.family.forward(self.model, batch, needs, relevance=self.relevance)
+        logits, phi = out["logits"], out["relevance"]
         phi_np, mask_np = phi.detach().cpu().numpy(), masks.numpy() > 0.5
         for i in np.flatnonzero(has_mask):
             res = relevance_alignment(phi_np[i : i + 1], mask_np[i : i + 1])

@@ -4,7 +4,7 @@ A registry is filled by the modules that implement its entries, on import::
 
     LOSSES = Registry("loss")
 
-    @LOSSES.register("cft", config=CftLossConfig, needs_relevance=True)
+    @register_loss("cft", CftLossConfig, batch_keys=MASKED, needs=RELEVANCE)
     def cft_loss(...): ...
 
 A config field whose value names an entry (``loss.name``, ``segmenter.name``, ...) looks the name

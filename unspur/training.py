@@ -1,10 +1,13 @@
 """The core train / evaluate loop, pure torch (no ray): used in-process and inside Ray Train.
 
-``train_one_epoch`` runs one pass of any registered loss (``unspur.losses.LOSSES``), computing
-relevance maps only for losses that need them and the frozen base model's logits only when the
-KL guard is on. ``evaluate`` reports accuracy, worst-group accuracy and, optionally, how much of
-the relevance map lies on the concept masks. Everything works on a DDP-wrapped model too: hooks
-go to the bare module (``unspur.models.unwrap``), the forward through the wrapper.
+``train_one_epoch`` runs one pass of any registered loss (``unspur.losses.LOSSES``) on any model
+family (``unspur.models.families.FAMILIES``): per batch it moves the entries the loss reads
+(``LossSpec.batch_keys``) to the model's device, asks the family for the outputs the loss needs
+(``LossSpec.outputs_for``: relevance maps only for losses that read them, the frozen base
+model's logits only when the KL guard is on), and steps on the loss. ``evaluate`` is the
+family's evaluation (accuracy, worst-group accuracy and, optionally, relevance alignment).
+Everything works on a DDP-wrapped model too: hooks go to the bare module
+(``unspur.models.unwrap``), the forward through the wrapper.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import torch
 from torch import nn
 
 from unspur.config import FewShotConfig, TrainConfig
-from unspur.metrics import relevance_alignment, summarize
+from unspur.models.families import RelevanceFn, get_family
 
 __all__ = [
     "FewShotConfig",
@@ -30,8 +33,6 @@ __all__ = [
     "fit",
     "make_optimizer",
     "make_scheduler",
-    "predict",
-    "relevance_maps",
     "seed_everything",
     "selection_score",
     "set_norm_eval",
@@ -39,7 +40,6 @@ __all__ = [
 ]
 
 Batch = dict[str, Any]
-RelevanceFn = Callable[[nn.Module, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 _COUNTS = ("n_no_mask",)  # terms summed over the epoch instead of averaged
 
 
@@ -158,14 +158,6 @@ def make_scheduler(
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def _relevance_fn(relevance: str | RelevanceFn) -> RelevanceFn:
-    if callable(relevance):
-        return relevance
-    from unspur.relevance import relevance_map
-
-    return lambda model, images: relevance_map(model, images, method=relevance)
-
-
 def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
@@ -174,6 +166,17 @@ def _check_finite(loss: torch.Tensor, terms: dict[str, torch.Tensor], batch: Bat
     if not torch.isfinite(loss).all():
         values = {k: float(v.detach().float().mean()) for k, v in terms.items()}
         raise NonFiniteLossError([str(i) for i in batch["image_id"]], values)
+
+
+def _on_device(batch: Batch, keys: tuple[str, ...], device: torch.device) -> Batch:
+    """``batch`` with its tensors on ``device``; every key in ``keys`` must be present."""
+    missing = [k for k in keys if k not in batch]
+    if missing:
+        raise ValueError(
+            f"the loss reads batch entries {missing} that the training loader does not yield (it yields "
+            f"{sorted(batch)}); build the dataset with the loss's batch_keys"
+        )
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
 def train_one_epoch(
@@ -187,37 +190,35 @@ def train_one_epoch(
     relevance: str | RelevanceFn = "rollout",
     grad_clip: float = 0.0,
     freeze_norm: bool = False,
+    family: str = "timm",
 ) -> dict[str, float]:
     """One pass over ``loader``; returns the mean of every loss term (``n_no_mask`` summed).
 
-    ``loss_spec``: a ``LossSpec`` (``fn``, ``needs_relevance``); ``loss_cfg`` its ``LossConfig``.
-    ``base_model``: the frozen base model whose logits feed the KL guard (used only when
-    ``loss_cfg.lambda_kl > 0``). ``scheduler`` steps once per batch. Raises
-    :class:`NonFiniteLossError` with the batch's image ids on a NaN/inf loss.
+    ``loss_spec``: a ``LossSpec`` (``batch_keys``, ``needs``, called as ``spec(outputs, batch,
+    cfg)``); ``loss_cfg`` its config. ``family``: the model family (``model.family``) whose
+    ``forward`` computes the outputs. ``base_model``: the frozen base model behind
+    ``base_logits`` (used only when ``loss_cfg.lambda_kl > 0``). ``scheduler`` steps once per
+    batch. Raises :class:`NonFiniteLossError` with the batch's image ids on a NaN/inf loss.
     """
     model.train()
     if freeze_norm:
         set_norm_eval(model)
     device = _device(model)
-    rel = _relevance_fn(relevance) if loss_spec.needs_relevance else None
-    use_kl = getattr(loss_cfg, "lambda_kl", 0.0) > 0
-    if use_kl and base_model is None:
+    model_family = get_family(family)
+    needs = loss_spec.outputs_for(loss_cfg)
+    if needs - model_family.outputs:
+        raise ValueError(
+            f"the loss needs model outputs {sorted(needs - model_family.outputs)} that model family "
+            f"{family!r} does not produce (it gives {sorted(model_family.outputs)})"
+        )
+    if "base_logits" in needs and base_model is None:
         raise ValueError("loss.lambda_kl > 0 needs the frozen base model; pass base_model=")
     sums: dict[str, float] = {}
     n_batches = 0
     for batch in loader:
-        images = batch["image"].to(device)
-        labels = batch["label"].to(device)
-        kwargs: dict[str, Any] = {}
-        if rel is not None:
-            logits, phi = rel(model, images)
-            kwargs.update(phi=phi, masks=batch["mask"].to(device), has_mask=batch["has_mask"].to(device))
-        else:
-            logits = model(images)
-        if use_kl:
-            with torch.no_grad():
-                kwargs["base_logits"] = base_model(images)
-        terms = loss_spec.fn(logits=logits, labels=labels, cfg=loss_cfg, **kwargs)
+        batch = _on_device(batch, loss_spec.batch_keys, device)
+        outputs = model_family.forward(model, batch, needs, base_model=base_model, relevance=relevance)
+        terms = loss_spec(outputs, batch, loss_cfg)
         loss = terms["loss"]
         _check_finite(loss, terms, batch)
         optimizer.zero_grad(set_to_none=True)
@@ -237,52 +238,17 @@ def train_one_epoch(
     return {k: (v if k in _COUNTS else v / n_batches) for k, v in sums.items()}
 
 
-@torch.no_grad()
-def predict(model: nn.Module, loader: Iterable[Batch]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Arg-max predictions over ``loader`` -> (preds (N,), labels (N,), groups (N,) str)."""
-    model.eval()
-    device = _device(model)
-    preds, labels, groups = [], [], []
-    for batch in loader:
-        preds.append(model(batch["image"].to(device)).argmax(1).cpu().numpy())
-        labels.append(np.asarray(batch["label"]))
-        groups.extend(str(g) for g in batch["group"])
-    if not preds:
-        return np.zeros(0, int), np.zeros(0, int), np.zeros(0, str)
-    return np.concatenate(preds), np.concatenate(labels), np.asarray(groups)
-
-
-def relevance_maps(
-    model: nn.Module, loader: Iterable[Batch], relevance: str | RelevanceFn = "rollout"
-) -> tuple[np.ndarray, np.ndarray]:
-    """Relevance maps of the model's own predictions -> (phi (N, H, W) in [0, 1], masks (N, H, W) bool)."""
-    model.eval()
-    rel = _relevance_fn(relevance)
-    device = _device(model)
-    phis, masks = [], []
-    with torch.enable_grad():
-        for batch in loader:
-            _, phi = rel(model, batch["image"].to(device))
-            phis.append(phi.detach().cpu().numpy())
-            masks.append(batch["mask"].numpy() > 0.5)
-    return np.concatenate(phis), np.concatenate(masks)
-
-
 def evaluate(
     model: nn.Module,
     loader: Iterable[Batch],
     with_relevance: bool = False,
     relevance: str | RelevanceFn = "rollout",
+    family: str = "timm",
 ) -> dict[str, Any]:
-    """``{"acc", "wga", "worst_group", "per_group", "n"}`` plus, with relevance, ``align_mass_in``,
-    ``align_iou``, ``align_pointing`` (over images with a non-empty mask) and ``align_n``."""
-    preds, labels, groups = predict(model, loader)
-    out = summarize(preds, labels, groups)
-    if with_relevance:
-        phi, masks = relevance_maps(model, loader, relevance)
-        for key, value in relevance_alignment(phi, masks).items():
-            out[f"align_{key}"] = value
-    return out
+    """The family's evaluation (``ModelFamily.evaluate``): ``{"acc", "wga", "worst_group",
+    "per_group", "n"}`` plus, with relevance, ``align_mass_in``, ``align_iou``,
+    ``align_pointing`` (over images with a non-empty mask) and ``align_n``."""
+    return get_family(family).evaluate(model, loader, relevance=relevance if with_relevance else None)
 
 
 def selection_score(select: str, evaluation: dict[str, Any]) -> tuple[float, float]:
@@ -301,6 +267,7 @@ def fit(
     base_model: nn.Module | None = None,
     relevance: str | RelevanceFn = "rollout",
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    family: str = "timm",
 ) -> list[dict[str, float]]:
     """Train ``cfg.epochs`` epochs in-process (AdamW + schedule); returns each epoch's loss terms.
 
@@ -327,6 +294,7 @@ def fit(
             relevance=relevance,
             grad_clip=cfg.grad_clip,
             freeze_norm=cfg.freeze_norm,
+            family=family,
         )
         history.append(terms)
         if on_epoch is not None:

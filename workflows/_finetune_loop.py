@@ -28,10 +28,10 @@ from torch.utils.data import DataLoader
 from unspur.config import FinetuneConfig
 from unspur.data.torch_dataset import ImageMaskDataset, few_shot
 from unspur.losses import get_loss
-from unspur.models import build_model, load_weights, read_extra, save_checkpoint, unwrap
+from unspur.models import load_weights, read_extra, save_checkpoint, unwrap
+from unspur.models.families import family_of
 from unspur.training import (
     apply_trainable,
-    evaluate,
     make_optimizer,
     make_scheduler,
     seed_everything,
@@ -207,8 +207,9 @@ def datasets(
         fs = cfg.fewshot
         train = few_shot(train, fs.per_class, fs.class_fraction, fs.seed)
     size, norm = cfg.model.img_size, norm or {}
+    fields = get_loss(cfg.loss.name).batch_keys  # what the loss reads: masks only if it needs them
     return (
-        ImageMaskDataset(train, masks, size, train_aug=cfg.train.augment, **norm),
+        ImageMaskDataset(train, masks, size, train_aug=cfg.train.augment, fields=fields, **norm),
         ImageMaskDataset(test, masks, size, **norm),
     )
 
@@ -216,7 +217,7 @@ def datasets(
 def initial_model(cfg: FinetuneConfig) -> nn.Module:
     """The model training starts from: built with ``train.seed``, weights from ``init_from``."""
     seed_everything(cfg.train.seed)
-    model = build_model(cfg.model)
+    model = family_of(cfg.model).build(cfg.model)
     if cfg.init_from:
         load_weights(model, cfg.init_from, cfg.model)
     return model
@@ -285,7 +286,8 @@ def _restore(directory: Path, cfg: FinetuneConfig, model: nn.Module, optimizer: 
 
 
 def _evaluate(cfg: FinetuneConfig, model: nn.Module, loader: DataLoader, with_relevance: bool) -> dict:
-    result = evaluate(unwrap(model), loader, with_relevance=with_relevance, relevance=cfg.relevance)
+    relevance = cfg.relevance if with_relevance else None
+    result = family_of(cfg.model).evaluate(unwrap(model), loader, relevance=relevance)
     return {k: v for k, v in result.items() if k != "worst_group"}
 
 
@@ -350,6 +352,7 @@ def run_loop(cfg: FinetuneConfig, tables: dict[str, Any], session: Any) -> dict[
             relevance=cfg.relevance,
             grad_clip=cfg.train.grad_clip,
             freeze_norm=cfg.train.freeze_norm,
+            family=family_of(cfg.model).name,
         )
         terms = session.reduce(terms, next(model.parameters()).device)
         record: dict[str, Any] = {"epoch": epoch, "train": terms, "lr": scheduler.get_last_lr()[0]}

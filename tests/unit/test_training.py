@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from unspur.config import LossConfig, ModelConfig, SpuriousWorldConfig, TrainConfig
 from unspur.data.spuriousworld import generate_tables
 from unspur.data.torch_dataset import ImageMaskDataset
-from unspur.losses import LOSSES, LossSpec
+from unspur.losses import LOSSES, LossSpec, get_loss
 from unspur.models import build_model
 from unspur.training import (
     NonFiniteLossError,
@@ -92,8 +93,55 @@ def test_non_finite_loss_stops_with_the_batch_image_ids(tables):
     model = _model()
     opt = make_optimizer(model, TrainConfig())
     with pytest.raises(NonFiniteLossError, match="train-000000") as info:
-        train_one_epoch(model, _loader(tables, batch_size=4), LossSpec(nan_loss, False), None, opt)
+        train_one_epoch(model, _loader(tables, batch_size=4), LossSpec(nan_loss), None, opt)
     assert info.value.image_ids == ["train-000000", "train-000001", "train-000002", "train-000003"]
+
+
+def _weighted_ce(*, logits, labels, weight, cfg):
+    loss = (F.cross_entropy(logits, labels, reduction="none") * weight).sum() / weight.sum()
+    return {"loss": loss, "ce": loss.detach()}
+
+
+WEIGHTED = LossSpec(
+    _weighted_ce,
+    batch_keys=("image", "label", "weight"),
+    inputs=lambda outputs, batch: {
+        "logits": outputs["logits"],
+        "labels": batch["label"],
+        "weight": batch["weight"],
+    },
+)
+
+
+def test_the_loop_runs_any_loss_on_the_batch_entries_it_declares(tables, monkeypatch):
+    """A loss reading an entry no built-in loss knows (per-image weights) trains through the same
+    loop; with unit weights it takes exactly the ERM steps. The dataset leaves masks out."""
+    monkeypatch.setattr(LOSSES, "_entries", dict(LOSSES._entries))  # the registration ends with the test
+    LOSSES.add("weighted_ce", WEIGHTED, type(LossConfig(name="erm")))
+    images, parts = tables
+    ds = ImageMaskDataset(images[images["split"] == "train"], parts, img_size=SIZE, fields=("image", "label"))
+    batches = [{**b, "weight": torch.ones(len(b["label"]))} for b in DataLoader(ds, batch_size=8)]
+    assert "mask" not in batches[0] and "has_mask" not in batches[0]
+    runs = {}
+    for name in ("weighted_ce", "erm"):
+        model = _model()
+        opt = make_optimizer(model, TrainConfig(lr=1e-3))
+        terms = train_one_epoch(model, batches, get_loss(name), LossConfig(name="erm"), opt)
+        runs[name] = (terms, [p.detach().clone() for p in model.parameters()])
+    assert set(runs["weighted_ce"][0]) == {"loss", "ce"}
+    assert runs["weighted_ce"][0]["loss"] == pytest.approx(runs["erm"][0]["loss"], rel=1e-6)
+    for a, b in zip(runs["weighted_ce"][1], runs["erm"][1], strict=True):
+        torch.testing.assert_close(a, b)
+    model = _model()
+    with pytest.raises(ValueError, match=r"batch entries \['weight'\]"):
+        train_one_epoch(model, _loader(tables), WEIGHTED, None, make_optimizer(model, TrainConfig()))
+
+
+def test_a_loss_needing_outputs_the_family_lacks_is_refused_before_training(tables):
+    spec = LossSpec(_weighted_ce, needs=frozenset({"logits", "text_features"}))
+    model = _model()
+    with pytest.raises(ValueError, match=r"\['text_features'\] that model family 'timm'"):
+        train_one_epoch(model, _loader(tables), spec, None, make_optimizer(model, TrainConfig()))
 
 
 def test_schedule_warms_up_then_decays_in_steps():

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import io
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -21,11 +21,12 @@ from torch.utils.data import Dataset
 
 from unspur.masks import decode, resize_mask
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "ImageMaskDataset", "few_shot", "load_image"]
+__all__ = ["FIELDS", "IMAGENET_MEAN", "IMAGENET_STD", "ImageMaskDataset", "few_shot", "load_image"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 _ASPECT_TOL = 0.02
+FIELDS = ("image", "label", "mask", "has_mask")  # what an item can hold besides image_id and group
 
 
 def load_image(row: Mapping[str, Any]) -> np.ndarray:
@@ -71,7 +72,9 @@ class ImageMaskDataset(Dataset):
     Item: ``image`` (3, S, S) float normalised with ``mean``/``std``, ``label`` int, ``group`` str
     (empty if the table has none), ``image_id`` str, ``mask`` (S, S) float {0, 1}, ``has_mask``
     bool (False when the image has no usable mask: it then skips the alignment terms).
-    ``train_aug`` flips image and mask horizontally with probability 0.5.
+    ``train_aug`` flips image and mask horizontally with probability 0.5. ``fields``: the entries
+    an item holds besides ``image_id`` and ``group`` (a loss's ``batch_keys``; default all of
+    :data:`FIELDS`); without ``mask`` and ``has_mask`` no mask is decoded.
     """
 
     def __init__(
@@ -83,15 +86,24 @@ class ImageMaskDataset(Dataset):
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
         cache: bool = True,
+        fields: Collection[str] = FIELDS,
     ) -> None:
         if img_size <= 0:
             raise ValueError(f"img_size must be > 0, got {img_size}")
+        unknown = sorted(set(fields) - set(FIELDS))
+        if unknown:
+            raise ValueError(
+                f"ImageMaskDataset yields {list(FIELDS)}, not {unknown}; a loss reading those needs a "
+                "dataset that provides them"
+            )
         missing = {"image_id", "label"} - set(images_df.columns)
         if missing:
             raise ValueError(f"image table lacks columns {sorted(missing)}; got {sorted(images_df.columns)}")
         self.rows = images_df.reset_index(drop=True).to_dict("records")
         self.img_size = img_size
         self.train_aug = train_aug
+        self.fields = tuple(f for f in FIELDS if f in fields)
+        self.with_mask = "mask" in fields or "has_mask" in fields
         self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
         self._masks = _mask_rows(masks_df)
@@ -133,7 +145,11 @@ class ImageMaskDataset(Dataset):
 
             image = np.asarray(Image.fromarray(image).resize((self.img_size,) * 2, Image.BILINEAR))
         try:
-            mask = self._union_mask(image_id, image.shape[:2])
+            mask = (
+                self._union_mask(image_id, image.shape[:2])
+                if self.with_mask
+                else np.zeros(image.shape[:2], bool)
+            )
         except ValueError as err:
             if image_id not in self._error_ids:
                 self._error_ids.add(image_id)
@@ -152,7 +168,7 @@ class ImageMaskDataset(Dataset):
         if self.train_aug and torch.rand(()) < 0.5:
             img, msk = img.flip(-1), msk.flip(-1)
         group = row.get("group")
-        return {
+        item = {
             "image": (img - self.mean) / self.std,
             "label": int(row["label"]),
             "group": "" if group is None or _isna(group) else str(group),
@@ -160,6 +176,7 @@ class ImageMaskDataset(Dataset):
             "mask": msk,
             "has_mask": has_mask,
         }
+        return {k: v for k, v in item.items() if k in self.fields or k in ("group", "image_id")}
 
 
 def few_shot(images_df: Any, per_class: int = 3, class_fraction: float = 0.5, seed: int = 0) -> Any:

@@ -51,7 +51,7 @@ def alignment_inputs(
     if phi is None or masks is None:
         raise ValueError(
             "this loss needs phi (relevance maps) and masks; the training loop must "
-            "compute relevance for losses with needs_relevance=True"
+            "compute relevance for losses that need the relevance output"
         )
     if phi.shape != masks.shape:
         raise ValueError(

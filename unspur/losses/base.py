@@ -1,7 +1,8 @@
 """The loss registry and the base of every loss's config.
 
 A loss file defines its config class (``name: Literal["<its name>"]`` plus its own weights) and
-registers both with ``LOSSES.register(name, config=..., needs_relevance=...)``; ``loss:`` in a
+registers both with :func:`register_loss` (and what the loss reads: batch entries, model
+outputs); ``loss:`` in a
 YAML config is validated against the config class its ``name`` picks.
 """
 
@@ -11,33 +12,94 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from pydantic import Field
 
 from unspur.config.base import StrictModel
 from unspur.registry import Registry
 
-__all__ = ["LOSSES", "AlignmentLossConfig", "LossConfig", "LossSpec", "get_loss", "register_loss"]
+__all__ = [
+    "LOSSES",
+    "MASKED",
+    "RELEVANCE",
+    "AlignmentLossConfig",
+    "LossConfig",
+    "LossSpec",
+    "classifier_inputs",
+    "get_loss",
+    "register_loss",
+]
 
-LossFn = Callable[..., dict[str, Any]]
+LossFn = Callable[..., dict[str, torch.Tensor]]
+Batch = dict[str, Any]
+Outputs = dict[str, torch.Tensor]
+
+
+def classifier_inputs(outputs: Outputs, batch: Batch) -> dict[str, Any]:
+    """The classifier losses' arguments: ``logits``, ``labels``, ``phi`` (the ``relevance``
+    output), ``masks``, ``has_mask``, ``base_logits``; whatever is absent is None."""
+    return {
+        "logits": outputs["logits"],
+        "labels": batch.get("label"),
+        "phi": outputs.get("relevance"),
+        "masks": batch.get("mask"),
+        "has_mask": batch.get("has_mask"),
+        "base_logits": outputs.get("base_logits"),
+    }
 
 
 @dataclass(frozen=True)
 class LossSpec:
-    """A registered objective: its function and whether it needs relevance maps."""
+    """A registered objective and what it reads.
+
+    ``batch_keys``: batch entries (``image``, ``label``, ``mask``, ``has_mask``, ...; the dataset
+    loads only those). ``needs``: model outputs (``logits``, ``relevance``, ...: names of the model
+    family's ``forward`` outputs); ``base_logits`` is added by :meth:`outputs_for` when the config
+    turns the KL guard on (``lambda_kl`` > 0). ``inputs`` binds the outputs and the batch to
+    ``fn``'s keyword arguments.
+    """
 
     fn: LossFn
-    needs_relevance: bool
+    batch_keys: tuple[str, ...] = ("image", "label")
+    needs: frozenset[str] = frozenset({"logits"})
+    inputs: Callable[[Outputs, Batch], dict[str, Any]] = classifier_inputs
 
+    @property
+    def needs_relevance(self) -> bool:
+        """Whether the model must produce relevance maps for this loss."""
+        return "relevance" in self.needs
+
+    def outputs_for(self, cfg: Any) -> frozenset[str]:
+        """The model outputs this loss reads under ``cfg``: ``needs`` (+ ``base_logits`` with KL)."""
+        if getattr(cfg, "lambda_kl", 0.0) > 0:
+            return self.needs | {"base_logits"}
+        return self.needs
+
+    def __call__(self, outputs: Outputs, batch: Batch, cfg: Any) -> dict[str, torch.Tensor]:
+        """The loss and its named terms for one batch's model ``outputs``."""
+        return self.fn(cfg=cfg, **self.inputs(outputs, batch))
+
+
+#: what the relevance-alignment losses read: images, labels and masks; logits and relevance maps
+MASKED = ("image", "label", "mask", "has_mask")
+RELEVANCE = frozenset({"logits", "relevance"})
 
 #: loss name -> :class:`LossSpec` (the factory) and the loss's config class
 LOSSES: Registry[LossSpec] = Registry("loss")
 
 
-def register_loss(name: str, config: type[LossConfig], needs_relevance: bool) -> Callable[[LossFn], LossFn]:
-    """Decorator: register a loss function under ``name`` with its config class."""
+def register_loss(
+    name: str,
+    config: type[LossConfig],
+    batch_keys: tuple[str, ...] = ("image", "label"),
+    needs: frozenset[str] = frozenset({"logits"}),
+    inputs: Callable[[Outputs, Batch], dict[str, Any]] = classifier_inputs,
+) -> Callable[[LossFn], LossFn]:
+    """Decorator: register a loss function under ``name`` with its config class and what it
+    reads (see :class:`LossSpec`)."""
 
     def wrap(fn: LossFn) -> LossFn:
-        LOSSES.add(name, LossSpec(fn, needs_relevance), config)
+        LOSSES.add(name, LossSpec(fn, batch_keys, needs, inputs), config)
         return fn
 
     return wrap

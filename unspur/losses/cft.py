@@ -16,7 +16,7 @@ import torch
 from pydantic import Field
 
 from unspur.losses._terms import alignment_inputs, kl_to_base, self_prediction_ce
-from unspur.losses.base import AlignmentLossConfig, register_loss
+from unspur.losses.base import MASKED, RELEVANCE, AlignmentLossConfig, register_loss
 
 __all__ = ["CftLossConfig", "cft_loss", "concept_terms"]
 
@@ -51,7 +51,7 @@ class CftLossConfig(AlignmentLossConfig):
     normalize: Literal["region", "image"] = "region"
 
 
-@register_loss("cft", CftLossConfig, needs_relevance=True)
+@register_loss("cft", CftLossConfig, batch_keys=MASKED, needs=RELEVANCE)
 def cft_loss(
     *,
     logits: torch.Tensor,

@@ -18,7 +18,7 @@ class ErmLossConfig(LossConfig):
     name: Literal["erm"] = "erm"
 
 
-@register_loss("erm", ErmLossConfig, needs_relevance=False)
+@register_loss("erm", ErmLossConfig)
 def erm_loss(
     *,
     logits: torch.Tensor,

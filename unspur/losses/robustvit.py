@@ -14,7 +14,7 @@ import torch
 from pydantic import Field
 
 from unspur.losses._terms import alignment_inputs, kl_to_base, self_prediction_ce
-from unspur.losses.base import AlignmentLossConfig, register_loss
+from unspur.losses.base import MASKED, RELEVANCE, AlignmentLossConfig, register_loss
 
 __all__ = ["RobustVitLossConfig", "robustvit_loss"]
 
@@ -28,7 +28,7 @@ class RobustVitLossConfig(AlignmentLossConfig):
     lambda_fg: float = Field(0.3, ge=0)
 
 
-@register_loss("robustvit", RobustVitLossConfig, needs_relevance=True)
+@register_loss("robustvit", RobustVitLossConfig, batch_keys=MASKED, needs=RELEVANCE)
 def robustvit_loss(
     *,
     logits: torch.Tensor,

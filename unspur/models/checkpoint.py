@@ -131,12 +131,13 @@ def load_weights(model: nn.Module, directory: str | Path, expected: ModelConfig 
 
 
 def load_checkpoint(directory: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the checkpoint's model and load its weights -> (model in eval mode, config dict)."""
-    from unspur.models.registry import build_model
+    """Rebuild the checkpoint's model (through its model family) and load its weights -> (model
+    in eval mode, config dict)."""
+    from unspur.models.families import family_of
 
     directory = Path(directory)
     config = _read_config(directory)
     cfg = checkpoint_model_config(directory)
-    model = build_model(cfg)
+    model = family_of(cfg).build(cfg)
     load_weights(model, directory, cfg)
     return model.eval(), config

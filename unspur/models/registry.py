@@ -17,7 +17,6 @@ from torch import nn
 
 from unspur.config import ModelConfig
 from unspur.models.attention import disable_fused_attn
-from unspur.models.families import FAMILIES
 
 __all__ = ["MODELS", "build_model", "register_model"]
 
@@ -134,6 +133,3 @@ def build_model(cfg: ModelConfig) -> nn.Module:
 
         load_weights(model, cfg.checkpoint, cfg)
     return model
-
-
-FAMILIES.add("timm", build_model, ModelConfig)

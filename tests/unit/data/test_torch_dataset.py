@@ -137,3 +137,20 @@ def test_few_shot_errors():
         few_shot(_labelled(2, 2), per_class=3, class_fraction=1.0)
     with pytest.raises(ValueError, match="class_fraction"):
         few_shot(_labelled(2, 2), per_class=1, class_fraction=0.0)
+
+
+def test_fields_hold_only_what_the_loss_reads_and_skip_mask_decoding(monkeypatch):
+    masks = pd.DataFrame(
+        {"image_id": ["im0"], "concept": ["beak"], "rle": [encode(_box(16, 16, 0, 4, 0, 4))]}
+    )
+    full = ImageMaskDataset(_images(), masks, img_size=16)[0]
+
+    def no_decoding(rle):
+        raise AssertionError("a mask was decoded for a loss that does not read masks")
+
+    monkeypatch.setattr("unspur.data.torch_dataset.decode", no_decoding)
+    item = ImageMaskDataset(_images(), masks, img_size=16, fields=("image", "label"))[0]
+    assert set(item) == {"image", "label", "group", "image_id"}
+    assert torch.equal(item["image"], full["image"]) and item["label"] == full["label"]
+    with pytest.raises(ValueError, match="tokens"):
+        ImageMaskDataset(_images(), masks, img_size=16, fields=("image", "tokens"))

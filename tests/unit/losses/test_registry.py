@@ -18,7 +18,7 @@ class ToyLossConfig(LossConfig):
 
 @pytest.fixture
 def toy_loss():
-    @register_loss("toy", ToyLossConfig, needs_relevance=False)
+    @register_loss("toy", ToyLossConfig)
     def toy(*, logits, labels, cfg, **_):
         return {"loss": logits.sum() * cfg.weight}
 

@@ -1,0 +1,65 @@
+"""The contract every model family meets: how a model is built, run on a batch and evaluated.
+
+A batch is a dict (``image`` (B, 3, H, W) float, ``label`` (B,) int, ``mask`` (B, H, W), caption
+tokens, regions...: whatever the loss declares in ``LossSpec.batch_keys``) plus the metadata
+lists ``image_id`` and ``group``. ``forward`` returns a dict of named outputs (tensors); a loss
+names the outputs it reads in ``LossSpec.needs`` and the family computes only those.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+from torch import nn
+
+from unspur.config import ModelConfig
+
+__all__ = ["Batch", "ModelFamily", "Outputs", "RelevanceFn"]
+
+Batch = dict[str, Any]
+Outputs = dict[str, torch.Tensor]
+RelevanceFn = Callable[[nn.Module, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+@runtime_checkable
+class ModelFamily(Protocol):
+    """A registered model family (``unspur.models.families.FAMILIES``).
+
+    ``name``: its registry key (the config's ``model.family``). ``outputs``: every output name
+    ``forward`` can produce; a loss needing another one is refused before training starts.
+    """
+
+    name: str
+    outputs: frozenset[str]
+
+    def build(self, cfg: ModelConfig) -> nn.Module:
+        """The model ``cfg`` describes (weights from ``cfg.checkpoint`` when set)."""
+        ...
+
+    def forward(
+        self,
+        model: nn.Module,
+        batch: Batch,
+        needs: frozenset[str],
+        *,
+        base_model: nn.Module | None = None,
+        relevance: str | RelevanceFn = "rollout",
+    ) -> Outputs:
+        """The outputs named in ``needs`` (a subset of ``outputs``) for one batch on the model's
+        device; ``base_model`` is the frozen model behind outputs such as ``base_logits``."""
+        ...
+
+    def predict(self, model: nn.Module, loader: Iterable[Batch]) -> dict[str, np.ndarray]:
+        """``image_id`` (N,) str, ``label`` (N,) int, ``group`` (N,) str, ``pred`` (N,) int and
+        ``probs`` (N, K) float32 over ``loader``, in its order."""
+        ...
+
+    def evaluate(
+        self, model: nn.Module, loader: Iterable[Batch], relevance: str | RelevanceFn | None = None
+    ) -> dict[str, Any]:
+        """``{"acc", "wga", "worst_group", "per_group", "n"}`` (``unspur.metrics.summarize``) plus,
+        with a ``relevance`` method, ``align_*`` keys where the family supports it."""
+        ...
