@@ -45,7 +45,7 @@ def _call_main(module: str, argv: list[str]) -> None:
         mod = importlib.import_module(f"workflows.{module}")
     except ModuleNotFoundError as err:
         if err.name == f"workflows.{module}":
-            typer.echo(f"error: the job module workflows/{module}.py is not installed", err=True)
+            typer.echo(f"error: the job module workflows/{module}/job.py is not installed", err=True)
             raise typer.Exit(2) from None
         raise
     raise typer.Exit(mod.main(argv))
@@ -83,8 +83,8 @@ def demo(ctx: typer.Context) -> None:
     evaluates all three and writes report.md. Same arguments as `unspur run` (default --out
     runs/demo); a rerun reuses finished stages.
     """
-    from workflows.pipeline import DEMO_CONFIG
     from workflows.pipeline import main as pipeline_main
+    from workflows.pipeline.job import DEMO_CONFIG
 
     argv = list(ctx.args)
     if "--out" not in argv and "-o" not in argv:
@@ -92,7 +92,7 @@ def demo(ctx: typer.Context) -> None:
     raise typer.Exit(pipeline_main(argv, defaults=DEMO_CONFIG))
 
 
-# --- cluster: Ray Jobs submission (workflows/submit.py) and the MLflow UI (workflows/ui.py) ---
+# --- cluster: Ray Jobs submission (workflows/cluster/submit.py) and the MLflow UI (workflows/cluster/ui.py) ---
 _ADDRESS = typer.Option(
     None, "--address", help="Head's dashboard URL (default: RAY_API_SERVER_ADDRESS, RAY_ADDRESS, local)"
 )
@@ -113,7 +113,7 @@ def submit_cmd(
     follow: bool = typer.Option(True, "--follow/--no-follow", help="Stream logs, exit with the job's status"),
 ) -> None:
     """Run an unspur subcommand as a Ray job: unspur submit --address http://HEAD:8265 -- masks --config c.yaml"""
-    from workflows.submit import submit_command
+    from workflows.cluster.submit import submit_command
 
     root = typer.main.get_command(app)
     raise typer.Exit(
@@ -126,7 +126,7 @@ def submit_cmd(
 @app.command("status")
 def status_cmd(job_id: str, address: str | None = _ADDRESS) -> None:
     """Print a submitted job's status."""
-    from workflows.submit import status_command
+    from workflows.cluster.submit import status_command
 
     raise typer.Exit(status_command(job_id, address))
 
@@ -138,7 +138,7 @@ def logs_cmd(
     follow: bool = typer.Option(False, "--follow", help="Stream until the job ends, exit with its status"),
 ) -> None:
     """Print a submitted job's logs."""
-    from workflows.submit import logs_command
+    from workflows.cluster.submit import logs_command
 
     raise typer.Exit(logs_command(job_id, address, follow))
 
@@ -146,7 +146,7 @@ def logs_cmd(
 @app.command("stop")
 def stop_cmd(job_id: str, address: str | None = _ADDRESS) -> None:
     """Stop a submitted job and wait until it has stopped."""
-    from workflows.submit import stop_command
+    from workflows.cluster.submit import stop_command
 
     raise typer.Exit(stop_command(job_id, address))
 
@@ -158,7 +158,7 @@ def ui_cmd(
     host: str = typer.Option("127.0.0.1", help="Interface to bind (0.0.0.0 exposes it)"),
 ) -> None:
     """Open the MLflow UI on the runs under --out (or MLFLOW_TRACKING_URI)."""
-    from workflows.ui import ui_command
+    from workflows.cluster.ui import ui_command
 
     raise typer.Exit(ui_command(out, host, port))
 

@@ -10,7 +10,7 @@ import pytest
 
 from unspur.concept_bank import load_bank
 from unspur.config import ConceptsConfig, ConfigError, load_config
-from workflows import concepts as job
+from workflows.concepts import job
 
 REPO = Path(__file__).resolve().parents[2]
 WORDNET_YAML = REPO / "workflows" / "configs" / "concepts_wordnet.yaml"

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from unspur.config import ConfigError, PipelineConfig, load_config
-from workflows import pipeline
+from workflows.pipeline import job as pipeline
 
 TINY_MODEL = {
     "name": "vit_tiny_synth",

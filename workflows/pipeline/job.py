@@ -44,16 +44,16 @@ from unspur.config import (
     load_config,
     validate_config,
 )
-from workflows._job import init_ray, parse_job_args, user_errors
-from workflows._report import print_table, write_report
+from workflows.job import init_ray, parse_job_args, user_errors
+from workflows.pipeline.report import print_table, write_report
 
-__all__ = ["CONFIG", "DEMO_CONFIG", "MODELS", "Stage", "main", "plan", "run"]
+__all__ = ["CONFIG", "DEMO_CONFIG", "MODELS", "Stage", "build", "main", "plan", "run"]
 
 CONFIG = PipelineConfig
 MODELS = ("base", "cft", "control", "sweep")
 STAGE_FILE = "stage.json"
 #: the embedded defaults of ``unspur demo`` (SpuriousWorld, WordNet concepts, ground-truth masks)
-DEMO_CONFIG = Path(__file__).parent / "configs" / "cft_pipeline.yaml"
+DEMO_CONFIG = Path(__file__).parents[1] / "configs" / "cft_pipeline.yaml"
 
 
 @dataclass
@@ -93,7 +93,7 @@ def _job(module: str) -> Callable[[Any], dict[str, Any]]:
 def _sweep_job(cfg: SweepConfig) -> dict[str, Any]:
     """Run the sweep, then copy the model of its best trial that trained to the end (the sweep's
     ``best_finished``) to ``<out>/best_model`` for evaluation."""
-    from workflows import sweep
+    from workflows.sweep import job as sweep
 
     summary = sweep.run(cfg)
     best = summary.get("best_finished")
@@ -238,6 +238,11 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
             )
         )
     return stages
+
+
+def build(cfg: PipelineConfig) -> list[Stage]:
+    """The unexecuted pipeline: every stage with its validated config (nothing runs, no Ray)."""
+    return plan(cfg)
 
 
 def _done(stage: Stage) -> dict[str, Any] | None:

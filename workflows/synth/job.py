@@ -30,7 +30,7 @@ import ray
 
 from unspur.config import ConfigError, DigitsGridConfig, SpuriousWorldConfig, SynthConfig, load_config
 from unspur.data import digits_grid, spuriousworld
-from workflows._job import init_ray
+from workflows.job import init_ray
 
 __all__ = ["CONFIG", "GENERATORS", "Generator", "build", "run", "main", "parse_args", "render_batch"]
 

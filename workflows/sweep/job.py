@@ -1,9 +1,9 @@
 """``unspur sweep``: loss-weight sweeps with Ray Tune over the Ray Train job of ``unspur finetune``.
 
 The Ray 2.60 pattern: the Tuner runs a driver function per trial
-(:func:`workflows._sweep_trial.run_trial`) that validates its point of the search space against
+(:func:`workflows.sweep.trial.run_trial`) that validates its point of the search space against
 the training config (``tune_spaces.validate_point``) and builds the TorchTrainer of
-:mod:`workflows.finetune` with a ``TuneReportCallback``; the trial's driver holds no CPU (its
+:mod:`workflows.finetune.job` with a ``TuneReportCallback``; the trial's driver holds no CPU (its
 workers do), so ``max_concurrent_trials`` is what the cluster's CPUs / GPUs fit. With
 ``finetune.run.num_workers: 0`` the driver trains in-process and holds the CPUs itself. Trials
 report the VALIDATION metrics of every epoch (``val_wga``, ``val_acc``, ... named after
@@ -38,10 +38,10 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from tune_spaces import SearchSpace, grid_points, load_space, sample_point, validate_point
 from unspur import tracking
 from unspur.config import ConfigError, FinetuneConfig, SweepConfig
-from workflows import finetune
-from workflows._job import init_ray, main_for, parse_job_args
-from workflows._sweep_report import ParentRun, best_trial, export_best, metric_plot, trial_table
-from workflows._sweep_trial import run_trial
+from workflows.finetune import job as finetune
+from workflows.job import init_ray, main_for, parse_job_args
+from workflows.sweep.report import ParentRun, best_trial, export_best, metric_plot, trial_table
+from workflows.sweep.trial import run_trial
 
 __all__ = ["CONFIG", "EpochASHA", "Plan", "build", "concurrency", "main", "prepare", "run", "trial_resources"]
 

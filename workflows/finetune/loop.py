@@ -38,7 +38,7 @@ from unspur.training import (
     selection_score,
     train_one_epoch,
 )
-from workflows._finetune_report import Tracker, relevance_figure
+from workflows.finetune.report import Tracker, relevance_figure
 
 __all__ = ["LocalSession", "RaySession", "load_tables", "run_loop", "train_loop_per_worker"]
 

@@ -21,8 +21,8 @@ from typing import Any
 
 from unspur.config import ConfigError, FinetuneConfig
 from unspur.relevance import RELEVANCE
-from workflows._finetune_loop import SUMMARY, LocalSession, run_loop, train_loop_per_worker
-from workflows._job import init_ray, main_for, parse_job_args, user_errors
+from workflows.finetune.loop import SUMMARY, LocalSession, run_loop, train_loop_per_worker
+from workflows.job import init_ray, main_for, parse_job_args, user_errors
 
 __all__ = ["CONFIG", "build", "main", "prepare_data", "resolve", "run", "table_paths"]
 

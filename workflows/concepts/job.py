@@ -37,7 +37,7 @@ from actors.concepts import (
 from actors.proposers import PROPOSERS, REQUEST_COLUMNS, ProposerSpec, VLLMRowFunctions
 from unspur.concept_bank import assemble_bank, bank_table_rows
 from unspur.config import ConceptsConfig, SpuriousWorldConfig
-from workflows._job import main_for
+from workflows.job import main_for
 
 __all__ = ["CONFIG", "Plan", "JsonCache", "resolve_classes", "make_plan", "build", "run", "main"]
 

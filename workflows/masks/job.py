@@ -6,7 +6,7 @@ actors (``ActorPoolStrategy``; GPUs / fractional CPUs per actor from the config)
 segmented and written as one atomic shard -> per-shard counts back to the driver.
 
 With ``validation.enabled`` (CFT) a first pass segments every candidate concept on P images per
-class into ``<out>/validation``, computes occurrence and coverage (``unspur.validation``), writes
+class into ``<out>/validation``, computes occurrence and coverage (``unspur.concept_validation``), writes
 ``<out>/concepts_validated.json``, and the main pass segments only the kept concepts into
 ``<out>/masks`` (the training input). A rerun skips finished work: image ids already in a
 store, and the whole validation when its bank exists. Images/s, masks/s and a grid of mask
@@ -30,11 +30,11 @@ import pyarrow.fs as pafs
 import ray
 
 from actors.segmenters import SegmenterActor, decode_rgb
+from unspur.concept_validation import concept_statistics, decide, select_validation_images, validated_bank
 from unspur.config import MasksConfig, SegmenterConfig, dump_config
 from unspur.masks import decode
-from unspur.validation import concept_statistics, decide, select_validation_images, validated_bank
-from workflows._job import main_for
-from workflows._mask_store import ShardStore, resolve_fs
+from workflows.job import main_for
+from workflows.masks.store import ShardStore, resolve_fs
 
 __all__ = ["CONFIG", "MaskPass", "Inputs", "build", "main", "plan_pass", "prepare", "run"]
 
@@ -385,7 +385,7 @@ def _bank_counts(bank: dict[str, Any]) -> dict[str, Any]:
 
 def _overlays(cfg: MasksConfig, inputs: Inputs, store: str) -> Any:
     """A figure of up to ``cfg.overlays`` images with their ok masks, or None."""
-    from workflows._mask_report import overlay_grid
+    from workflows.masks.report import overlay_grid
 
     shards = ShardStore(store)
     index = shards.read(columns=["image_id", "status"])
