@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from actors.segmenters import ConceptMask
+from actors.segmenter_api import ConceptMask
 from unspur.config import GroundTruthConfig
 from unspur.masks import decode
 

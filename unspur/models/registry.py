@@ -1,6 +1,7 @@
 """Classifier registry: tiny synthetic configs by name, any other name through timm.
 
-``MODELS`` maps a name to a factory ``(ModelConfig) -> nn.Module``. Every model is built with
+``MODELS`` maps a name to a factory ``(ModelConfig) -> nn.Module``; ``load_checkpoint`` rebuilds a
+saved model from its checkpoint folder. Every model is built with
 fused attention off so attention probabilities can be captured (see ``attention.py``).
 """
 
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import timm
@@ -17,8 +19,9 @@ from torch import nn
 
 from unspur.config import ModelConfig
 from unspur.models.attention import disable_fused_attn
+from unspur.models.checkpoint import checkpoint_model_config, load_weights, read_config
 
-__all__ = ["MODELS", "build_model", "register_model"]
+__all__ = ["MODELS", "build_model", "load_checkpoint", "register_model"]
 
 Factory = Callable[[ModelConfig], nn.Module]
 MODELS: dict[str, Factory] = {}
@@ -129,7 +132,15 @@ def build_model(cfg: ModelConfig) -> nn.Module:
         raise ValueError(f"model {cfg.name!r} rejected model.kwargs {cfg.kwargs}: {err}") from err
     disable_fused_attn(model)
     if cfg.checkpoint:
-        from unspur.models.checkpoint import load_weights
-
         load_weights(model, cfg.checkpoint, cfg)
     return model
+
+
+def load_checkpoint(directory: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the checkpoint's model and load its weights -> (model in eval mode, config dict)."""
+    directory = Path(directory)
+    config = read_config(directory)
+    cfg = checkpoint_model_config(directory)
+    model = build_model(cfg)
+    load_weights(model, directory, cfg)
+    return model.eval(), config

@@ -29,9 +29,10 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import ray
 
-from actors.segmenters import SegmenterActor, decode_rgb
+from actors.segmenters import SegmenterActor
 from unspur.concept_validation import concept_statistics, decide, select_validation_images, validated_bank
 from unspur.config import MasksConfig, SegmenterConfig, dump_config
+from unspur.data.images import decode_rgb
 from unspur.masks import decode
 from workflows.job import main_for
 from workflows.masks.store import ShardStore, resolve_fs

@@ -15,15 +15,9 @@ from PIL import Image
 from actors.ground_truth import GroundTruth, head_noun, match_part
 from actors.grounded_sam import build_prompts, nms
 from actors.segmenter_models import tiny_tokenizer
-from actors.segmenters import (
-    MASK_COLUMNS,
-    SEGMENTERS,
-    ImageError,
-    SegmenterActor,
-    build_segmenter,
-    decode_rgb,
-)
+from actors.segmenters import MASK_COLUMNS, SEGMENTERS, SegmenterActor, build_segmenter
 from unspur.config import SegmenterConfig, SpuriousWorldConfig
+from unspur.data.images import ImageError, decode_rgb
 from unspur.data.spuriousworld import render_sample, sample_rows
 from unspur.masks import decode, encode
 
