@@ -37,6 +37,7 @@ from actors.concepts import (
 from actors.proposers import PROPOSERS, REQUEST_COLUMNS, ProposerSpec, VLLMRowFunctions
 from unspur.concept_bank import assemble_bank, bank_table_rows
 from unspur.config import ConceptsConfig, SpuriousWorldConfig
+from unspur.io import write_json_atomic
 from workflows.job import main_for
 
 __all__ = ["CONFIG", "Plan", "JsonCache", "resolve_classes", "make_plan", "build", "run", "main"]
@@ -171,9 +172,7 @@ class JsonCache:
         if not self.enabled or row["failed"]:
             return
         self.root.mkdir(parents=True, exist_ok=True)
-        tmp = self.root / f"{row['request_id']}.json.tmp"
-        tmp.write_text(json.dumps(row, ensure_ascii=False), encoding="utf-8")
-        tmp.replace(self.root / f"{row['request_id']}.json")
+        write_json_atomic(row, self.root / f"{row['request_id']}.json", ensure_ascii=False)
 
 
 @dataclass

@@ -13,16 +13,18 @@ or trains in this process when ``run.num_workers`` is 0. Every epoch ends in a c
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
 from typing import Any
 
 from unspur.config import ConfigError, FinetuneConfig
+from unspur.digest import config_digest
 from unspur.relevance import RELEVANCE
-from workflows.finetune.loop import SUMMARY, LocalSession, run_loop, train_loop_per_worker
+from workflows.finetune.loop import SUMMARY, run_loop, train_loop_per_worker
+from workflows.finetune.sessions import LocalSession
 from workflows.job import init_ray, main_for, parse_job_args, user_errors
+from workflows.synth.job import render_tables
 
 __all__ = ["CONFIG", "build", "main", "prepare_data", "resolve", "run", "table_paths"]
 
@@ -62,25 +64,14 @@ def table_paths(cfg: FinetuneConfig) -> dict[str, Any]:
     ``<out>/data/spuriousworld-<config hash>/`` (rendered by :func:`run` if missing)."""
     if cfg.data.images:
         return {"images": list(cfg.data.images), "masks": cfg.data.masks}
-    sw = cfg.data.spuriousworld
-    digest = hashlib.sha256(json.dumps(sw.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:12]
-    folder = Path(cfg.out) / "data" / f"spuriousworld-{digest}"
+    folder = Path(cfg.out) / "data" / f"spuriousworld-{config_digest(cfg.data.spuriousworld, 12)}"
     return {"images": [str(folder / "images.parquet")], "masks": str(folder / "parts.parquet")}
 
 
 def _render_spuriousworld(cfg: FinetuneConfig, tables: dict[str, Any]) -> None:
-    from unspur.data.spuriousworld import generate_tables
-
-    images_path, parts_path = Path(tables["images"][0]), Path(tables["masks"])
-    if images_path.is_file() and parts_path.is_file():
-        return
+    """Render the train and eval splits with the synth job's :func:`render_tables` (cached)."""
     splits = tuple(dict.fromkeys((cfg.data.train_split, cfg.data.eval_split)))
-    images, parts = generate_tables(cfg.data.spuriousworld, splits=splits)
-    images_path.parent.mkdir(parents=True, exist_ok=True)
-    parts.to_parquet(parts_path.with_suffix(".tmp"))
-    images.to_parquet(images_path.with_suffix(".tmp"))
-    os.replace(parts_path.with_suffix(".tmp"), parts_path)
-    os.replace(images_path.with_suffix(".tmp"), images_path)
+    render_tables(cfg.data.spuriousworld, Path(tables["images"][0]).parent, splits)
 
 
 def prepare_data(cfg: FinetuneConfig) -> dict[str, Any]:

@@ -17,7 +17,6 @@ parent run, a child run per stage (the stage jobs' own runs nest below it), in
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -44,6 +43,8 @@ from unspur.config import (
     load_config,
     validate_config,
 )
+from unspur.digest import config_digest
+from unspur.io import write_json_atomic
 from workflows.job import init_ray, parse_job_args, user_errors
 from workflows.pipeline.report import print_table, write_report
 
@@ -70,8 +71,7 @@ class Stage:
         return Path(self.config.out)
 
     def digest(self) -> str:
-        text = json.dumps(self.config.model_dump(mode="json"), sort_keys=True, default=str)
-        return hashlib.sha256((self.upstream + text).encode()).hexdigest()[:16]
+        return config_digest(self.config, 16, salt=self.upstream)
 
 
 def _stage_config(
@@ -255,13 +255,8 @@ def _done(stage: Stage) -> dict[str, Any] | None:
 
 def _mark_done(stage: Stage, result: dict[str, Any], seconds: float) -> None:
     stage.out.mkdir(parents=True, exist_ok=True)
-    tmp = stage.out / (STAGE_FILE + ".tmp")
-    tmp.write_text(
-        json.dumps(
-            {"digest": stage.digest(), "seconds": round(seconds, 1), "result": result}, indent=2, default=str
-        )
-    )
-    os.replace(tmp, stage.out / STAGE_FILE)
+    record = {"digest": stage.digest(), "seconds": round(seconds, 1), "result": result}
+    write_json_atomic(record, stage.out / STAGE_FILE, indent=2, default=str)
 
 
 def _execute(stage: Stage, reuse: bool, log: Callable[[str], None]) -> tuple[dict[str, Any], bool]:

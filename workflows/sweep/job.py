@@ -22,7 +22,6 @@ child run per trial (failed trials show as FAILED, with an ``error`` tag).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import random
@@ -38,6 +37,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from tune_spaces import SearchSpace, grid_points, load_space, sample_point, validate_point
 from unspur import tracking
 from unspur.config import ConfigError, FinetuneConfig, SweepConfig
+from unspur.digest import config_digest
 from workflows.finetune import job as finetune
 from workflows.job import init_ray, main_for, parse_job_args
 from workflows.sweep.report import ParentRun, best_trial, export_best, metric_plot, trial_table
@@ -71,7 +71,7 @@ class Plan:
 
     @property
     def digest(self) -> str:
-        return hashlib.sha256(self.cfg.model_dump_json().encode()).hexdigest()[:16]
+        return config_digest(self.cfg)
 
 
 # --- validation (no Ray) ----------------------------------------------------------------------

@@ -17,7 +17,8 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from tune_spaces import validate_point
 from unspur.config import FinetuneConfig, validate_config
 from workflows.finetune import job as finetune
-from workflows.finetune.loop import LocalSession, _flat_numbers, run_loop
+from workflows.finetune.loop import run_loop
+from workflows.finetune.sessions import LocalSession, flat_numbers
 
 __all__ = ["SweepReportCallback", "TuneSession", "run_trial", "trial_config", "trial_metrics"]
 
@@ -60,7 +61,7 @@ class TuneSession(LocalSession):
         from ray import tune
 
         super().report(metrics, write, epoch)
-        tune.report(trial_metrics(_flat_numbers(metrics), self.split))
+        tune.report(trial_metrics(flat_numbers(metrics), self.split))
 
 
 def trial_config(setup: Mapping[str, Any], point: Mapping[str, Any], trial_id: str) -> FinetuneConfig:

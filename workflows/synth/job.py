@@ -18,7 +18,7 @@ import argparse
 import json
 import math
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,9 +30,20 @@ import ray
 
 from unspur.config import ConfigError, DigitsGridConfig, SpuriousWorldConfig, SynthConfig, load_config
 from unspur.data import digits_grid, spuriousworld
+from unspur.io import write_parquet_atomic
 from workflows.job import init_ray
 
-__all__ = ["CONFIG", "GENERATORS", "Generator", "build", "run", "main", "parse_args", "render_batch"]
+__all__ = [
+    "CONFIG",
+    "GENERATORS",
+    "Generator",
+    "build",
+    "run",
+    "main",
+    "parse_args",
+    "render_batch",
+    "render_tables",
+]
 
 CONFIG = SynthConfig
 SPLITS = ("train", "val", "test")
@@ -103,6 +114,30 @@ def build(cfg: SynthConfig) -> ray.data.Dataset:
         batch_format="numpy",
         fn_kwargs={"kind": cfg.kind, "section": section.model_dump(mode="json")},
     )
+
+
+def render_tables(section: Any, out: str | Path, splits: Sequence[str] = SPLITS) -> dict[str, str]:
+    """Render the generator config ``section`` (SpuriousWorld or digits-grid) for ``splits`` in this
+    process, with the same row function as the Ray job, into one Parquet file per table under
+    ``out``: ``images.parquet``, ``parts.parquet`` (and ``regions.parquet``). A finished render is
+    reused. Returns table name -> path. Jobs that train or segment on synthetic data call this."""
+    kind = next((k for k, g in GENERATORS.items() if isinstance(section, g.config)), None)
+    if kind is None:
+        raise ConfigError(
+            f"no synthetic generator takes a {type(section).__name__}; kinds: {sorted(GENERATORS)}"
+        )
+    gen, out = GENERATORS[kind], Path(out)
+    paths = {name: out / f"{name}.parquet" for name in ("images", *gen.tables)}
+    if not all(p.is_file() for p in paths.values()):
+        sizes = _sizes(section)
+        starts = dict(zip(SPLITS, np.cumsum([0] + [sizes[s] for s in SPLITS]).tolist(), strict=False))
+        ids = [starts[s] + i for s in dict.fromkeys(splits) for i in range(sizes[s])]
+        rows = render_batch({"id": np.asarray(ids, dtype=np.int64)}, kind, section.model_dump(mode="json"))
+        out.mkdir(parents=True, exist_ok=True)
+        for name in gen.tables:  # the image table last: its presence marks a finished render
+            write_parquet_atomic(_explode(rows, f"_{name}"), paths[name])
+        write_parquet_atomic(rows.drop_columns([f"_{name}" for name in gen.tables]), paths["images"])
+    return {name: str(p) for name, p in paths.items()}
 
 
 def _explode(table: pa.Table, column: str) -> pa.Table:
