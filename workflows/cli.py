@@ -7,9 +7,11 @@ module's ``main(argv)``, so the command line and the tests run the same entry po
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
 import sys
 from pathlib import Path
+from typing import Any, Optional
 
 import typer
 
@@ -23,6 +25,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_show_locals=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 data_app = typer.Typer(help="Synthetic benchmarks and dataset tools.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
@@ -37,7 +40,62 @@ JOBS: dict[str, tuple[str, str]] = {
     "run": ("pipeline", "The whole CFT pipeline from one YAML: concepts -> masks -> finetune -> evaluate."),
 }
 
-_JOB_SETTINGS = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
+#: options every job command takes (the job's own argparse in workflows/job.py reads the same)
+_COMMON: list[tuple[str, str, type, Any]] = [
+    (
+        "config",
+        "--config",
+        Path,
+        typer.Option(None, "--config", "-c", help="YAML config (defaults if omitted)"),
+    ),
+    ("out", "--out", Path, typer.Option(None, "--out", "-o", help="Output folder (overrides cfg.out)")),
+    (
+        "address",
+        "--address",
+        str,
+        typer.Option(None, help="Ray address (default: RAY_ADDRESS or a local Ray)"),
+    ),
+]
+#: job-specific options: subcommand -> the module's FLAGS ((flag, type, help), ...)
+_FLAGS_OF = {"sweep": "sweep", "synth": "synth"}
+
+
+def _job_flags(module: str) -> list[tuple[str, str, type, Any]]:
+    if module not in _FLAGS_OF.values():
+        return []
+    flags = importlib.import_module(f"workflows.{module}.job").FLAGS
+    return [
+        (f.lstrip("-").replace("-", "_"), f, kind, typer.Option(None, f, help=text))
+        for f, kind, text in flags
+    ]
+
+
+def _job_command(module: str, help_text: str, example: str) -> Any:
+    """A typer command whose options are the job's, forwarding them as argv to ``main(argv)``."""
+    options = _COMMON + _job_flags(module)
+
+    def command(**kwargs: Any) -> None:
+        argv: list[str] = []
+        for name, flag, _, _ in options:
+            if kwargs.get(name) is not None:
+                argv += [flag, str(kwargs[name])]
+        _call_main(module, argv + list(kwargs.get("overrides") or []))
+
+    params = [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=Optional[kind])  # noqa: UP045
+        for name, _, kind, default in options
+    ]
+    params.append(
+        inspect.Parameter(
+            "overrides",
+            inspect.Parameter.KEYWORD_ONLY,
+            default=typer.Argument(None, help="Dotted overrides, e.g. train.lr=1e-4"),
+            annotation=Optional[list[str]],  # noqa: UP045
+        )
+    )
+    command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    command.__doc__ = f"{help_text}\n\nExample: {example}"
+    return command
 
 
 def _call_main(module: str, argv: list[str]) -> None:
@@ -51,31 +109,25 @@ def _call_main(module: str, argv: list[str]) -> None:
     raise typer.Exit(mod.main(argv))
 
 
-def _register_job(name: str, module: str, help_text: str) -> None:
-    def command(ctx: typer.Context) -> None:
-        _call_main(module, list(ctx.args))
-
-    command.__doc__ = (
-        help_text + "\n\nArguments: --config FILE --out DIR [key.sub=value ...]; -h for details."
-    )
-    app.command(name, context_settings=_JOB_SETTINGS, add_help_option=False)(command)
-
-
 for _name, (_module, _help) in JOBS.items():
-    _register_job(_name, _module, _help)
+    app.command(_name)(_job_command(_module, _help, f"unspur {_name} --config FILE --out DIR key.sub=value"))
+
+data_app.command("synth")(
+    _job_command(
+        "synth",
+        "Generate SpuriousWorld or digits-grid (--kind): Parquet image, parts (and regions) tables.",
+        "unspur data synth --out DIR --n-train 2000 --rho 0.95 --seed 0",
+    )
+)
 
 
-@data_app.command("synth", context_settings=_JOB_SETTINGS, add_help_option=False)
-def data_synth(ctx: typer.Context) -> None:
-    """Generate SpuriousWorld or digits-grid (--kind): Parquet image, parts (and regions) tables.
-
-    Example: unspur data synth --out DIR --n-train 2000 --rho 0.95 --seed 0
-    """
-    _call_main("synth", list(ctx.args))
-
-
-@app.command("demo", context_settings=_JOB_SETTINGS, add_help_option=False)
-def demo(ctx: typer.Context) -> None:
+@app.command("demo")
+def demo(
+    config: Optional[Path] = _COMMON[0][3],  # noqa: UP045
+    out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="Output folder"),
+    address: Optional[str] = _COMMON[2][3],  # noqa: UP045
+    overrides: Optional[list[str]] = typer.Argument(None, help="Dotted overrides, e.g. cft.train.epochs=4"),  # noqa: UP045
+) -> None:
     """The whole CFT flow on SpuriousWorld on this machine, nothing downloaded (a few minutes).
 
     Renders SpuriousWorld, proposes concepts offline (WordNet), grounds them with the dataset's
@@ -86,9 +138,8 @@ def demo(ctx: typer.Context) -> None:
     from workflows.pipeline import main as pipeline_main
     from workflows.pipeline.job import DEMO_CONFIG
 
-    argv = list(ctx.args)
-    if "--out" not in argv and "-o" not in argv:
-        argv += ["--out", "runs/demo"]
+    argv = ["--out", str(out)] + (["--config", str(config)] if config else [])
+    argv += (["--address", address] if address else []) + list(overrides or [])
     raise typer.Exit(pipeline_main(argv, defaults=DEMO_CONFIG))
 
 

@@ -88,7 +88,7 @@ def test_vllm_processor_builds_without_running(ray_local, tmp_path):
         REPO / "workflows" / "configs" / "concepts_vllm.yaml",
         [f"out={tmp_path}", "classes.source=names", "classes.names=[bird]"],
     )
-    plan = job.make_plan(cfg)
+    plan = job.prepare(cfg)
     assert len(plan.misses) == 3 * cfg.sampling.n_samples + len(cfg.spurious_kinds) * cfg.sampling.n_samples
     ds = job.build(cfg, plan)
     text = str(ds)

@@ -26,7 +26,7 @@ from workflows.finetune.sessions import LocalSession
 from workflows.job import init_ray, main_for, parse_job_args, user_errors
 from workflows.synth.job import render_tables
 
-__all__ = ["CONFIG", "build", "main", "prepare_data", "resolve", "run", "table_paths"]
+__all__ = ["CONFIG", "build", "main", "prepare", "resolve", "run", "table_paths"]
 
 CONFIG = FinetuneConfig
 
@@ -74,7 +74,7 @@ def _render_spuriousworld(cfg: FinetuneConfig, tables: dict[str, Any]) -> None:
     render_tables(cfg.data.spuriousworld, Path(tables["images"][0]).parent, splits)
 
 
-def prepare_data(cfg: FinetuneConfig) -> dict[str, Any]:
+def prepare(cfg: FinetuneConfig) -> dict[str, Any]:
     """:func:`table_paths` of a resolved ``cfg``, rendering SpuriousWorld first if it is not cached."""
     tables = table_paths(cfg)
     if cfg.data.spuriousworld is not None:

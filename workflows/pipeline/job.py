@@ -48,7 +48,7 @@ from unspur.io import write_json_atomic
 from workflows.job import init_ray, parse_job_args, user_errors
 from workflows.pipeline.report import print_table, write_report
 
-__all__ = ["CONFIG", "DEMO_CONFIG", "MODELS", "Stage", "build", "main", "plan", "run"]
+__all__ = ["CONFIG", "DEMO_CONFIG", "MODELS", "Stage", "build", "main", "prepare", "run"]
 
 CONFIG = PipelineConfig
 MODELS = ("base", "cft", "control", "sweep")
@@ -152,7 +152,7 @@ def _finetune_wiring(out: Path, name: str, images: str, masks: str | None, n_cla
     return wired
 
 
-def plan(cfg: PipelineConfig) -> list[Stage]:
+def prepare(cfg: PipelineConfig) -> list[Stage]:
     """Every stage with its validated config, in order; raises ConfigError before any compute."""
     out = Path(cfg.out).resolve()
     stages, images, parts, classes = _data_inputs(cfg, out)
@@ -242,7 +242,7 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
 
 def build(cfg: PipelineConfig) -> list[Stage]:
     """The unexecuted pipeline: every stage with its validated config (nothing runs, no Ray)."""
-    return plan(cfg)
+    return prepare(cfg)
 
 
 def _done(stage: Stage) -> dict[str, Any] | None:
@@ -282,7 +282,7 @@ def _execute(stage: Stage, reuse: bool, log: Callable[[str], None]) -> tuple[dic
 
 def run(cfg: PipelineConfig, stages: list[Stage] | None = None, log: Callable[[str], None] = print) -> dict:
     """Run (or reuse) every stage, then print the comparison table and write report.md."""
-    stages = stages if stages is not None else plan(cfg)
+    stages = stages if stages is not None else prepare(cfg)
     out = Path(cfg.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     with tracking.scoped_tracking_uri(tracking.tracking_uri(out)):
@@ -331,7 +331,7 @@ def main(argv: list[str] | None = None, defaults: str | Path | None = None) -> i
     overrides = list(args.overrides) + ([f"out={args.out}"] if args.out is not None else [])
     try:
         cfg = load_config(PipelineConfig, args.config or defaults, overrides)
-        stages = plan(cfg)
+        stages = prepare(cfg)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -425,7 +425,7 @@ def run(cfg: SweepConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     _check_stoppable(plan)
     init_from, base_summary = _train_base(plan)
     ft = cfg.finetune.model_copy(update={"out": cfg.out, "init_from": None})
-    tables = finetune.prepare_data(finetune.resolve(ft))
+    tables = finetune.prepare(finetune.resolve(ft))
     setup = _setup(plan, tables, init_from)
     tuner, parent, resumed = _tuner(plan, setup, callbacks)
     if base_summary:
@@ -483,12 +483,19 @@ def _summarize(
     return summary, table
 
 
+#: options of ``unspur sweep`` beyond --config/--out/--address: (flag, type, help)
+FLAGS = (
+    ("--space", str, "Search space YAML, or a name under tune_spaces/ (sets space=)"),
+    ("--samples", int, "Trials of a random/optuna search (sets num_samples=)"),
+)
+
+
 def main(argv: list[str] | None = None) -> int:
     """``unspur sweep --config FILE --out DIR [--space SPACE] [--samples N] [--address A] key=value ...``."""
     argv = list(sys.argv[1:] if argv is None else argv)
     extra = argparse.ArgumentParser(prog="unspur sweep", add_help=False)
-    extra.add_argument("--space", help="search space YAML, or a name under tune_spaces/ (sets space=)")
-    extra.add_argument("--samples", type=int, help="trials of a random/optuna search (sets num_samples=)")
+    for flag, kind, text in FLAGS:
+        extra.add_argument(flag, type=kind, help=text)
     if "-h" in argv or "--help" in argv:
         extra.print_help()
     known, rest = extra.parse_known_args(argv)

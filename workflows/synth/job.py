@@ -237,23 +237,29 @@ _FLAGS: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 
 
+#: options of ``unspur data synth`` beyond --config/--out/--address: (flag, type, help)
+FLAGS = (
+    ("--kind", str, f"Generator: {' or '.join(sorted(GENERATORS))} (default spuriousworld)"),
+    ("--n-train", int, "Training images"),
+    ("--n-val", int, "Validation images"),
+    ("--n-test", int, "Test images"),
+    ("--image-size", int, "Image side in pixels"),
+    ("--seed", int, "Seed (rows are deterministic per seed, split and index)"),
+    ("--target-digit", int, "digits_grid: the digit the marker is correlated with"),
+    ("--rho", float, "spuriousworld: train class/background co-occurrence"),
+    ("--cramers-v", float, "digits_grid: Cramer's V of label and marker in train"),
+    ("--classes", str, "Comma list: class names (spuriousworld) or digits (digits_grid)"),
+)
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="unspur data synth", description=__doc__.split("\n")[0])
     p.add_argument("--out", "-o", default=None, help="output folder")
-    p.add_argument(
-        "--kind", choices=sorted(GENERATORS), default=None, help="generator (default spuriousworld)"
-    )
     p.add_argument("--config", "-c", type=Path, default=None, help="YAML SynthConfig")
     p.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS or a local Ray)")
-    for flag in ("n_train", "n_val", "n_test", "image_size", "seed", "target_digit"):
-        p.add_argument(f"--{flag.replace('_', '-')}", dest=flag, type=int, default=None)
-    p.add_argument(
-        "--rho", type=float, default=None, help="spuriousworld: train class/background co-occurrence"
-    )
-    p.add_argument("--cramers-v", dest="cramers_v", type=float, default=None, help="digits_grid: Cramer's V")
-    p.add_argument(
-        "--classes", default=None, help="comma list: class names (spuriousworld) or digits (digits_grid)"
-    )
+    for flag, kind, text in FLAGS:
+        choices = sorted(GENERATORS) if flag == "--kind" else None
+        p.add_argument(flag, type=kind, default=None, choices=choices, help=text)
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. spuriousworld.contrast=0.8")
     return p.parse_args(argv)
 
