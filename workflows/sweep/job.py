@@ -26,7 +26,7 @@ import json
 import os
 import random
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,13 +41,13 @@ from unspur.digest import config_digest
 from workflows.finetune import job as finetune
 from workflows.job import init_ray, main_for, parse_job_args
 from workflows.sweep.report import ParentRun, best_trial, export_best, metric_plot, trial_table
+from workflows.sweep.resources import concurrency, trial_resources
 from workflows.sweep.trial import run_trial
 
 __all__ = ["CONFIG", "EpochASHA", "Plan", "build", "concurrency", "main", "prepare", "run", "trial_resources"]
 
 CONFIG = SweepConfig
 STATE = "unspur_sweep.json"  # in the Tune experiment folder: the parent run and the config digest
-DRIVER_MEMORY = 2**20  # bytes: a trial driver's token reservation (Tune needs a non-empty bundle)
 
 
 @dataclass(frozen=True)
@@ -142,46 +142,6 @@ def prepare(cfg: SweepConfig) -> Plan:
     if cfg.base is not None:
         _check_point(cfg.base, {}, "base")
     return Plan(cfg, space, points, split, Path(cfg.storage_path) / cfg.name)
-
-
-# --- resources ----------------------------------------------------------------------------------
-
-
-def trial_resources(ft: FinetuneConfig) -> tuple[dict[str, float], dict[str, float]]:
-    """(Tune's reservation for a trial's driver, everything one trial holds: driver + workers).
-
-    Ray Train workers: the driver holds no CPU (a token of memory), the workers hold
-    ``num_workers * cpus_per_worker`` CPUs (and one GPU each with ``use_gpu``). In-process
-    (``num_workers`` 0): the driver trains and holds ``cpus_per_worker`` CPUs (and a GPU).
-    """
-    run = ft.run
-    gpus = float(max(run.num_workers, 1)) if run.use_gpu else 0.0
-    if run.num_workers == 0:
-        driver = {"cpu": run.cpus_per_worker, "gpu": gpus}
-        return driver, {"CPU": run.cpus_per_worker, "GPU": gpus}
-    return {"cpu": 0, "memory": DRIVER_MEMORY}, {"CPU": run.num_workers * run.cpus_per_worker, "GPU": gpus}
-
-
-def concurrency(
-    cluster: Mapping[str, float], need: Mapping[str, float], requested: int | None, n_trials: int
-) -> int:
-    """How many trials run at once: what ``cluster`` fits of ``need`` each, capped by ``requested``.
-
-    Raises :class:`ConfigError` when one trial does not fit, or ``requested`` exceeds what fits.
-    """
-    have = {k: float(cluster.get(k, 0.0)) for k in need}
-    fits = min(int(have[k] // v + 1e-9) for k, v in need.items() if v > 0)
-    if fits < 1:
-        raise ConfigError(
-            f"one trial needs {dict(need)} but the cluster has {have}; lower "
-            "finetune.run.num_workers / cpus_per_worker, or add nodes"
-        )
-    if requested is not None and requested > fits:
-        raise ConfigError(
-            f"max_concurrent_trials={requested} but the cluster's {have} fit only {fits} trials "
-            f"of {dict(need)} each; set max_concurrent_trials <= {fits} (or null)"
-        )
-    return max(1, min(requested or fits, n_trials))
 
 
 def _trial_name(trial: Any) -> str:
