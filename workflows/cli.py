@@ -56,14 +56,14 @@ _COMMON: list[tuple[str, str, type, Any]] = [
         typer.Option(None, help="Ray address (default: RAY_ADDRESS or a local Ray)"),
     ),
 ]
-#: job-specific options: subcommand -> the module's FLAGS ((flag, type, help), ...)
-_FLAGS_OF = {"sweep": "sweep", "synth": "synth"}
+#: job modules with options of their own (their ``FLAGS``: (flag, type, help), ...)
+_WITH_FLAGS = ("sweep", "synth")
 
 
 def _job_flags(module: str) -> list[tuple[str, str, type, Any]]:
-    if module not in _FLAGS_OF.values():
+    if module not in _WITH_FLAGS:
         return []
-    flags = importlib.import_module(f"workflows.{module}.job").FLAGS
+    flags = importlib.import_module(f"workflows.{module}.flags").FLAGS
     return [
         (f.lstrip("-").replace("-", "_"), f, kind, typer.Option(None, f, help=text))
         for f, kind, text in flags

@@ -2,7 +2,8 @@
 
 Reads the image table and the masks table of ARCHITECTURE.md (an image's training mask is the
 union of its concept masks; a SpuriousWorld parts table serves too), or renders SpuriousWorld
-into ``<out>/data`` when ``data.spuriousworld`` is given. ``build(cfg)`` returns the unexecuted
+into ``<out>/data`` with the synth job (:func:`workflows.synth.job.render_tables`) when
+``data.spuriousworld`` is given. ``build(cfg)`` returns the unexecuted
 TorchTrainer (``run.num_workers`` DDP workers; ``use_gpu`` for GPUs); ``run(cfg)`` executes it,
 or trains in this process when ``run.num_workers`` is 0. Every epoch ends in a checkpoint
 (safetensors + resolved config + optimizer state); rerunning with the same ``run.name`` and
@@ -23,7 +24,7 @@ from unspur.digest import config_digest
 from unspur.relevance import RELEVANCE
 from workflows.finetune.loop import SUMMARY, run_loop, train_loop_per_worker
 from workflows.finetune.sessions import LocalSession
-from workflows.job import init_ray, main_for, parse_job_args, user_errors
+from workflows.job import init_ray, main_for, user_errors
 from workflows.synth.job import render_tables
 
 __all__ = ["CONFIG", "build", "main", "prepare", "resolve", "run", "table_paths"]
@@ -121,9 +122,7 @@ def build(cfg: FinetuneConfig, callbacks: list[Any] | None = None) -> Any:
 def run(cfg: FinetuneConfig) -> dict[str, Any]:
     """Train (Ray Train, or in-process for ``num_workers`` 0); returns the run summary."""
     cfg = resolve(cfg)
-    tables = table_paths(cfg)
-    if cfg.data.spuriousworld is not None:
-        _render_spuriousworld(cfg, tables)
+    tables = prepare(cfg)
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
     if cfg.run.num_workers == 0:
         session = LocalSession(Path(cfg.run.storage_path) / cfg.run.name, cfg.run.keep_checkpoints)
@@ -180,9 +179,6 @@ def _brief(summary: dict[str, Any]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     """``unspur finetune --config FILE --out DIR [--address A] key.sub=value ...``."""
-    args = parse_job_args("finetune", argv)
-    if args.address:
-        os.environ["RAY_ADDRESS"] = args.address
     return main_for("finetune", FinetuneConfig, run, argv, needs_ray=False)
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,12 +39,11 @@ from unspur.config import (
     SweepConfig,
     SynthConfig,
     apply_overrides,
-    load_config,
     validate_config,
 )
 from unspur.digest import config_digest
 from unspur.io import write_json_atomic
-from workflows.job import init_ray, parse_job_args, user_errors
+from workflows.job import main_for
 from workflows.pipeline.report import print_table, write_report
 
 __all__ = ["CONFIG", "DEMO_CONFIG", "MODELS", "Stage", "build", "main", "prepare", "run"]
@@ -325,28 +323,24 @@ def _run(cfg: PipelineConfig, stages: list[Stage], out: Path, log: Callable[[str
     }
 
 
-def main(argv: list[str] | None = None, defaults: str | Path | None = None) -> int:
-    """``unspur run --config FILE --out DIR [key.sub=value ...]``; validates every stage first."""
-    args = parse_job_args("run", argv)
-    overrides = list(args.overrides) + ([f"out={args.out}"] if args.out is not None else [])
-    try:
-        cfg = load_config(PipelineConfig, args.config or defaults, overrides)
-        stages = prepare(cfg)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    out = Path(cfg.out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("MLFLOW_TRACKING_URI", tracking.tracking_uri(out))  # before Ray: workers inherit it
-    init_ray(args.address)
-    try:
-        result = run(cfg, stages)
-    except user_errors() as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+def _ready(cfg: PipelineConfig) -> None:
+    """Validate every stage, and point MLflow at ``<out>/mlflow.db`` unless MLFLOW_TRACKING_URI is
+    set, before Ray starts (its workers inherit the environment)."""
+    prepare(cfg)
+    os.environ.setdefault("MLFLOW_TRACKING_URI", tracking.tracking_uri(Path(cfg.out).resolve()))
+
+
+def _show(result: dict[str, Any]) -> None:
     print(json.dumps(result, indent=2, default=str))
     print(f"Report: {result['report']}\nOpen the tracked runs (MLflow): unspur ui --out {result['out']}")
-    return 0
+
+
+def main(argv: list[str] | None = None, defaults: str | Path | None = None) -> int:
+    """``unspur run --config FILE --out DIR [key.sub=value ...]``; validates every stage first.
+
+    ``defaults``: the YAML used without ``--config`` (``unspur demo`` passes :data:`DEMO_CONFIG`).
+    """
+    return main_for("run", PipelineConfig, run, argv, defaults=defaults, check=_ready, show=_show)
 
 
 if __name__ == "__main__":  # pragma: no cover

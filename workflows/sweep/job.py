@@ -21,7 +21,6 @@ child run per trial (failed trials show as FAILED, with an ``error`` tag).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import random
@@ -39,7 +38,8 @@ from unspur import tracking
 from unspur.config import ConfigError, FinetuneConfig, SweepConfig
 from unspur.digest import config_digest
 from workflows.finetune import job as finetune
-from workflows.job import init_ray, main_for, parse_job_args
+from workflows.job import init_ray, main_for
+from workflows.sweep.flags import FLAGS
 from workflows.sweep.report import ParentRun, best_trial, export_best, metric_plot, trial_table
 from workflows.sweep.resources import concurrency, trial_resources
 from workflows.sweep.trial import run_trial
@@ -443,30 +443,17 @@ def _summarize(
     return summary, table
 
 
-#: options of ``unspur sweep`` beyond --config/--out/--address: (flag, type, help)
-FLAGS = (
-    ("--space", str, "Search space YAML, or a name under tune_spaces/ (sets space=)"),
-    ("--samples", int, "Trials of a random/optuna search (sets num_samples=)"),
-)
+def _flag_overrides(args: Any) -> list[str]:
+    return ([f"space={args.space}"] if args.space is not None else []) + (
+        [f"num_samples={args.samples}"] if args.samples is not None else []
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     """``unspur sweep --config FILE --out DIR [--space SPACE] [--samples N] [--address A] key=value ...``."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    extra = argparse.ArgumentParser(prog="unspur sweep", add_help=False)
-    for flag, kind, text in FLAGS:
-        extra.add_argument(flag, type=kind, help=text)
-    if "-h" in argv or "--help" in argv:
-        extra.print_help()
-    known, rest = extra.parse_known_args(argv)
-    if known.space is not None:
-        rest.append(f"space={known.space}")
-    if known.samples is not None:
-        rest.append(f"num_samples={known.samples}")
-    args = parse_job_args("sweep", rest)
-    if args.address:
-        os.environ["RAY_ADDRESS"] = args.address
-    return main_for("sweep", SweepConfig, run, rest, needs_ray=False)
+    return main_for(
+        "sweep", SweepConfig, run, argv, needs_ray=False, flags=FLAGS, flag_overrides=_flag_overrides
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover

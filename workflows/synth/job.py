@@ -14,7 +14,6 @@ Example: ``unspur data synth --out DIR --n-train 2000 --rho 0.95 --seed 0``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
@@ -31,7 +30,8 @@ import ray
 from unspur.config import ConfigError, DigitsGridConfig, SpuriousWorldConfig, SynthConfig, load_config
 from unspur.data import digits_grid, spuriousworld
 from unspur.io import write_parquet_atomic
-from workflows.job import init_ray
+from workflows.job import main_for
+from workflows.synth.flags import FLAGS
 
 __all__ = [
     "CONFIG",
@@ -40,7 +40,6 @@ __all__ = [
     "build",
     "run",
     "main",
-    "parse_args",
     "render_batch",
     "render_tables",
 ]
@@ -237,63 +236,32 @@ _FLAGS: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 
 
-#: options of ``unspur data synth`` beyond --config/--out/--address: (flag, type, help)
-FLAGS = (
-    ("--kind", str, f"Generator: {' or '.join(sorted(GENERATORS))} (default spuriousworld)"),
-    ("--n-train", int, "Training images"),
-    ("--n-val", int, "Validation images"),
-    ("--n-test", int, "Test images"),
-    ("--image-size", int, "Image side in pixels"),
-    ("--seed", int, "Seed (rows are deterministic per seed, split and index)"),
-    ("--target-digit", int, "digits_grid: the digit the marker is correlated with"),
-    ("--rho", float, "spuriousworld: train class/background co-occurrence"),
-    ("--cramers-v", float, "digits_grid: Cramer's V of label and marker in train"),
-    ("--classes", str, "Comma list: class names (spuriousworld) or digits (digits_grid)"),
-)
-
-
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="unspur data synth", description=__doc__.split("\n")[0])
-    p.add_argument("--out", "-o", default=None, help="output folder")
-    p.add_argument("--config", "-c", type=Path, default=None, help="YAML SynthConfig")
-    p.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS or a local Ray)")
-    for flag, kind, text in FLAGS:
-        choices = sorted(GENERATORS) if flag == "--kind" else None
-        p.add_argument(flag, type=kind, default=None, choices=choices, help=text)
-    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. spuriousworld.contrast=0.8")
-    return p.parse_args(argv)
-
-
-def _config(args: argparse.Namespace) -> SynthConfig:
-    overrides = list(args.overrides) + ([f"kind={args.kind}"] if args.kind else [])
-    if args.out is not None:
-        overrides.append(f"out={args.out}")
-    kind = load_config(SynthConfig, args.config, overrides).kind
-    for flag, (field, kinds) in _FLAGS.items():
-        value = getattr(args, flag)
+def _flag_overrides(args: Any) -> list[str]:
+    """The generator flags as dotted overrides of the chosen kind's section (``--kind`` first)."""
+    overrides = [f"kind={args.kind}"] if args.kind else []
+    out = [f"out={args.out}"] if args.out is not None else []
+    kind = load_config(SynthConfig, args.config, [*args.overrides, *overrides, *out]).kind
+    for flag, _, _ in FLAGS[1:]:
+        name = flag[2:].replace("-", "_")
+        value = getattr(args, name)
         if value is None:
             continue
+        kinds = _FLAGS[name][1]
         if kind not in kinds:
-            raise ConfigError(
-                f"--{flag.replace('_', '-')} does not apply to kind {kind!r} (it applies to {list(kinds)})"
-            )
-        if flag == "classes":
+            raise ConfigError(f"{flag} does not apply to kind {kind!r} (it applies to {list(kinds)})")
+        field = _FLAGS[name][0]
+        if name == "classes":
             field = "digits" if kind == "digits_grid" else "classes"
             value = "[" + ",".join(v.strip() for v in value.split(",") if v.strip()) + "]"
         overrides.append(f"{kind}.{field}={value}")
-    return load_config(SynthConfig, args.config, overrides)
+    return overrides
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        cfg = _config(args)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    init_ray(args.address)
-    _print_summary(run(cfg))
-    return 0
+    """``unspur data synth --out DIR [--kind K] [--n-train N ...] [key.sub=value ...]``."""
+    return main_for(
+        "data synth", SynthConfig, run, argv, flags=FLAGS, flag_overrides=_flag_overrides, show=_print_summary
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover
