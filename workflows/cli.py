@@ -1,7 +1,9 @@
-"""The ``unspur`` command: thin typer front over the job modules in ``workflows/``.
+"""The ``unspur`` command: thin typer front over the job packages in ``workflows/``.
 
-Every job subcommand takes ``--config FILE --out DIR [key.sub=value ...]`` and calls the job
-module's ``main(argv)``, so the command line and the tests run the same entry point.
+Every job subcommand takes ``--config FILE --out DIR [--address A] [key.sub=value ...]`` plus the
+job's own ``FLAGS`` (``workflows/<job>/flags.py``), declared here as typer options so ``--help``
+looks the same everywhere, and forwards them as argv to the job's ``main(argv)``: the command line
+and the tests run the same entry point.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ app = typer.Typer(
 data_app = typer.Typer(help="Synthetic benchmarks and dataset tools.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
-#: subcommand -> (module under workflows/, help). Each module exposes ``main(argv) -> int``.
+#: subcommand -> (job package under workflows/, help). Each exposes ``main(argv) -> int``.
 JOBS: dict[str, tuple[str, str]] = {
     "concepts": ("concepts", "Propose, filter and cache each class's concepts (LLM or offline source)."),
     "masks": ("masks", "Ground concepts into masks (grounding + SAM, CLIPSeg or ground truth)."),
