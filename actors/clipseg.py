@@ -14,8 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from actors.segmenter_api import ClipSegConfig, ConceptMask
 from actors.segmenter_models import TextSegmenter, load_clipseg
-from actors.segmenters import ClipSegConfig, ConceptMask
 
 __all__ = ["ClipSeg"]
 

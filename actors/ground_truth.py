@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from actors.segmenters import ConceptMask, GroundTruthConfig
+from actors.segmenter_api import ConceptMask, GroundTruthConfig
 from unspur.masks import decode
 
 __all__ = ["GroundTruth", "head_noun", "match_part", "load_parts_table"]

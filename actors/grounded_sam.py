@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from actors.segmenter_api import ConceptMask, GroundedSamConfig
 from actors.segmenter_models import Detector, load_detector, load_sam
-from actors.segmenters import ConceptMask, GroundedSamConfig
 
 __all__ = ["Detections", "GroundedSam", "Prompt", "box_iou", "build_prompts", "nms"]
 

@@ -18,17 +18,14 @@ stops a batch: it becomes rows with ``status`` ``error`` and the reason.
 
 from __future__ import annotations
 
-import io
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any
 
 import numpy as np
-from pydantic import Field
 
-from unspur.config.base import StrictModel
+from actors.segmenter_api import ClipSegConfig, ConceptMask, GroundedSamConfig, GroundTruthConfig, Segmenter
 from unspur.config.masks import SEGMENTERS, SegmenterConfig
+from unspur.data.images import ImageError, decode_rgb
 from unspur.masks import bbox, encode
 
 __all__ = [
@@ -37,55 +34,13 @@ __all__ = [
     "GroundedSamConfig",
     "MASK_COLUMNS",
     "SEGMENTERS",
-    "ConceptMask",
-    "ImageError",
-    "Segmenter",
     "SegmenterActor",
     "build_segmenter",
-    "decode_rgb",
     "resolve_device",
 ]
 
 #: columns of a mask row (ARCHITECTURE.md masks contract, plus the image's class)
 MASK_COLUMNS = ("image_id", "concept", "class_name", "rle", "bbox", "score", "segmenter", "status", "error")
-
-
-class ImageError(ValueError):
-    """An image row cannot be turned into an RGB array (the message says why)."""
-
-
-@dataclass
-class ConceptMask:
-    """The answer for one concept: ``mask`` (H, W) bool at the image's size, or None.
-
-    ``status``: ``ok`` (non-empty mask), ``empty`` (nothing found), ``error``; ``note`` says why a
-    mask is empty or failed; ``score`` is the backend's confidence in [0, 1] (None if none).
-    """
-
-    concept: str
-    mask: np.ndarray | None
-    score: float | None = None
-    status: str = "ok"
-    note: str | None = None
-
-    @classmethod
-    def found(cls, concept: str, mask: np.ndarray, score: float | None, empty_note: str) -> ConceptMask:
-        """``ok`` when ``mask`` has a pixel set, else ``empty`` with ``empty_note``."""
-        if mask.any():
-            return cls(concept, mask, score, "ok")
-        return cls(concept, None, score, "empty", empty_note)
-
-
-class Segmenter(Protocol):
-    """Predictor API of every backend: encode an image once, answer many concept prompts."""
-
-    name: str
-
-    def set_image(self, image: np.ndarray, image_id: str = "") -> None:
-        """Encode ``image`` ((H, W, 3) uint8 RGB) once; ``image_id`` names it (ground truth lookup)."""
-
-    def predict(self, concepts: Sequence[str]) -> list[ConceptMask]:
-        """One :class:`ConceptMask` per concept (same order), masks (H, W) at the set image's size."""
 
 
 def resolve_device(device: str) -> str:
@@ -103,51 +58,6 @@ def resolve_device(device: str) -> str:
 # their backend lazily (ground truth needs no torch). To add a segmenter: implement it in
 # actors/<name>.py (``set_image`` / ``predict``), then add its config class and one
 # ``SEGMENTERS.add`` call here.
-
-
-class GroundedSamConfig(StrictModel):
-    """``segmenter.name: grounded_sam``: GroundingDINO boxes (transformers) -> SAM box-prompted masks.
-
-    ``detector``: a Hugging Face id or local folder of a zero-shot object detector (GroundingDINO),
-    or ``tiny`` (random init, for tests). ``sam_model``: a segment-anything registry size (``vit_h``,
-    ``vit_l``, ``vit_b``) loaded from ``sam_checkpoint`` (a .pth file), or ``tiny`` (random init,
-    img_size 256). A query box is a detection when its best token probability over the prompt's
-    concepts exceeds ``box_threshold``; it belongs to every concept with a token above
-    ``text_threshold``. ``prompt_mode``: ``merged`` = one detector pass per image over "c1. c2. ...",
-    ``per_concept`` = one prompt "<concept>." per concept (one batched pass). Per concept, boxes
-    go through NMS at ``nms_iou``, the best ``max_boxes_per_concept`` are kept, and SAM decodes
-    at most ``sam_batch_size`` boxes per call from the image's one cached embedding.
-    """
-
-    detector: str = "IDEA-Research/grounding-dino-tiny"
-    sam_model: str = "vit_h"
-    sam_checkpoint: str | None = None
-    box_threshold: float = Field(0.35, ge=0.0, le=1.0)
-    text_threshold: float = Field(0.25, ge=0.0, le=1.0)
-    prompt_mode: Literal["merged", "per_concept"] = "merged"
-    nms_iou: float = Field(0.8, ge=0.0, le=1.0)
-    max_boxes_per_concept: int = Field(4, ge=1)
-    sam_batch_size: int = Field(64, ge=1)
-    seed: int = 0
-
-
-class ClipSegConfig(StrictModel):
-    """``segmenter.name: clipseg``: text-prompted CLIPSeg; a pixel is in the mask when its
-    probability exceeds ``threshold``. ``model``: a Hugging Face id / local folder, or ``tiny``."""
-
-    model: str = "CIDAS/clipseg-rd64-refined"
-    threshold: float = Field(0.4, ge=0.0, le=1.0)
-    seed: int = 0
-
-
-class GroundTruthConfig(StrictModel):
-    """``segmenter.name: ground_truth``: masks a dataset already has, matched to concept strings
-    (exact name, then head noun: "long beak" -> beak). ``parts``: a Parquet parts table
-    (``image_id``, ``part``, ``rle``); ``mask_dir``: a folder of ``<image_id>/<part>.png`` (non-zero =
-    inside). Exactly one of the two (with ``synth``, ``parts`` defaults to the generated table)."""
-
-    parts: str | None = None
-    mask_dir: str | None = None
 
 
 def _grounded_sam(cfg: SegmenterConfig) -> Segmenter:
@@ -192,49 +102,6 @@ def build_segmenter(cfg: SegmenterConfig | Mapping[str, Any]) -> Segmenter:
     if not isinstance(cfg, SegmenterConfig):
         cfg = SegmenterConfig.model_validate(dict(cfg))
     return SEGMENTERS[cfg.name](cfg)
-
-
-# ----------------------------------------------------------------------------- images
-
-
-def _to_rgb8(img: Any) -> np.ndarray:
-    """A loaded PIL image of any mode -> (H, W, 3) uint8 RGB; 16/32-bit grey is rescaled, not clipped."""
-    if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
-        arr = np.asarray(img).astype(np.float64)
-        top = 65535.0 if img.mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
-        grey = np.clip(np.rint(arr * (255.0 / top)), 0, 255).astype(np.uint8)
-        return np.repeat(grey[..., None], 3, axis=2)
-    if img.mode != "RGB":
-        img = img.convert("RGB")
-    return np.array(img, dtype=np.uint8)  # a writable copy (torch warns on read-only arrays)
-
-
-def decode_rgb(data: bytes | None, path: str | None = None) -> np.ndarray:
-    """Image bytes (or a file at ``path``) -> (H, W, 3) uint8 RGB.
-
-    Any mode PIL opens is accepted (CMYK, RGBA, P, L, 16-bit ...). PIL's decompression-bomb
-    limit stays on. Raises :class:`ImageError` naming the problem (0 bytes, truncated, unknown
-    format, too many pixels, missing file).
-    """
-    from PIL import Image, UnidentifiedImageError
-
-    if data is None or (isinstance(data, float) and np.isnan(data)):
-        if not path:
-            raise ImageError("row has neither image bytes nor a path")
-        try:
-            data = Path(path).read_bytes()
-        except OSError as err:
-            raise ImageError(f"cannot read image file {path}: {err}") from None
-    if len(data) == 0:
-        raise ImageError("image has 0 bytes")
-    try:
-        with Image.open(io.BytesIO(bytes(data))) as img:
-            img.load()
-            return _to_rgb8(img)
-    except Image.DecompressionBombError as err:
-        raise ImageError(f"decompression bomb refused ({err})") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise ImageError(f"cannot decode image ({type(err).__name__}: {err})") from None
 
 
 # ----------------------------------------------------------------------------- actor

@@ -20,8 +20,9 @@ from pathlib import Path
 
 import torch
 
-from actors.segmenters import build_segmenter, decode_rgb
+from actors.segmenters import build_segmenter
 from unspur.config import MasksConfig, SpuriousWorldConfig, load_config
+from unspur.data.images import decode_rgb
 from unspur.data.spuriousworld import sample_rows
 
 CONFIG = Path(__file__).resolve().parents[1] / "workflows" / "configs" / "masks_grounded_sam_tiny.yaml"

@@ -13,7 +13,7 @@ A space file (e.g. ``tune_spaces/cft.yaml``)::
 
 Keys of ``params`` are dotted paths into the training config; every sampled point is
 validated against that config before a trial starts (:func:`validate_point`).
-Pure Python: the conversion to Ray Tune objects lives in ``workflows/sweep.py``.
+Pure Python: the conversion to Ray Tune objects lives in ``workflows/sweep/job.py``.
 """
 
 from __future__ import annotations

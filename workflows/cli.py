@@ -1,15 +1,19 @@
-"""The ``unspur`` command: thin typer front over the job modules in ``workflows/``.
+"""The ``unspur`` command: thin typer front over the job packages in ``workflows/``.
 
-Every job subcommand takes ``--config FILE --out DIR [key.sub=value ...]`` and calls the job
-module's ``main(argv)``, so the command line and the tests run the same entry point.
+Every job subcommand takes ``--config FILE --out DIR [--address A] [key.sub=value ...]`` plus the
+job's own ``FLAGS`` (``workflows/<job>/flags.py``), declared here as typer options so ``--help``
+looks the same everywhere, and forwards them as argv to the job's ``main(argv)``: the command line
+and the tests run the same entry point.
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
 import sys
 from pathlib import Path
+from typing import Any, Optional
 
 import typer
 
@@ -23,11 +27,12 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_show_locals=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 data_app = typer.Typer(help="Synthetic benchmarks and dataset tools.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
-#: subcommand -> (module under workflows/, help). Each module exposes ``main(argv) -> int``.
+#: subcommand -> (job package under workflows/, help). Each exposes ``main(argv) -> int``.
 JOBS: dict[str, tuple[str, str]] = {
     "concepts": ("concepts", "Propose, filter and cache each class's concepts (LLM or offline source)."),
     "masks": ("masks", "Ground concepts into masks (grounding + SAM, CLIPSeg or ground truth)."),
@@ -37,7 +42,62 @@ JOBS: dict[str, tuple[str, str]] = {
     "run": ("pipeline", "The whole CFT pipeline from one YAML: concepts -> masks -> finetune -> evaluate."),
 }
 
-_JOB_SETTINGS = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
+#: options every job command takes (the job's own argparse in workflows/job.py reads the same)
+_COMMON: list[tuple[str, str, type, Any]] = [
+    (
+        "config",
+        "--config",
+        Path,
+        typer.Option(None, "--config", "-c", help="YAML config (defaults if omitted)"),
+    ),
+    ("out", "--out", Path, typer.Option(None, "--out", "-o", help="Output folder (overrides cfg.out)")),
+    (
+        "address",
+        "--address",
+        str,
+        typer.Option(None, help="Ray address (default: RAY_ADDRESS or a local Ray)"),
+    ),
+]
+#: job modules with options of their own (their ``FLAGS``: (flag, type, help), ...)
+_WITH_FLAGS = ("sweep", "synth")
+
+
+def _job_flags(module: str) -> list[tuple[str, str, type, Any]]:
+    if module not in _WITH_FLAGS:
+        return []
+    flags = importlib.import_module(f"workflows.{module}.flags").FLAGS
+    return [
+        (f.lstrip("-").replace("-", "_"), f, kind, typer.Option(None, f, help=text))
+        for f, kind, text in flags
+    ]
+
+
+def _job_command(module: str, help_text: str, example: str) -> Any:
+    """A typer command whose options are the job's, forwarding them as argv to ``main(argv)``."""
+    options = _COMMON + _job_flags(module)
+
+    def command(**kwargs: Any) -> None:
+        argv: list[str] = []
+        for name, flag, _, _ in options:
+            if kwargs.get(name) is not None:
+                argv += [flag, str(kwargs[name])]
+        _call_main(module, argv + list(kwargs.get("overrides") or []))
+
+    params = [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=Optional[kind])  # noqa: UP045
+        for name, _, kind, default in options
+    ]
+    params.append(
+        inspect.Parameter(
+            "overrides",
+            inspect.Parameter.KEYWORD_ONLY,
+            default=typer.Argument(None, help="Dotted overrides, e.g. train.lr=1e-4"),
+            annotation=Optional[list[str]],  # noqa: UP045
+        )
+    )
+    command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    command.__doc__ = f"{help_text}\n\nExample: {example}"
+    return command
 
 
 def _call_main(module: str, argv: list[str]) -> None:
@@ -45,37 +105,31 @@ def _call_main(module: str, argv: list[str]) -> None:
         mod = importlib.import_module(f"workflows.{module}")
     except ModuleNotFoundError as err:
         if err.name == f"workflows.{module}":
-            typer.echo(f"error: the job module workflows/{module}.py is not installed", err=True)
+            typer.echo(f"error: the job module workflows/{module}/job.py is not installed", err=True)
             raise typer.Exit(2) from None
         raise
     raise typer.Exit(mod.main(argv))
 
 
-def _register_job(name: str, module: str, help_text: str) -> None:
-    def command(ctx: typer.Context) -> None:
-        _call_main(module, list(ctx.args))
-
-    command.__doc__ = (
-        help_text + "\n\nArguments: --config FILE --out DIR [key.sub=value ...]; -h for details."
-    )
-    app.command(name, context_settings=_JOB_SETTINGS, add_help_option=False)(command)
-
-
 for _name, (_module, _help) in JOBS.items():
-    _register_job(_name, _module, _help)
+    app.command(_name)(_job_command(_module, _help, f"unspur {_name} --config FILE --out DIR key.sub=value"))
+
+data_app.command("synth")(
+    _job_command(
+        "synth",
+        "Generate SpuriousWorld or digits-grid (--kind): Parquet image, parts (and regions) tables.",
+        "unspur data synth --out DIR --n-train 2000 --rho 0.95 --seed 0",
+    )
+)
 
 
-@data_app.command("synth", context_settings=_JOB_SETTINGS, add_help_option=False)
-def data_synth(ctx: typer.Context) -> None:
-    """Generate SpuriousWorld or digits-grid (--kind): Parquet image, parts (and regions) tables.
-
-    Example: unspur data synth --out DIR --n-train 2000 --rho 0.95 --seed 0
-    """
-    _call_main("synth", list(ctx.args))
-
-
-@app.command("demo", context_settings=_JOB_SETTINGS, add_help_option=False)
-def demo(ctx: typer.Context) -> None:
+@app.command("demo")
+def demo(
+    config: Optional[Path] = _COMMON[0][3],  # noqa: UP045
+    out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="Output folder"),
+    address: Optional[str] = _COMMON[2][3],  # noqa: UP045
+    overrides: Optional[list[str]] = typer.Argument(None, help="Dotted overrides, e.g. cft.train.epochs=4"),  # noqa: UP045
+) -> None:
     """The whole CFT flow on SpuriousWorld on this machine, nothing downloaded (a few minutes).
 
     Renders SpuriousWorld, proposes concepts offline (WordNet), grounds them with the dataset's
@@ -83,16 +137,15 @@ def demo(ctx: typer.Context) -> None:
     evaluates all three and writes report.md. Same arguments as `unspur run` (default --out
     runs/demo); a rerun reuses finished stages.
     """
-    from workflows.pipeline import DEMO_CONFIG
     from workflows.pipeline import main as pipeline_main
+    from workflows.pipeline.job import DEMO_CONFIG
 
-    argv = list(ctx.args)
-    if "--out" not in argv and "-o" not in argv:
-        argv += ["--out", "runs/demo"]
+    argv = ["--out", str(out)] + (["--config", str(config)] if config else [])
+    argv += (["--address", address] if address else []) + list(overrides or [])
     raise typer.Exit(pipeline_main(argv, defaults=DEMO_CONFIG))
 
 
-# --- cluster: Ray Jobs submission (workflows/submit.py) and the MLflow UI (workflows/ui.py) ---
+# --- cluster: Ray Jobs submission (workflows/cluster/submit.py) and the MLflow UI (workflows/cluster/ui.py) ---
 _ADDRESS = typer.Option(
     None, "--address", help="Head's dashboard URL (default: RAY_API_SERVER_ADDRESS, RAY_ADDRESS, local)"
 )
@@ -113,7 +166,7 @@ def submit_cmd(
     follow: bool = typer.Option(True, "--follow/--no-follow", help="Stream logs, exit with the job's status"),
 ) -> None:
     """Run an unspur subcommand as a Ray job: unspur submit --address http://HEAD:8265 -- masks --config c.yaml"""
-    from workflows.submit import submit_command
+    from workflows.cluster.submit import submit_command
 
     root = typer.main.get_command(app)
     raise typer.Exit(
@@ -126,7 +179,7 @@ def submit_cmd(
 @app.command("status")
 def status_cmd(job_id: str, address: str | None = _ADDRESS) -> None:
     """Print a submitted job's status."""
-    from workflows.submit import status_command
+    from workflows.cluster.submit import status_command
 
     raise typer.Exit(status_command(job_id, address))
 
@@ -138,7 +191,7 @@ def logs_cmd(
     follow: bool = typer.Option(False, "--follow", help="Stream until the job ends, exit with its status"),
 ) -> None:
     """Print a submitted job's logs."""
-    from workflows.submit import logs_command
+    from workflows.cluster.submit import logs_command
 
     raise typer.Exit(logs_command(job_id, address, follow))
 
@@ -146,7 +199,7 @@ def logs_cmd(
 @app.command("stop")
 def stop_cmd(job_id: str, address: str | None = _ADDRESS) -> None:
     """Stop a submitted job and wait until it has stopped."""
-    from workflows.submit import stop_command
+    from workflows.cluster.submit import stop_command
 
     raise typer.Exit(stop_command(job_id, address))
 
@@ -158,7 +211,7 @@ def ui_cmd(
     host: str = typer.Option("127.0.0.1", help="Interface to bind (0.0.0.0 exposes it)"),
 ) -> None:
     """Open the MLflow UI on the runs under --out (or MLFLOW_TRACKING_URI)."""
-    from workflows.ui import ui_command
+    from workflows.cluster.ui import ui_command
 
     raise typer.Exit(ui_command(out, host, port))
 

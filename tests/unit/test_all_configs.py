@@ -1,7 +1,7 @@
 """Every shipped YAML config loads through its config model (new files are picked up by glob).
 
 Convention: a config under ``workflows/configs/`` is named ``<...>_<job>_<...>.yaml`` where the
-first ``_``-separated token that names a job module ``workflows/<job>.py`` picks the module, and
+first ``_``-separated token that names a job package ``workflows/<job>/job.py`` picks the module, and
 that module's ``CONFIG`` is the model (``masks_synth.yaml`` -> ``workflows.masks.CONFIG``,
 ``cft_pipeline.yaml`` -> ``workflows.pipeline.CONFIG``). Search spaces under ``tune_spaces/``
 load through ``tune_spaces.load_space``.
@@ -28,7 +28,7 @@ def job_module_for(path: Path) -> ModuleType | None:
         if (
             token.isidentifier()
             and not token.startswith("_")
-            and (ROOT / "workflows" / f"{token}.py").is_file()
+            and (ROOT / "workflows" / token / "job.py").is_file()
         ):
             module = importlib.import_module(f"workflows.{token}")
             if hasattr(module, "CONFIG"):

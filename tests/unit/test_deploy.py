@@ -20,7 +20,7 @@ import yaml
 
 from unspur.config import load_config
 from workflows.cli import JOBS, app
-from workflows.submit import build_runtime_env, check_subcommand
+from workflows.cluster.submit import build_runtime_env, check_subcommand
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"

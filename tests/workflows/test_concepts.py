@@ -10,7 +10,7 @@ import pytest
 
 from unspur.concept_bank import load_bank
 from unspur.config import ConceptsConfig, ConfigError, load_config
-from workflows import concepts as job
+from workflows.concepts import job
 
 REPO = Path(__file__).resolve().parents[2]
 WORDNET_YAML = REPO / "workflows" / "configs" / "concepts_wordnet.yaml"
@@ -88,7 +88,7 @@ def test_vllm_processor_builds_without_running(ray_local, tmp_path):
         REPO / "workflows" / "configs" / "concepts_vllm.yaml",
         [f"out={tmp_path}", "classes.source=names", "classes.names=[bird]"],
     )
-    plan = job.make_plan(cfg)
+    plan = job.prepare(cfg)
     assert len(plan.misses) == 3 * cfg.sampling.n_samples + len(cfg.spurious_kinds) * cfg.sampling.n_samples
     ds = job.build(cfg, plan)
     text = str(ds)

@@ -14,7 +14,7 @@ from unspur.data.spuriousworld import generate_tables
 from unspur.data.torch_dataset import ImageMaskDataset
 from unspur.models import build_model, load_checkpoint, save_checkpoint
 from unspur.training import evaluate as evaluate_loop
-from workflows import evaluate
+from workflows.evaluate import job as evaluate
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ import torch
 
 from unspur.config import FinetuneConfig, load_config
 from unspur.models import load_checkpoint
-from workflows import finetune as job
+from workflows.finetune import job
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = [

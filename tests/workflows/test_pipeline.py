@@ -9,10 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from unspur.config import ConfigError, apply_overrides, load_config
-from workflows import pipeline
-
-PipelineConfig = pipeline.CONFIG
+from unspur.config import ConfigError, PipelineConfig, apply_overrides, load_config
+from workflows.pipeline import job as pipeline
 
 TINY_MODEL = {
     "name": "vit_tiny_synth",
@@ -54,7 +52,7 @@ def test_pipeline_runs_every_stage_then_reuses_them(tmp_path: Path, ray_local, m
     assert pipeline.main(["--config", str(config)]) == 0
     printed = capsys.readouterr().out
     assert "CFT worst-group gain over base" in printed and f"unspur ui --out {out}" in printed
-    names = [s.name for s in pipeline.plan(load_config(PipelineConfig, config))]
+    names = [s.name for s in pipeline.prepare(load_config(PipelineConfig, config))]
     assert names == [
         "data",
         "concepts",
@@ -68,7 +66,7 @@ def test_pipeline_runs_every_stage_then_reuses_them(tmp_path: Path, ray_local, m
     ]
     for name in names:
         assert (
-            Path(pipeline.plan(load_config(PipelineConfig, config))[names.index(name)].config.out)
+            Path(pipeline.prepare(load_config(PipelineConfig, config))[names.index(name)].config.out)
             / "stage.json"
         ).is_file()
     report = (out / "report.md").read_text()
@@ -101,7 +99,7 @@ def test_pipeline_runs_every_stage_then_reuses_them(tmp_path: Path, ray_local, m
 def test_failed_stage_resumes_from_the_last_finished_one(tmp_path: Path, ray_local, monkeypatch) -> None:
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     cfg = load_config(PipelineConfig, _tiny(tmp_path / "run"), ["control.enabled=false"])
-    stages = pipeline.plan(cfg)
+    stages = pipeline.prepare(cfg)
     calls: list[str] = []
 
     def boom(_cfg):
@@ -120,23 +118,23 @@ def test_failed_stage_resumes_from_the_last_finished_one(tmp_path: Path, ray_loc
 def test_bad_sections_and_missing_inputs_fail_before_running(tmp_path: Path) -> None:
     config = _tiny(tmp_path / "run")
     with pytest.raises(ConfigError, match="cft"):
-        pipeline.plan(load_config(PipelineConfig, config, ["cft.train.lrr=1"]))
+        pipeline.prepare(load_config(PipelineConfig, config, ["cft.train.lrr=1"]))
     with pytest.raises(ConfigError, match="cft"):
-        pipeline.plan(load_config(PipelineConfig, config, ["cft.loss.name=erm"]))
+        pipeline.prepare(load_config(PipelineConfig, config, ["cft.loss.name=erm"]))
     with pytest.raises(ConfigError, match="'nope', which is not an earlier stage"):
-        pipeline.plan(load_config(PipelineConfig, config, ["masks.bank=${nope.bank}"]))
+        pipeline.prepare(load_config(PipelineConfig, config, ["masks.bank=${nope.bank}"]))
     with pytest.raises(ConfigError, match="'base' has no key 'weights'"):
-        pipeline.plan(load_config(PipelineConfig, config, ["cft.init_from=${base.weights}"]))
+        pipeline.prepare(load_config(PipelineConfig, config, ["cft.init_from=${base.weights}"]))
     with pytest.raises(ConfigError, match="disabled stage"):
-        pipeline.plan(load_config(PipelineConfig, config, ["base.enabled=false"]))
+        pipeline.prepare(load_config(PipelineConfig, config, ["base.enabled=false"]))
     with pytest.raises(ConfigError, match="unknown job 'finetun'"):
-        pipeline.plan(load_config(PipelineConfig, config, ["base.job=finetun"]))
+        pipeline.prepare(load_config(PipelineConfig, config, ["base.job=finetun"]))
     assert pipeline.main(["--config", str(config), "masks.segmenter.name=sam9"]) == 2
     assert not (tmp_path / "run").exists()
 
 
 def test_demo_config_plans() -> None:
-    stages = pipeline.plan(load_config(PipelineConfig, pipeline.DEMO_CONFIG))
+    stages = pipeline.prepare(load_config(PipelineConfig, pipeline.DEMO_CONFIG))
     assert stages[-1].name == "evaluate_control"
 
 
@@ -166,7 +164,7 @@ def test_optional_sweep_stage_tunes_cft_and_its_best_model_is_evaluated(
             "sweep.max_concurrent_trials=1",
         ],
     )
-    stages = pipeline.plan(cfg)
+    stages = pipeline.prepare(cfg)
     names = [s.name for s in stages]
     assert names[-4:] == ["sweep", "evaluate_base", "evaluate_cft", "evaluate_sweep"]
     trial = stages[names.index("sweep")].config.finetune
@@ -180,4 +178,4 @@ def test_optional_sweep_stage_tunes_cft_and_its_best_model_is_evaluated(
     assert (out / "sweep" / "best_model").is_dir()
     assert "CFT (best of sweep)" in (out / "report.md").read_text()
     with pytest.raises(ConfigError, match="sweep"):  # the section is validated as a SweepConfig
-        pipeline.plan(load_config(PipelineConfig, _tiny(out), ["sweep.num_sampels=2"]))
+        pipeline.prepare(load_config(PipelineConfig, _tiny(out), ["sweep.num_sampels=2"]))

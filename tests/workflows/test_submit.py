@@ -26,7 +26,7 @@ import typer
 from typer.testing import CliRunner
 
 from workflows.cli import app
-from workflows.submit import (
+from workflows.cluster.submit import (
     DEFAULT_EXCLUDES,
     ClusterError,
     build_runtime_env,
@@ -218,12 +218,12 @@ def test_ui_starts_mlflow_ui_on_the_out_database(tmp_path: Path, monkeypatch: py
     import click
     from mlflow.cli import cli as mlflow_cli
 
-    import workflows.ui
+    import workflows.cluster.ui
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     (tmp_path / "mlflow.db").touch()
     calls: list[list[str]] = []
-    monkeypatch.setattr(workflows.ui.subprocess, "call", lambda argv: calls.append(argv) or 0)
+    monkeypatch.setattr(workflows.cluster.ui.subprocess, "call", lambda argv: calls.append(argv) or 0)
     code, _, err = _cli("ui", "--out", str(tmp_path), "--port", "5123")
     assert code == 0 and len(calls) == 1, err
     assert calls[0][:4] == [sys.executable, "-m", "mlflow", "ui"]

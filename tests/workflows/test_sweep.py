@@ -14,7 +14,7 @@ import yaml
 from ray import tune
 
 from unspur.config import ConfigError, FinetuneConfig, SweepConfig, load_config
-from workflows import sweep
+from workflows.sweep import job as sweep
 
 TINY_FINETUNE = {
     "data": {
@@ -246,8 +246,8 @@ def test_trial_metrics_and_best_trial_rules() -> None:
     import pandas as pd
 
     from tune_spaces import load_space
-    from workflows._sweep_report import best_trial
-    from workflows._sweep_trial import trial_metrics
+    from workflows.sweep.report import best_trial
+    from workflows.sweep.trial import trial_metrics
 
     report = {"epoch": 0, "eval/wga": 0.5, "eval/per_group/bird/water": 1.0, "train/loss": 2.0, "lr": 1e-4}
     assert trial_metrics(report, "val") == {

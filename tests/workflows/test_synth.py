@@ -10,7 +10,7 @@ import pytest
 
 from unspur.data.digits_grid import cramers_v
 from unspur.masks import decode
-from workflows import synth
+from workflows.synth import job as synth
 
 
 def _read(folder, sort):

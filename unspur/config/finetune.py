@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from unspur.config.base import StrictModel
 from unspur.config.registered import registered, registered_default
@@ -80,14 +80,6 @@ class ModelConfig(StrictModel):
     img_size: int = Field(64, ge=8, description="pixels")
     checkpoint: str | None = None
     kwargs: dict[str, Any] = {}
-
-    @field_validator("family")
-    @classmethod
-    def _registered_family(cls, family: str) -> str:
-        from unspur.models.families import FAMILIES  # registered by unspur.models on import
-
-        FAMILIES.entry(family)
-        return family
 
 
 class FinetuneDataConfig(StrictModel):

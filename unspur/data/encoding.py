@@ -1,4 +1,4 @@
-"""Image encoding for the image table: arrays -> PNG bytes (decoding: ``torch_dataset.load_image``)."""
+"""Image encoding for the image table: arrays -> PNG bytes (decoding: ``unspur.data.images.decode_rgb``)."""
 
 from __future__ import annotations
 

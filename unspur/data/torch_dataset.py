@@ -10,7 +10,6 @@ while the image trains without a mask (``has_mask`` False), so no image is dropp
 
 from __future__ import annotations
 
-import io
 from collections import defaultdict
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
@@ -19,6 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from unspur.data.images import ImageError, decode_rgb
 from unspur.masks import decode, resize_mask
 
 __all__ = ["FIELDS", "IMAGENET_MEAN", "IMAGENET_STD", "ImageMaskDataset", "few_shot", "load_image"]
@@ -30,15 +30,14 @@ FIELDS = ("image", "label", "mask", "has_mask")  # what an item can hold besides
 
 
 def load_image(row: Mapping[str, Any]) -> np.ndarray:
-    """Decode one image-table row (``image`` bytes or ``path``) -> (H, W, 3) uint8 RGB."""
-    from PIL import Image
+    """Decode one image-table row (``image`` bytes or ``path``) -> (H, W, 3) uint8 RGB.
 
-    data = row.get("image")
-    source: Any = io.BytesIO(data) if data is not None and not _isna(data) else row.get("path")
-    if source is None or _isna(source):
-        raise ValueError(f"image row {row.get('image_id')!r} has neither 'image' bytes nor a 'path'")
-    with Image.open(source) as img:
-        return np.array(img.convert("RGB"))
+    Raises :class:`~unspur.data.images.ImageError` (a ValueError) naming the row and the problem.
+    """
+    try:
+        return decode_rgb(row.get("image"), row.get("path"))
+    except ImageError as err:
+        raise ImageError(f"image row {row.get('image_id')!r}: {err}") from None
 
 
 def _isna(value: Any) -> bool:

@@ -11,11 +11,11 @@ from unspur.models.attention import (
 from unspur.models.checkpoint import (
     CheckpointError,
     checkpoint_model_config,
-    load_checkpoint,
     load_weights,
     read_extra,
     save_checkpoint,
 )
+from unspur.models.families import load_checkpoint
 from unspur.models.registry import MODELS, build_model, register_model
 
 __all__ = [

@@ -23,8 +23,8 @@ from unspur.models.attention import unwrap
 __all__ = [
     "CheckpointError",
     "checkpoint_model_config",
-    "load_checkpoint",
     "load_weights",
+    "read_config",
     "read_extra",
     "save_checkpoint",
 ]
@@ -65,7 +65,8 @@ def save_checkpoint(
     return directory
 
 
-def _read_config(directory: Path) -> dict[str, Any]:
+def read_config(directory: Path) -> dict[str, Any]:
+    """The resolved config a checkpoint was saved with; CheckpointError if it is not a checkpoint."""
     if not (directory / WEIGHTS).is_file() or not (directory / CONFIG).is_file():
         raise CheckpointError(
             f"{directory} is not an unspur checkpoint: it needs {WEIGHTS} and {CONFIG} "
@@ -77,7 +78,7 @@ def _read_config(directory: Path) -> dict[str, Any]:
 def checkpoint_model_config(directory: str | Path) -> ModelConfig:
     """The ModelConfig a checkpoint was saved with (its ``checkpoint`` field cleared)."""
     directory = Path(directory)
-    section = dict(_model_section(_read_config(directory)))
+    section = dict(_model_section(read_config(directory)))
     section["checkpoint"] = None
     section["pretrained"] = False
     return validate_config(ModelConfig, section, source=str(directory / CONFIG))
@@ -128,16 +129,3 @@ def load_weights(model: nn.Module, directory: str | Path, expected: ModelConfig 
     with torch.no_grad():
         target.load_state_dict(state, strict=True)
     return model
-
-
-def load_checkpoint(directory: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the checkpoint's model (through its model family) and load its weights -> (model
-    in eval mode, config dict)."""
-    from unspur.models.families import family_of
-
-    directory = Path(directory)
-    config = _read_config(directory)
-    cfg = checkpoint_model_config(directory)
-    model = family_of(cfg).build(cfg)
-    load_weights(model, directory, cfg)
-    return model.eval(), config

@@ -1,6 +1,7 @@
 """Classifier registry: tiny synthetic configs by name, any other name through timm.
 
-``MODELS`` maps a name to a factory ``(ModelConfig) -> nn.Module``. Every model is built with
+``MODELS`` maps a name to a factory ``(ModelConfig) -> nn.Module``; ``load_checkpoint`` rebuilds a
+saved model from its checkpoint folder. Every model is built with
 fused attention off so attention probabilities can be captured (see ``attention.py``).
 """
 
@@ -17,6 +18,7 @@ from torch import nn
 
 from unspur.config import ModelConfig
 from unspur.models.attention import disable_fused_attn
+from unspur.models.checkpoint import load_weights
 
 __all__ = ["MODELS", "build_model", "register_model"]
 
@@ -129,7 +131,5 @@ def build_model(cfg: ModelConfig) -> nn.Module:
         raise ValueError(f"model {cfg.name!r} rejected model.kwargs {cfg.kwargs}: {err}") from err
     disable_fused_attn(model)
     if cfg.checkpoint:
-        from unspur.models.checkpoint import load_weights
-
         load_weights(model, cfg.checkpoint, cfg)
     return model

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import io
-import struct
-import zlib
 
 import numpy as np
 import pytest
@@ -14,15 +12,9 @@ from PIL import Image
 from actors.ground_truth import GroundTruth, head_noun, match_part
 from actors.grounded_sam import build_prompts, nms
 from actors.segmenter_models import tiny_tokenizer
-from actors.segmenters import (
-    MASK_COLUMNS,
-    SEGMENTERS,
-    ImageError,
-    SegmenterActor,
-    build_segmenter,
-    decode_rgb,
-)
+from actors.segmenters import MASK_COLUMNS, SEGMENTERS, SegmenterActor, build_segmenter
 from unspur.config import SegmenterConfig, SpuriousWorldConfig
+from unspur.data.images import decode_rgb
 from unspur.data.spuriousworld import render_sample, sample_rows
 from unspur.masks import decode, encode
 
@@ -272,65 +264,6 @@ def test_ground_truth_missing_part_is_empty_and_wrong_size_is_error():
 
 
 # ----------------------------------------------------------------------------- bad images
-
-
-def _bomb_png(width: int = 30000, height: int = 30000) -> bytes:
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return (
-            struct.pack(">I", len(data))
-            + kind
-            + data
-            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-        )
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", ihdr)
-        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
-        + chunk(b"IEND", b"")
-    )
-
-
-def test_decode_rgb_accepts_every_pixel_mode():
-    rgb = _rgb(8, 10)
-    assert np.array_equal(decode_rgb(_png(rgb)), rgb)
-    rgba = np.concatenate([rgb, np.full((8, 10, 1), 7, np.uint8)], axis=2)
-    assert np.array_equal(decode_rgb(_png(rgba)), rgb)
-    grey = rgb[..., 0]
-    assert np.array_equal(decode_rgb(_png(grey)), np.repeat(grey[..., None], 3, axis=2))
-    deep = np.arange(80, dtype=np.uint16).reshape(8, 10) * 800
-    out = decode_rgb(_png(deep))
-    assert out.shape == (8, 10, 3) and out.dtype == np.uint8
-    assert np.array_equal(out[..., 0], np.rint(deep / 257.0).astype(np.uint8))  # rescaled, not clipped
-    cmyk = Image.fromarray(rgb).convert("CMYK")
-    buf = io.BytesIO()
-    cmyk.save(buf, format="JPEG", quality=95)
-    out = decode_rgb(buf.getvalue())
-    assert out.shape == (8, 10, 3) and np.abs(out.astype(int) - rgb).mean() < 40
-
-
-@pytest.mark.parametrize(
-    ("data", "needle"),
-    [
-        (b"", "0 bytes"),
-        (b"not an image at all", "cannot decode"),
-        (None, "neither image bytes nor a path"),
-    ],
-)
-def test_decode_rgb_rejects_unreadable_bytes(data, needle):
-    with pytest.raises(ImageError, match=needle):
-        decode_rgb(data)
-
-
-def test_decode_rgb_rejects_truncated_and_bombs_with_pils_limit_on():
-    full = _png(_rgb(64, 64))
-    with pytest.raises(ImageError, match="cannot decode"):
-        decode_rgb(full[: len(full) // 2])
-    limit = Image.MAX_IMAGE_PIXELS
-    with pytest.raises(ImageError, match="decompression bomb"):
-        decode_rgb(_bomb_png())
-    assert Image.MAX_IMAGE_PIXELS == limit and limit is not None
 
 
 def _mask_dir(root, lookup) -> str:

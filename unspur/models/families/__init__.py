@@ -9,8 +9,12 @@ config picks a family by name (``model.family``, ``timm`` when absent).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+from torch import nn
+
+from unspur.models.checkpoint import checkpoint_model_config, load_weights, read_config
 from unspur.models.families.classifier import TimmClassifier
 from unspur.models.families.protocol import Batch, ModelFamily, Outputs, RelevanceFn
 from unspur.registry import Registry
@@ -24,6 +28,7 @@ __all__ = [
     "TimmClassifier",
     "family_of",
     "get_family",
+    "load_checkpoint",
     "register_family",
 ]
 
@@ -50,3 +55,14 @@ register_family(TimmClassifier())
 def family_of(model_cfg: Any) -> ModelFamily:
     """The family a model config names (``model.family``; ``timm`` for configs without one)."""
     return get_family(getattr(model_cfg, "family", "timm"))
+
+
+def load_checkpoint(directory: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the checkpoint's model through its model family and load its weights -> (model in
+    eval mode, config dict)."""
+    directory = Path(directory)
+    config = read_config(directory)
+    cfg = checkpoint_model_config(directory)
+    model = family_of(cfg).build(cfg)
+    load_weights(model, directory, cfg)
+    return model.eval(), config

@@ -1,9 +1,9 @@
 """``unspur sweep``: loss-weight sweeps with Ray Tune over the Ray Train job of ``unspur finetune``.
 
 The Ray 2.60 pattern: the Tuner runs a driver function per trial
-(:func:`workflows._sweep_trial.run_trial`) that validates its point of the search space against
+(:func:`workflows.sweep.trial.run_trial`) that validates its point of the search space against
 the training config (``tune_spaces.validate_point``) and builds the TorchTrainer of
-:mod:`workflows.finetune` with a ``TuneReportCallback``; the trial's driver holds no CPU (its
+:mod:`workflows.finetune.job` with a ``TuneReportCallback``; the trial's driver holds no CPU (its
 workers do), so ``max_concurrent_trials`` is what the cluster's CPUs / GPUs fit. With
 ``finetune.run.num_workers: 0`` the driver trains in-process and holds the CPUs itself. Trials
 report the VALIDATION metrics of every epoch (``val_wga``, ``val_acc``, ... named after
@@ -21,14 +21,12 @@ child run per trial (failed trials show as FAILED, with an ``error`` tag).
 
 from __future__ import annotations
 
-import argparse
-import hashlib
 import json
 import os
 import random
 import shutil
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,10 +37,13 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from tune_spaces import SearchSpace, grid_points, load_space, sample_point, validate_point
 from unspur import tracking
 from unspur.config import ConfigError, FinetuneConfig, SweepConfig
-from workflows import finetune
-from workflows._job import init_ray, main_for, parse_job_args
-from workflows._sweep_report import BEST_CONFIG, ParentRun, best_trial, export_best, metric_plot, trial_table
-from workflows._sweep_trial import run_trial
+from unspur.digest import config_digest
+from workflows.finetune import job as finetune
+from workflows.job import init_ray, main_for
+from workflows.sweep.flags import FLAGS
+from workflows.sweep.report import BEST_CONFIG, ParentRun, best_trial, export_best, metric_plot, trial_table
+from workflows.sweep.resources import concurrency, trial_resources
+from workflows.sweep.trial import run_trial
 
 __all__ = [
     "outputs",
@@ -59,7 +60,6 @@ __all__ = [
 
 CONFIG = SweepConfig
 STATE = "unspur_sweep.json"  # in the Tune experiment folder: the parent run and the config digest
-DRIVER_MEMORY = 2**20  # bytes: a trial driver's token reservation (Tune needs a non-empty bundle)
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,7 @@ class Plan:
 
     @property
     def digest(self) -> str:
-        return hashlib.sha256(self.cfg.model_dump_json().encode()).hexdigest()[:16]
+        return config_digest(self.cfg)
 
 
 # --- validation (no Ray) ----------------------------------------------------------------------
@@ -154,46 +154,6 @@ def prepare(cfg: SweepConfig) -> Plan:
     if cfg.base is not None:
         _check_point(cfg.base, {}, "base")
     return Plan(cfg, space, points, split, Path(cfg.storage_path) / cfg.name)
-
-
-# --- resources ----------------------------------------------------------------------------------
-
-
-def trial_resources(ft: FinetuneConfig) -> tuple[dict[str, float], dict[str, float]]:
-    """(Tune's reservation for a trial's driver, everything one trial holds: driver + workers).
-
-    Ray Train workers: the driver holds no CPU (a token of memory), the workers hold
-    ``num_workers * cpus_per_worker`` CPUs (and one GPU each with ``use_gpu``). In-process
-    (``num_workers`` 0): the driver trains and holds ``cpus_per_worker`` CPUs (and a GPU).
-    """
-    run = ft.run
-    gpus = float(max(run.num_workers, 1)) if run.use_gpu else 0.0
-    if run.num_workers == 0:
-        driver = {"cpu": run.cpus_per_worker, "gpu": gpus}
-        return driver, {"CPU": run.cpus_per_worker, "GPU": gpus}
-    return {"cpu": 0, "memory": DRIVER_MEMORY}, {"CPU": run.num_workers * run.cpus_per_worker, "GPU": gpus}
-
-
-def concurrency(
-    cluster: Mapping[str, float], need: Mapping[str, float], requested: int | None, n_trials: int
-) -> int:
-    """How many trials run at once: what ``cluster`` fits of ``need`` each, capped by ``requested``.
-
-    Raises :class:`ConfigError` when one trial does not fit, or ``requested`` exceeds what fits.
-    """
-    have = {k: float(cluster.get(k, 0.0)) for k in need}
-    fits = min(int(have[k] // v + 1e-9) for k, v in need.items() if v > 0)
-    if fits < 1:
-        raise ConfigError(
-            f"one trial needs {dict(need)} but the cluster has {have}; lower "
-            "finetune.run.num_workers / cpus_per_worker, or add nodes"
-        )
-    if requested is not None and requested > fits:
-        raise ConfigError(
-            f"max_concurrent_trials={requested} but the cluster's {have} fit only {fits} trials "
-            f"of {dict(need)} each; set max_concurrent_trials <= {fits} (or null)"
-        )
-    return max(1, min(requested or fits, n_trials))
 
 
 def _trial_name(trial: Any) -> str:
@@ -437,7 +397,7 @@ def run(cfg: SweepConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     _check_stoppable(plan)
     init_from, base_summary = _train_base(plan)
     ft = cfg.finetune.model_copy(update={"out": cfg.out, "init_from": None})
-    tables = finetune.prepare_data(finetune.resolve(ft))
+    tables = finetune.prepare(finetune.resolve(ft))
     setup = _setup(plan, tables, init_from)
     tuner, parent, resumed = _tuner(plan, setup, callbacks)
     if base_summary:
@@ -506,23 +466,17 @@ def _keep_model(trials_dir: Path, best: dict[str, Any], out: Path) -> Path:
     return target
 
 
+def _flag_overrides(args: Any) -> list[str]:
+    return ([f"space={args.space}"] if args.space is not None else []) + (
+        [f"num_samples={args.samples}"] if args.samples is not None else []
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     """``unspur sweep --config FILE --out DIR [--space SPACE] [--samples N] [--address A] key=value ...``."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    extra = argparse.ArgumentParser(prog="unspur sweep", add_help=False)
-    extra.add_argument("--space", help="search space YAML, or a name under tune_spaces/ (sets space=)")
-    extra.add_argument("--samples", type=int, help="trials of a random/optuna search (sets num_samples=)")
-    if "-h" in argv or "--help" in argv:
-        extra.print_help()
-    known, rest = extra.parse_known_args(argv)
-    if known.space is not None:
-        rest.append(f"space={known.space}")
-    if known.samples is not None:
-        rest.append(f"num_samples={known.samples}")
-    args = parse_job_args("sweep", rest)
-    if args.address:
-        os.environ["RAY_ADDRESS"] = args.address
-    return main_for("sweep", SweepConfig, run, rest, needs_ray=False)
+    return main_for(
+        "sweep", SweepConfig, run, argv, needs_ray=False, flags=FLAGS, flag_overrides=_flag_overrides
+    )
 
 
 def outputs(cfg: SweepConfig) -> dict[str, Any]:

@@ -14,11 +14,10 @@ Example: ``unspur data synth --out DIR --n-train 2000 --rho 0.95 --seed 0``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,9 @@ import ray
 
 from unspur.config import ConfigError, DigitsGridConfig, SpuriousWorldConfig, SynthConfig, load_config
 from unspur.data import digits_grid, spuriousworld
-from workflows._job import init_ray
+from unspur.io import write_parquet_atomic
+from workflows.job import main_for
+from workflows.synth.flags import FLAGS
 
 __all__ = [
     "outputs",
@@ -40,8 +41,8 @@ __all__ = [
     "build",
     "run",
     "main",
-    "parse_args",
     "render_batch",
+    "render_tables",
 ]
 
 CONFIG = SynthConfig
@@ -113,6 +114,30 @@ def build(cfg: SynthConfig) -> ray.data.Dataset:
         batch_format="numpy",
         fn_kwargs={"kind": cfg.kind, "section": section.model_dump(mode="json")},
     )
+
+
+def render_tables(section: Any, out: str | Path, splits: Sequence[str] = SPLITS) -> dict[str, str]:
+    """Render the generator config ``section`` (SpuriousWorld or digits-grid) for ``splits`` in this
+    process, with the same row function as the Ray job, into one Parquet file per table under
+    ``out``: ``images.parquet``, ``parts.parquet`` (and ``regions.parquet``). A finished render is
+    reused. Returns table name -> path. Jobs that train or segment on synthetic data call this."""
+    kind = next((k for k, g in GENERATORS.items() if isinstance(section, g.config)), None)
+    if kind is None:
+        raise ConfigError(
+            f"no synthetic generator takes a {type(section).__name__}; kinds: {sorted(GENERATORS)}"
+        )
+    gen, out = GENERATORS[kind], Path(out)
+    paths = {name: out / f"{name}.parquet" for name in ("images", *gen.tables)}
+    if not all(p.is_file() for p in paths.values()):
+        sizes = _sizes(section)
+        starts = dict(zip(SPLITS, np.cumsum([0] + [sizes[s] for s in SPLITS]).tolist(), strict=False))
+        ids = [starts[s] + i for s in dict.fromkeys(splits) for i in range(sizes[s])]
+        rows = render_batch({"id": np.asarray(ids, dtype=np.int64)}, kind, section.model_dump(mode="json"))
+        out.mkdir(parents=True, exist_ok=True)
+        for name in gen.tables:  # the image table last: its presence marks a finished render
+            write_parquet_atomic(_explode(rows, f"_{name}"), paths[name])
+        write_parquet_atomic(rows.drop_columns([f"_{name}" for name in gen.tables]), paths["images"])
+    return {name: str(p) for name, p in paths.items()}
 
 
 def _explode(table: pa.Table, column: str) -> pa.Table:
@@ -212,57 +237,32 @@ _FLAGS: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="unspur data synth", description=__doc__.split("\n")[0])
-    p.add_argument("--out", "-o", default=None, help="output folder")
-    p.add_argument(
-        "--kind", choices=sorted(GENERATORS), default=None, help="generator (default spuriousworld)"
-    )
-    p.add_argument("--config", "-c", type=Path, default=None, help="YAML SynthConfig")
-    p.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS or a local Ray)")
-    for flag in ("n_train", "n_val", "n_test", "image_size", "seed", "target_digit"):
-        p.add_argument(f"--{flag.replace('_', '-')}", dest=flag, type=int, default=None)
-    p.add_argument(
-        "--rho", type=float, default=None, help="spuriousworld: train class/background co-occurrence"
-    )
-    p.add_argument("--cramers-v", dest="cramers_v", type=float, default=None, help="digits_grid: Cramer's V")
-    p.add_argument(
-        "--classes", default=None, help="comma list: class names (spuriousworld) or digits (digits_grid)"
-    )
-    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. spuriousworld.contrast=0.8")
-    return p.parse_args(argv)
-
-
-def _config(args: argparse.Namespace) -> SynthConfig:
-    overrides = list(args.overrides) + ([f"kind={args.kind}"] if args.kind else [])
-    if args.out is not None:
-        overrides.append(f"out={args.out}")
-    kind = load_config(SynthConfig, args.config, overrides).kind
-    for flag, (field, kinds) in _FLAGS.items():
-        value = getattr(args, flag)
+def _flag_overrides(args: Any) -> list[str]:
+    """The generator flags as dotted overrides of the chosen kind's section (``--kind`` first)."""
+    overrides = [f"kind={args.kind}"] if args.kind else []
+    out = [f"out={args.out}"] if args.out is not None else []
+    kind = load_config(SynthConfig, args.config, [*args.overrides, *overrides, *out]).kind
+    for flag, _, _ in FLAGS[1:]:
+        name = flag[2:].replace("-", "_")
+        value = getattr(args, name)
         if value is None:
             continue
+        kinds = _FLAGS[name][1]
         if kind not in kinds:
-            raise ConfigError(
-                f"--{flag.replace('_', '-')} does not apply to kind {kind!r} (it applies to {list(kinds)})"
-            )
-        if flag == "classes":
+            raise ConfigError(f"{flag} does not apply to kind {kind!r} (it applies to {list(kinds)})")
+        field = _FLAGS[name][0]
+        if name == "classes":
             field = "digits" if kind == "digits_grid" else "classes"
             value = "[" + ",".join(v.strip() for v in value.split(",") if v.strip()) + "]"
         overrides.append(f"{kind}.{field}={value}")
-    return load_config(SynthConfig, args.config, overrides)
+    return overrides
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        cfg = _config(args)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    init_ray(args.address)
-    _print_summary(run(cfg))
-    return 0
+    """``unspur data synth --out DIR [--kind K] [--n-train N ...] [key.sub=value ...]``."""
+    return main_for(
+        "data synth", SynthConfig, run, argv, flags=FLAGS, flag_overrides=_flag_overrides, show=_print_summary
+    )
 
 
 def outputs(cfg: SynthConfig) -> dict[str, Any]:

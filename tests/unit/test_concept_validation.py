@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from unspur.concept_validation import concept_statistics, decide, select_validation_images, validated_bank
 from unspur.masks import encode
-from unspur.validation import concept_statistics, decide, select_validation_images, validated_bank
 
 
 def _box(y0: int, y1: int, x0: int, x1: int, size: int = 10) -> np.ndarray:

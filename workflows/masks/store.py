@@ -20,6 +20,8 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from unspur.io import TMP_PREFIX, write_parquet_atomic
+
 __all__ = ["MASK_SCHEMA", "ShardStore", "resolve_fs"]
 
 RLE_TYPE = pa.struct([("size", pa.list_(pa.int32())), ("counts", pa.string())])
@@ -37,7 +39,7 @@ MASK_SCHEMA = pa.schema(
         ("error", pa.string()),
     ]
 )
-_PREFIX, _TMP = "part-", ".tmp-"
+_PREFIX, _TMP = "part-", TMP_PREFIX
 
 
 def resolve_fs(uri: str) -> tuple[pafs.FileSystem, str]:
@@ -75,11 +77,7 @@ class ShardStore:
         if not self.atomic_rename:
             pq.write_table(table, final, filesystem=self.fs)
             return name
-        tmp = f"{self.root}/{_TMP}{name}"
-        pq.write_table(table, tmp, filesystem=self.fs)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, final)
+        write_parquet_atomic(table, final, fsync=True)
         return name
 
     def files(self) -> list[str]:

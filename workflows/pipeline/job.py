@@ -25,7 +25,6 @@ import importlib
 import json
 import os
 import shutil
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,28 +34,30 @@ from typing import Any
 
 from pydantic import BaseModel
 
-import actors.proposers  # noqa: F401  (registers the concept backends the stage configs name)
-import actors.segmenters  # noqa: F401  (registers the segmenters the stage configs name)
+import actors.proposers  # noqa: F401  (registers the concept backends the stage configs name)  # noqa: F401  (registers the concept backends the stage configs name)
+import actors.segmenters  # noqa: F401  (registers the segmenters the stage configs name)  # noqa: F401  (registers the segmenters the stage configs name)
 from unspur import tracking
-from unspur.config import ConfigError, load_config, validate_config
+from unspur.config import ConfigError, validate_config
 from unspur.config.pipeline import PipelineConfig, references, resolve
-from workflows._job import init_ray, parse_job_args, user_errors
-from workflows._report import print_table, write_report
+from unspur.digest import config_digest
+from unspur.io import write_json_atomic
+from workflows.job import main_for
+from workflows.pipeline.report import print_table, write_report
 
-__all__ = ["CONFIG", "DEMO_CONFIG", "JOBS", "Stage", "main", "plan", "run"]
+__all__ = ["CONFIG", "DEMO_CONFIG", "JOBS", "Stage", "build", "main", "prepare", "run"]
 
 CONFIG = PipelineConfig
 STAGE_FILE = "stage.json"
 #: the embedded defaults of ``unspur demo`` (SpuriousWorld, WordNet concepts, ground-truth masks)
-DEMO_CONFIG = Path(__file__).parent / "configs" / "cft_pipeline.yaml"
+DEMO_CONFIG = Path(__file__).parents[1] / "configs" / "cft_pipeline.yaml"
 #: a stage's ``job`` -> the job module: its ``CONFIG``, ``run(cfg)`` and ``outputs(cfg)``.
 JOBS: dict[str, str] = {
-    "synth": "workflows.synth",
-    "concepts": "workflows.concepts",
-    "masks": "workflows.masks",
-    "finetune": "workflows.finetune",
-    "sweep": "workflows.sweep",
-    "evaluate": "workflows.evaluate",
+    "synth": "workflows.synth.job",
+    "concepts": "workflows.concepts.job",
+    "masks": "workflows.masks.job",
+    "finetune": "workflows.finetune.job",
+    "sweep": "workflows.sweep.job",
+    "evaluate": "workflows.evaluate.job",
 }
 
 
@@ -76,7 +77,7 @@ class Stage:
         return Path(self.config.out)
 
     def digest(self) -> str:
-        return config_digest(self.config, self.upstream)
+        return config_digest(self.config, 16, salt=self.upstream)
 
 
 def _module(job: str, where: str) -> ModuleType:
@@ -96,7 +97,7 @@ def _without_out(config: BaseModel) -> dict[str, Any]:
     return dumped
 
 
-def plan(cfg: PipelineConfig) -> list[Stage]:
+def prepare(cfg: PipelineConfig) -> list[Stage]:
     """Every enabled stage with its validated config, in order, then one evaluation per model;
     raises ConfigError naming the stage and key before any compute."""
     out = Path(cfg.out).resolve()
@@ -160,13 +161,6 @@ def _mark_needs(cfg: PipelineConfig, stages: list[Stage]) -> None:
         stage.needs = tuple(sorted({r.split(".")[1] for r in refs if r.split(".")[0] == stage.name}))
 
 
-def config_digest(config: BaseModel, upstream: str = "") -> str:
-    import hashlib
-
-    text = json.dumps(config.model_dump(mode="json"), sort_keys=True, default=str)
-    return hashlib.sha256((upstream + text).encode()).hexdigest()[:16]
-
-
 def _done(stage: Stage) -> dict[str, Any] | None:
     marker = stage.out / STAGE_FILE
     if not marker.is_file():
@@ -176,14 +170,8 @@ def _done(stage: Stage) -> dict[str, Any] | None:
 
 
 def _mark_done(stage: Stage, result: dict[str, Any], seconds: float) -> None:
-    stage.out.mkdir(parents=True, exist_ok=True)
-    tmp = stage.out / (STAGE_FILE + ".tmp")
-    tmp.write_text(
-        json.dumps(
-            {"digest": stage.digest(), "seconds": round(seconds, 1), "result": result}, indent=2, default=str
-        )
-    )
-    os.replace(tmp, stage.out / STAGE_FILE)
+    record = {"digest": stage.digest(), "seconds": round(seconds, 1), "result": result}
+    write_json_atomic(record, stage.out / STAGE_FILE, indent=2, default=str)
 
 
 def _check_needs(stage: Stage) -> None:
@@ -222,7 +210,7 @@ def _execute(stage: Stage, reuse: bool, log: Callable[[str], None]) -> tuple[dic
 
 def run(cfg: PipelineConfig, stages: list[Stage] | None = None, log: Callable[[str], None] = print) -> dict:
     """Run (or reuse) every stage, then print the comparison table and write report.md."""
-    stages = stages if stages is not None else plan(cfg)
+    stages = stages if stages is not None else prepare(cfg)
     out = Path(cfg.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     with tracking.scoped_tracking_uri(tracking.tracking_uri(out)):
@@ -265,28 +253,29 @@ def _run(cfg: PipelineConfig, stages: list[Stage], out: Path, log: Callable[[str
     }
 
 
-def main(argv: list[str] | None = None, defaults: str | Path | None = None) -> int:
-    """``unspur run --config FILE --out DIR [key.sub=value ...]``; validates every stage first."""
-    args = parse_job_args("run", argv)
-    overrides = list(args.overrides) + ([f"out={args.out}"] if args.out is not None else [])
-    try:
-        cfg = load_config(PipelineConfig, args.config or defaults, overrides)
-        stages = plan(cfg)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    out = Path(cfg.out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("MLFLOW_TRACKING_URI", tracking.tracking_uri(out))  # before Ray: workers inherit it
-    init_ray(args.address)
-    try:
-        result = run(cfg, stages)
-    except user_errors() as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+def build(cfg: PipelineConfig) -> list[Stage]:
+    """The unexecuted pipeline: every stage with its validated config (nothing runs, no Ray)."""
+    return prepare(cfg)
+
+
+def _ready(cfg: PipelineConfig) -> None:
+    """Validate every stage, and point MLflow at ``<out>/mlflow.db`` unless MLFLOW_TRACKING_URI is
+    set, before Ray starts (its workers inherit the environment)."""
+    prepare(cfg)
+    os.environ.setdefault("MLFLOW_TRACKING_URI", tracking.tracking_uri(Path(cfg.out).resolve()))
+
+
+def _show(result: dict[str, Any]) -> None:
     print(json.dumps(result, indent=2, default=str))
     print(f"Report: {result['report']}\nOpen the tracked runs (MLflow): unspur ui --out {result['out']}")
-    return 0
+
+
+def main(argv: list[str] | None = None, defaults: str | Path | None = None) -> int:
+    """``unspur run --config FILE --out DIR [key.sub=value ...]``; validates every stage first.
+
+    ``defaults``: the YAML used without ``--config`` (``unspur demo`` passes :data:`DEMO_CONFIG`).
+    """
+    return main_for("run", PipelineConfig, run, argv, defaults=defaults, check=_ready, show=_show)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -6,7 +6,7 @@ actors (``ActorPoolStrategy``; GPUs / fractional CPUs per actor from the config)
 segmented and written as one atomic shard -> per-shard counts back to the driver.
 
 With ``validation.enabled`` (CFT) a first pass segments every candidate concept on P images per
-class into ``<out>/validation``, computes occurrence and coverage (``unspur.validation``), writes
+class into ``<out>/validation``, computes occurrence and coverage (``unspur.concept_validation``), writes
 ``<out>/concepts_validated.json``, and the main pass segments only the kept concepts into
 ``<out>/masks`` (the training input). A rerun skips finished work: image ids already in a
 store, and the whole validation when its bank exists. Images/s, masks/s and a grid of mask
@@ -29,12 +29,15 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import ray
 
-from actors.segmenters import SegmenterActor, decode_rgb
+from actors.segmenters import SegmenterActor
+from unspur.concept_validation import concept_statistics, decide, select_validation_images, validated_bank
 from unspur.config import MasksConfig, SegmenterConfig, dump_config
+from unspur.data.images import decode_rgb
+from unspur.io import write_json_atomic
 from unspur.masks import decode
-from unspur.validation import concept_statistics, decide, select_validation_images, validated_bank
-from workflows._job import main_for
-from workflows._mask_store import ShardStore, resolve_fs
+from workflows.job import main_for
+from workflows.masks.store import ShardStore, resolve_fs
+from workflows.synth.job import render_tables
 
 __all__ = ["outputs", "CONFIG", "MaskPass", "Inputs", "build", "main", "plan_pass", "prepare", "run"]
 
@@ -56,26 +59,10 @@ class Inputs:
     columns: list[str]
 
 
-def _write_parquet_atomic(table: pa.Table, path: Path) -> None:
-    import pyarrow.parquet as pq
-
-    tmp = path.with_name(f".tmp-{path.name}")
-    pq.write_table(table, tmp)
-    tmp.replace(path)
-
-
 def _synth_tables(cfg: MasksConfig) -> tuple[str, str]:
-    """Generate the SpuriousWorld set once into ``<out>/data`` (reused by reruns)."""
-    from unspur.data.spuriousworld import generate_tables
-
-    data = Path(cfg.out) / "data"
-    images, parts = data / "images.parquet", data / "parts.parquet"
-    if not (images.is_file() and parts.is_file()):
-        data.mkdir(parents=True, exist_ok=True)
-        images_df, parts_df = generate_tables(cfg.synth, splits=tuple(cfg.synth_splits))
-        _write_parquet_atomic(pa.Table.from_pandas(parts_df, preserve_index=False), parts)
-        _write_parquet_atomic(pa.Table.from_pandas(images_df, preserve_index=False), images)
-    return str(images), str(parts)
+    """Render the SpuriousWorld set once into ``<out>/data`` with the synth job (reused by reruns)."""
+    paths = render_tables(cfg.synth, Path(cfg.out) / "data", tuple(cfg.synth_splits))
+    return paths["images"], paths["parts"]
 
 
 def _bank_document(cfg: MasksConfig) -> dict[str, Any]:
@@ -310,12 +297,6 @@ def _object_masks(inputs: Inputs, ids: list[str]) -> dict[str, Any]:
     }
 
 
-def _write_json_atomic(data: dict[str, Any], path: Path) -> None:
-    tmp = path.with_name(f".tmp-{path.name}")
-    tmp.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
-    tmp.replace(path)
-
-
 def validate(
     cfg: MasksConfig, inputs: Inputs, main_store: str
 ) -> tuple[dict[str, list[str]], dict[str, Any]]:
@@ -365,7 +346,7 @@ def validate(
     ]
     if copy:
         main.write({name: [r[name] for r in copy] for name in rows.column_names})
-    _write_json_atomic(bank, bank_path)
+    write_json_atomic(bank, bank_path, indent=2, default=str)
     return kept, {"reused": False, "pass": summary, **_bank_counts(bank)}
 
 
@@ -385,7 +366,7 @@ def _bank_counts(bank: dict[str, Any]) -> dict[str, Any]:
 
 def _overlays(cfg: MasksConfig, inputs: Inputs, store: str) -> Any:
     """A figure of up to ``cfg.overlays`` images with their ok masks, or None."""
-    from workflows._mask_report import overlay_grid
+    from workflows.masks.report import overlay_grid
 
     shards = ShardStore(store)
     index = shards.read(columns=["image_id", "status"])
@@ -443,7 +424,7 @@ def run(cfg: MasksConfig) -> dict[str, Any]:
     figure = _overlays(cfg, inputs, store) if cfg.overlays else None
     if figure is not None:
         figure.savefig(out / "mask_overlays.png", dpi=100)
-    _write_json_atomic(summary, out / "summary.json")
+    write_json_atomic(summary, out / "summary.json", indent=2, default=str)
     if cfg.track:
         _track(cfg, summary, figure, out / VALIDATED_BANK if cfg.validation.enabled else None)
     return summary

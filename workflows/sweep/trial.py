@@ -1,7 +1,7 @@
 """The trial side of ``unspur sweep``: what runs in a Tune trial's driver (and its Train workers).
 
 A trial validates its point against the sweep's finetune config, then trains with the TorchTrainer
-of :mod:`workflows.finetune` (a :class:`SweepReportCallback` forwards every epoch's report to Tune),
+of :mod:`workflows.finetune.job` (a :class:`SweepReportCallback` forwards every epoch's report to Tune),
 or in-process with ``finetune.run.num_workers: 0`` (:class:`TuneSession`). Tune sees each epoch's
 validation metrics as ``<split>_<name>`` (``val_wga``) and ``epochs_done``.
 """
@@ -16,8 +16,9 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from tune_spaces import validate_point
 from unspur.config import FinetuneConfig, validate_config
-from workflows import finetune
-from workflows._finetune_loop import LocalSession, _flat_numbers, run_loop
+from workflows.finetune import job as finetune
+from workflows.finetune.loop import run_loop
+from workflows.finetune.sessions import LocalSession, flat_numbers
 
 __all__ = ["SweepReportCallback", "TuneSession", "run_trial", "trial_config", "trial_metrics"]
 
@@ -60,7 +61,7 @@ class TuneSession(LocalSession):
         from ray import tune
 
         super().report(metrics, write, epoch)
-        tune.report(trial_metrics(_flat_numbers(metrics), self.split))
+        tune.report(trial_metrics(flat_numbers(metrics), self.split))
 
 
 def trial_config(setup: Mapping[str, Any], point: Mapping[str, Any], trial_id: str) -> FinetuneConfig:

@@ -25,7 +25,7 @@ from actors.classifier import ClassifierPredictor
 from unspur.config import EvaluateConfig
 from unspur.data.adapters import DatasetError, LoadedDataset, load_dataset
 from unspur.metrics import summarize
-from workflows._job import main_for
+from workflows.job import main_for
 
 __all__ = [
     "outputs",
@@ -65,7 +65,7 @@ def build(cfg: EvaluateConfig, data: LoadedDataset | None = None) -> ray.data.Da
     """The unexecuted inference Dataset (needs a running Ray to hold the input rows)."""
     if not ray.is_initialized():
         raise RuntimeError(
-            "workflows.evaluate.build needs a running Ray: call workflows._job.init_ray() first"
+            "workflows.evaluate.job.build needs a running Ray: call workflows.job.init_ray() first"
         )
     data = data if data is not None else load_inputs(cfg)
     use_masks = cfg.relevance is not None and data.masks is not None

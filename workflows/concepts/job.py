@@ -37,9 +37,10 @@ from actors.concepts import (
 from actors.proposers import PROPOSERS, REQUEST_COLUMNS, ProposerSpec, VLLMRowFunctions
 from unspur.concept_bank import assemble_bank, bank_table_rows
 from unspur.config import ConceptsConfig, SpuriousWorldConfig
-from workflows._job import main_for
+from unspur.io import write_json_atomic
+from workflows.job import main_for
 
-__all__ = ["outputs", "CONFIG", "Plan", "JsonCache", "resolve_classes", "make_plan", "build", "run", "main"]
+__all__ = ["outputs", "CONFIG", "Plan", "JsonCache", "resolve_classes", "prepare", "build", "run", "main"]
 
 CONFIG = ConceptsConfig
 
@@ -171,9 +172,7 @@ class JsonCache:
         if not self.enabled or row["failed"]:
             return
         self.root.mkdir(parents=True, exist_ok=True)
-        tmp = self.root / f"{row['request_id']}.json.tmp"
-        tmp.write_text(json.dumps(row, ensure_ascii=False), encoding="utf-8")
-        tmp.replace(self.root / f"{row['request_id']}.json")
+        write_json_atomic(row, self.root / f"{row['request_id']}.json", ensure_ascii=False)
 
 
 @dataclass
@@ -193,7 +192,7 @@ def cache_for(cfg: ConceptsConfig) -> JsonCache:
     return JsonCache(root / cfg.backend, enabled=cfg.use_cache)
 
 
-def make_plan(cfg: ConceptsConfig) -> Plan:
+def prepare(cfg: ConceptsConfig) -> Plan:
     """Resolve classes, build the request rows, split them by the cache."""
     spec = PROPOSERS[cfg.backend]
     plan = Plan(resolve_classes(cfg), spec, [])
@@ -251,7 +250,7 @@ def _propose(ds: ray.data.Dataset, cfg: ConceptsConfig, spec: ProposerSpec) -> r
 
 def build(cfg: ConceptsConfig, plan: Plan | None = None) -> ray.data.Dataset | None:
     """The unexecuted proposer Dataset over the plan's cache misses (None when all are cached)."""
-    plan = plan or make_plan(cfg)
+    plan = plan or prepare(cfg)
     if not plan.misses:
         return None
     ds = ray.data.from_items(plan.misses, override_num_blocks=min(len(plan.misses), 8))
@@ -395,7 +394,7 @@ def _track(cfg: ConceptsConfig, bank: dict[str, Any], summary: dict[str, Any]) -
 
 def run(cfg: ConceptsConfig) -> dict[str, Any]:
     """Execute the stage; returns a summary (paths, counts, generation calls, cache hits)."""
-    plan = make_plan(cfg)
+    plan = prepare(cfg)
     generated = _generate(cfg, plan)
     print(
         f"[concepts] backend={cfg.backend} requests={len(plan.requests)} "

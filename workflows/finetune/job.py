@@ -2,7 +2,8 @@
 
 Reads the image table and the masks table of ARCHITECTURE.md (an image's training mask is the
 union of its concept masks; a SpuriousWorld parts table serves too), or renders SpuriousWorld
-into ``<out>/data`` when ``data.spuriousworld`` is given. ``build(cfg)`` returns the unexecuted
+into ``<out>/data`` with the synth job (:func:`workflows.synth.job.render_tables`) when
+``data.spuriousworld`` is given. ``build(cfg)`` returns the unexecuted
 TorchTrainer (``run.num_workers`` DDP workers; ``use_gpu`` for GPUs); ``run(cfg)`` executes it,
 or trains in this process when ``run.num_workers`` is 0. Every epoch ends in a checkpoint
 (safetensors + resolved config + optimizer state); rerunning with the same ``run.name`` and
@@ -13,25 +14,30 @@ or trains in this process when ``run.num_workers`` is 0. Every epoch ends in a c
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
 from typing import Any
 
 from unspur.config import ConfigError, FinetuneConfig
+from unspur.digest import config_digest
+from unspur.models.families import FAMILIES
 from unspur.relevance import RELEVANCE
-from workflows._finetune_loop import SUMMARY, LocalSession, run_loop, train_loop_per_worker
-from workflows._job import init_ray, main_for, parse_job_args, user_errors
+from workflows.finetune.loop import SUMMARY, run_loop, train_loop_per_worker
+from workflows.finetune.sessions import LocalSession
+from workflows.job import init_ray, main_for, user_errors
+from workflows.synth.job import render_tables
 
-__all__ = ["outputs", "CONFIG", "build", "main", "prepare_data", "resolve", "run", "table_paths"]
+__all__ = ["outputs", "CONFIG", "build", "main", "prepare", "resolve", "run", "table_paths"]
 
 CONFIG = FinetuneConfig
 
 
 def resolve(cfg: FinetuneConfig) -> FinetuneConfig:
     """Make ``out``, ``storage_path`` and data paths absolute (workers may run elsewhere); check
-    the relevance method and ``init_from``."""
+    the model family, the relevance method and ``init_from``."""
+    if cfg.model.family not in FAMILIES:
+        raise ConfigError(f"unknown model.family {cfg.model.family!r}; registered: {', '.join(FAMILIES)}")
     if cfg.relevance not in RELEVANCE:
         raise ConfigError(f"unknown relevance method {cfg.relevance!r}; choose one of {sorted(RELEVANCE)}")
     if cfg.init_from and not Path(cfg.init_from).is_dir():
@@ -62,28 +68,17 @@ def table_paths(cfg: FinetuneConfig) -> dict[str, Any]:
     ``<out>/data/spuriousworld-<config hash>/`` (rendered by :func:`run` if missing)."""
     if cfg.data.images:
         return {"images": list(cfg.data.images), "masks": cfg.data.masks}
-    sw = cfg.data.spuriousworld
-    digest = hashlib.sha256(json.dumps(sw.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:12]
-    folder = Path(cfg.out) / "data" / f"spuriousworld-{digest}"
+    folder = Path(cfg.out) / "data" / f"spuriousworld-{config_digest(cfg.data.spuriousworld, 12)}"
     return {"images": [str(folder / "images.parquet")], "masks": str(folder / "parts.parquet")}
 
 
 def _render_spuriousworld(cfg: FinetuneConfig, tables: dict[str, Any]) -> None:
-    from unspur.data.spuriousworld import generate_tables
-
-    images_path, parts_path = Path(tables["images"][0]), Path(tables["masks"])
-    if images_path.is_file() and parts_path.is_file():
-        return
+    """Render the train and eval splits with the synth job's :func:`render_tables` (cached)."""
     splits = tuple(dict.fromkeys((cfg.data.train_split, cfg.data.eval_split)))
-    images, parts = generate_tables(cfg.data.spuriousworld, splits=splits)
-    images_path.parent.mkdir(parents=True, exist_ok=True)
-    parts.to_parquet(parts_path.with_suffix(".tmp"))
-    images.to_parquet(images_path.with_suffix(".tmp"))
-    os.replace(parts_path.with_suffix(".tmp"), parts_path)
-    os.replace(images_path.with_suffix(".tmp"), images_path)
+    render_tables(cfg.data.spuriousworld, Path(tables["images"][0]).parent, splits)
 
 
-def prepare_data(cfg: FinetuneConfig) -> dict[str, Any]:
+def prepare(cfg: FinetuneConfig) -> dict[str, Any]:
     """:func:`table_paths` of a resolved ``cfg``, rendering SpuriousWorld first if it is not cached."""
     tables = table_paths(cfg)
     if cfg.data.spuriousworld is not None:
@@ -130,9 +125,7 @@ def build(cfg: FinetuneConfig, callbacks: list[Any] | None = None) -> Any:
 def run(cfg: FinetuneConfig) -> dict[str, Any]:
     """Train (Ray Train, or in-process for ``num_workers`` 0); returns the run summary."""
     cfg = resolve(cfg)
-    tables = table_paths(cfg)
-    if cfg.data.spuriousworld is not None:
-        _render_spuriousworld(cfg, tables)
+    tables = prepare(cfg)
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
     if cfg.run.num_workers == 0:
         session = LocalSession(Path(cfg.run.storage_path) / cfg.run.name, cfg.run.keep_checkpoints)
@@ -189,9 +182,6 @@ def _brief(summary: dict[str, Any]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     """``unspur finetune --config FILE --out DIR [--address A] key.sub=value ...``."""
-    args = parse_job_args("finetune", argv)
-    if args.address:
-        os.environ["RAY_ADDRESS"] = args.address
     return main_for("finetune", FinetuneConfig, run, argv, needs_ray=False)
 
 

@@ -13,9 +13,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -30,6 +27,7 @@ from unspur.data.torch_dataset import ImageMaskDataset, few_shot
 from unspur.losses import get_loss
 from unspur.models import load_weights, read_extra, save_checkpoint, unwrap
 from unspur.models.families import family_of
+from unspur.models.resume import restore_state, write_state
 from unspur.training import (
     apply_trainable,
     make_optimizer,
@@ -38,119 +36,13 @@ from unspur.training import (
     selection_score,
     train_one_epoch,
 )
-from workflows._finetune_report import Tracker, relevance_figure
+from workflows.finetune.report import Tracker, relevance_figure
+from workflows.finetune.sessions import RaySession
 
-__all__ = ["LocalSession", "RaySession", "load_tables", "run_loop", "train_loop_per_worker"]
+__all__ = ["SUMMARY", "load_tables", "run_loop", "train_loop_per_worker"]
 
-TRAIN_STATE = "train_state.pt"
 SUMMARY = "finetune_summary.json"
 SELECTED = "selected"  # <out>/selected: the best weights so far under run.select
-
-
-# --- sessions -------------------------------------------------------------------------------
-
-
-class LocalSession:
-    """In-process execution: rank 0 of 1, checkpoints in ``root/checkpoint_<epoch:06d>``."""
-
-    rank = 0
-    world_size = 1
-
-    def __init__(self, root: Path, keep: int) -> None:
-        self.root, self.keep = root, keep
-        self.root.mkdir(parents=True, exist_ok=True)
-
-    def prepare_model(self, model: nn.Module) -> nn.Module:
-        return model
-
-    def reduce(self, terms: dict[str, float], device: torch.device) -> dict[str, float]:
-        return terms
-
-    def prepare_loader(self, loader: DataLoader) -> DataLoader:
-        return loader
-
-    def _checkpoints(self) -> list[Path]:
-        return sorted(p for p in self.root.glob("checkpoint_*") if (p / TRAIN_STATE).is_file())
-
-    @contextmanager
-    def latest_checkpoint(self) -> Iterator[Path | None]:
-        found = self._checkpoints()
-        yield found[-1] if found else None
-
-    def report(self, metrics: dict[str, Any], write: Callable[[Path], None], epoch: int) -> None:
-        tmp = self.root / f".tmp_checkpoint_{epoch:06d}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        write(tmp)
-        final = self.root / f"checkpoint_{epoch:06d}"
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        for old in self._checkpoints()[: -self.keep]:
-            shutil.rmtree(old, ignore_errors=True)
-
-
-class RaySession:
-    """Inside a Ray Train worker: DDP via ``prepare_model``, reports via ``ray.train.report``."""
-
-    def __init__(self) -> None:
-        import ray.train
-
-        context = ray.train.get_context()
-        self.rank, self.world_size = context.get_world_rank(), context.get_world_size()
-
-    def prepare_model(self, model: nn.Module) -> nn.Module:
-        import ray.train.torch
-
-        return ray.train.torch.prepare_model(model)
-
-    def reduce(self, terms: dict[str, float], device: torch.device) -> dict[str, float]:
-        """Average each loss term over the workers (``n_*`` counts are summed)."""
-        import torch.distributed as dist
-
-        if self.world_size < 2 or not dist.is_initialized():
-            return terms
-        keys = sorted(terms)
-        values = torch.tensor([terms[k] for k in keys], dtype=torch.float64, device=device)
-        dist.all_reduce(values)
-        return {
-            k: float(v) if k.startswith("n_") else float(v) / self.world_size
-            for k, v in zip(keys, values.tolist(), strict=True)
-        }
-
-    def prepare_loader(self, loader: DataLoader) -> DataLoader:
-        import ray.train.torch
-
-        return ray.train.torch.prepare_data_loader(loader)
-
-    @contextmanager
-    def latest_checkpoint(self) -> Iterator[Path | None]:
-        import ray.train
-
-        checkpoint = ray.train.get_checkpoint()
-        if checkpoint is None:
-            yield None
-            return
-        with checkpoint.as_directory() as directory:
-            yield Path(directory)
-
-    def report(self, metrics: dict[str, Any], write: Callable[[Path], None], epoch: int) -> None:
-        import ray.train
-
-        with tempfile.TemporaryDirectory() as tmp:
-            checkpoint = None
-            if self.rank == 0:
-                write(Path(tmp))
-                checkpoint = ray.train.Checkpoint.from_directory(tmp)
-            ray.train.report(_flat_numbers(metrics), checkpoint=checkpoint)
-
-
-def _flat_numbers(metrics: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in metrics.items():
-        if isinstance(value, dict):
-            out.update(_flat_numbers(value, f"{prefix}{key}/"))
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 # --- data and model -------------------------------------------------------------------------
@@ -223,65 +115,6 @@ def initial_model(cfg: FinetuneConfig) -> nn.Module:
     return model
 
 
-# --- checkpoint state -----------------------------------------------------------------------
-
-
-def _write_state(
-    directory: Path,
-    cfg: FinetuneConfig,
-    model: nn.Module,
-    optimizer: Any,
-    scheduler: Any,
-    extra: dict[str, Any],
-) -> None:
-    save_checkpoint(directory, model, cfg, extra=extra)
-    torch.save(
-        {
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "torch_rng": torch.get_rng_state(),
-        },
-        directory / TRAIN_STATE,
-    )
-
-
-#: config sections a resumed run must share with the run that wrote the checkpoint
-RESUME_KEYS = ("data", "model", "loss", "relevance", "train", "fewshot", "init_from")
-
-
-def check_resumable(directory: Path, cfg: FinetuneConfig) -> None:
-    """Refuse to resume a checkpoint written under another objective or data (``train.epochs``
-    may grow: that is how a finished run is extended)."""
-    import yaml
-
-    from unspur.models import CheckpointError
-
-    saved_path = directory / "config.yaml"
-    if not saved_path.is_file():
-        return
-    saved = yaml.safe_load(saved_path.read_text()) or {}
-    now = cfg.model_dump(mode="json")
-    for section in (saved, now):
-        if isinstance(section.get("train"), dict):
-            section["train"] = {k: v for k, v in section["train"].items() if k != "epochs"}
-    differ = [k for k in RESUME_KEYS if k in saved and saved.get(k) != now.get(k)]
-    if differ:
-        raise CheckpointError(
-            f"run {cfg.run.name!r} in {directory.parent} was checkpointed with a different {', '.join(differ)}; "
-            "resuming would mix two runs. Use a new run.name (or out), or delete that folder to start over"
-        )
-
-
-def _restore(directory: Path, cfg: FinetuneConfig, model: nn.Module, optimizer: Any, scheduler: Any) -> dict:
-    check_resumable(directory, cfg)
-    load_weights(model, directory, cfg.model)
-    state = torch.load(directory / TRAIN_STATE, map_location="cpu", weights_only=True)
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    torch.set_rng_state(state["torch_rng"])
-    return read_extra(directory)
-
-
 # --- the loop -------------------------------------------------------------------------------
 
 
@@ -325,7 +158,7 @@ def run_loop(cfg: FinetuneConfig, tables: dict[str, Any], session: Any) -> dict[
     optimizer = make_optimizer(model, cfg.train)
     scheduler = make_scheduler(optimizer, cfg.train, len(loader))
     with session.latest_checkpoint() as directory:
-        extra = _restore(directory, cfg, model, optimizer, scheduler) if directory is not None else {}
+        extra = restore_state(directory, cfg, model, optimizer, scheduler) if directory is not None else {}
     start = int(extra.get("epoch", -1)) + 1
     history: list[dict[str, Any]] = list(extra.get("history", []))
     starts = [*extra.get("start_epochs", []), start]
@@ -379,9 +212,7 @@ def run_loop(cfg: FinetuneConfig, tables: dict[str, Any], session: Any) -> dict[
         }
         session.report(
             record,
-            partial(
-                _write_state, cfg=cfg, model=model, optimizer=optimizer, scheduler=scheduler, extra=extra
-            ),
+            partial(write_state, cfg=cfg, model=model, optimizer=optimizer, scheduler=scheduler, extra=extra),
             epoch,
         )
     return _finish(cfg, model, eval_ds, history, starts, tracker) if rank0 else None

@@ -1,0 +1,1 @@
+"""Cluster tools: Ray Jobs submission (``unspur submit``/status/logs/stop) and the MLflow UI."""
