@@ -26,6 +26,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from unspur.config import FinetuneConfig
+from unspur.data.adapters import sort_rows
 from unspur.data.torch_dataset import ImageMaskDataset, few_shot
 from unspur.losses import get_loss
 from unspur.models import build_model, load_weights, read_extra, save_checkpoint, unwrap
@@ -160,7 +161,7 @@ def load_tables(tables: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame | No
     """Read the image table(s) and the masks / parts table named by ``tables``."""
     images = pd.concat([pd.read_parquet(p) for p in tables["images"]], ignore_index=True)
     masks = pd.read_parquet(tables["masks"]) if tables.get("masks") else None
-    return images, masks
+    return sort_rows(images), (sort_rows(masks) if masks is not None else None)  # not shard order
 
 
 def _split(images: pd.DataFrame, split: str, what: str) -> pd.DataFrame:
@@ -246,6 +247,7 @@ def _write_state(
 
 #: config sections a resumed run must share with the run that wrote the checkpoint
 RESUME_KEYS = ("data", "model", "loss", "relevance", "train", "fewshot", "init_from")
+_FREE = ("epochs", "num_threads")  # train keys a resumed run may change
 
 
 def check_resumable(directory: Path, cfg: FinetuneConfig) -> None:
@@ -262,7 +264,7 @@ def check_resumable(directory: Path, cfg: FinetuneConfig) -> None:
     now = cfg.model_dump(mode="json")
     for section in (saved, now):
         if isinstance(section.get("train"), dict):
-            section["train"] = {k: v for k, v in section["train"].items() if k != "epochs"}
+            section["train"] = {k: v for k, v in section["train"].items() if k not in _FREE}
     differ = [k for k in RESUME_KEYS if k in saved and saved.get(k) != now.get(k)]
     if differ:
         raise CheckpointError(
@@ -442,6 +444,7 @@ def _finish(
         "epochs": cfg.train.epochs,
         "select": cfg.run.select,
         "selected_epoch": epoch,
+        "num_threads": torch.get_num_threads(),  # same config + same count -> same numbers (README)
         "history": history,
         "figure": str(figure_path) if figure_path else None,
         "mlflow_run_id": tracker.run_id if tracker else None,
