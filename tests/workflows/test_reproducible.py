@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pytest
 import torch
 from safetensors.torch import load_file
 from test_pipeline import _tiny  # the tiny SpuriousWorld pipeline of that test
@@ -82,6 +83,7 @@ def _weights(folder: Path) -> dict[str, torch.Tensor]:
     return load_file(str(folder / "model.safetensors"))
 
 
+@pytest.mark.slow
 def test_small_pipeline_twice_in_fresh_folders_gives_identical_numbers(
     tmp_path: Path, ray_local, monkeypatch
 ) -> None:
@@ -92,7 +94,7 @@ def test_small_pipeline_twice_in_fresh_folders_gives_identical_numbers(
     for name in ("first", "second"):
         out = tmp_path / name
         cfg = load_config(PipelineConfig, _tiny(out), overrides)
-        stages = pipeline.plan(cfg)
+        stages = [s for s in pipeline.plan(cfg) if s.name != "evaluate_base"]  # cft's evaluation suffices
         stages[0].config = stages[0].config.model_copy(update={"rows_per_block": 24})
         pipeline.run(cfg, stages, log=lambda _: None)
         outs.append(out)
@@ -109,6 +111,8 @@ def test_small_pipeline_twice_in_fresh_folders_gives_identical_numbers(
         assert [h["train"] for h in sa["history"] if "train" in h] == [
             h["train"] for h in sb["history"] if "train" in h
         ]
+        if model == "base":
+            continue
         ma, mb = (json.loads((o / "evaluate" / model / "metrics.json").read_text()) for o in outs)
         assert json.dumps(ma, sort_keys=True) == json.dumps(mb, sort_keys=True), model
         pa_, pb_ = (pd.read_parquet(o / "evaluate" / model / "predictions.parquet") for o in outs)
