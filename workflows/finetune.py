@@ -47,9 +47,12 @@ def resolve(cfg: FinetuneConfig) -> FinetuneConfig:
         }
     )
     storage = Path(cfg.run.storage_path).resolve() if cfg.run.storage_path else out / "checkpoints"
-    import torch  # train.num_threads 0: this process's torch thread count, pinned so Ray Train workers use it too
+    import torch  # train.num_threads 0: a Ray Train worker's CPUs, or this process's torch threads
 
-    threads = cfg.train.num_threads or torch.get_num_threads()
+    local = torch.get_num_threads()
+    threads = cfg.train.num_threads or (
+        max(1, int(cfg.run.cpus_per_worker)) if cfg.run.num_workers else local
+    )
     return cfg.model_copy(
         update={
             "out": str(out),

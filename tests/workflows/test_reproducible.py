@@ -71,12 +71,16 @@ def test_mask_store_reads_rows_in_image_id_order(tmp_path: Path) -> None:
     assert isinstance(store.read(columns=["image_id"]), pa.Table)
 
 
-def test_num_threads_zero_is_pinned_to_this_process_count(tmp_path: Path) -> None:
+def test_num_threads_zero_is_resolved_into_the_config(tmp_path: Path) -> None:
     cfg = load_config(FinetuneConfig, None, [f"out={tmp_path}"])
     assert cfg.train.num_threads == 0
     assert finetune.resolve(cfg).train.num_threads == torch.get_num_threads()
     explicit = load_config(FinetuneConfig, None, [f"out={tmp_path}", "train.num_threads=1"])
     assert finetune.resolve(explicit).train.num_threads == 1
+    ray_train = load_config(
+        FinetuneConfig, None, [f"out={tmp_path}", "run.num_workers=2", "run.cpus_per_worker=3"]
+    )
+    assert finetune.resolve(ray_train).train.num_threads == 3  # the CPUs each worker holds
 
 
 def _weights(folder: Path) -> dict[str, torch.Tensor]:
