@@ -62,12 +62,12 @@ def test_reads_do_not_depend_on_the_order_shards_were_written_in(tmp_path: Path)
 def test_mask_store_reads_rows_in_image_id_order(tmp_path: Path) -> None:
     store = ShardStore(str(tmp_path / "masks"))
     empty = {"rle": None, "bbox": None, "score": None, "segmenter": "gt", "status": "ok", "error": ""}
-    for ids in (["c", "d"], ["a", "b"]):  # shard names are random uuids: any order on disk
+    for ids in ([f"{c}1", f"{c}2"] for c in "fedcba"):  # shard names are random uuids: any order on disk
         store.write(
             {k: [v] * 2 for k, v in empty.items()}
             | {"image_id": ids, "concept": ["k"] * 2, "class_name": ["x"] * 2}
         )
-    assert store.read().column("image_id").to_pylist() == ["a", "b", "c", "d"]
+    assert store.read().column("image_id").to_pylist() == [f"{c}{i}" for c in "abcdef" for i in (1, 2)]
     assert isinstance(store.read(columns=["image_id"]), pa.Table)
 
 
