@@ -33,7 +33,8 @@ class TrainConfig(StrictModel):
     (paper: x0.85 every 2 epochs), ``cosine`` anneals to 0 over ``epochs``, ``constant`` keeps it;
     all start with a linear warm-up over ``warmup_epochs``. ``freeze_norm`` keeps BatchNorm layers
     in eval mode (use it when few-shot batches are tiny). ``grad_clip`` 0 turns clipping off.
-    ``num_threads`` 0 leaves torch's thread count alone. ``augment`` flips images horizontally.
+    ``num_threads`` 0: ``run.cpus_per_worker`` on Ray Train, else the torch thread count of the
+    process that runs it; resolved into the config (README: Reproducibility). ``augment`` flips images.
     ``params`` picks what is trained: ``all``; ``attention`` (the blocks' attention layers only);
     ``qk`` (only the query and key projections: the model can change WHERE it looks but not what
     it sees there - the relevance-gaming-proof choice for small models trained from scratch).

@@ -40,6 +40,7 @@ __all__ = [
     "check_image_table",
     "check_masks_table",
     "load_dataset",
+    "sort_rows",
 ]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -156,9 +157,16 @@ def _finish(
     return LoadedDataset(images.reset_index(drop=True), masks, classes)
 
 
+def sort_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """Rows in ``image_id`` order (then ``concept`` / ``part``), index reset: a folder of shards
+    comes back in the order Ray Data's tasks happened to finish, which must not reach training."""
+    keys = [c for c in ("image_id", "concept", "part") if c in df.columns]
+    return df.sort_values(keys, kind="stable").reset_index(drop=True) if keys else df
+
+
 def _read_parquet(path: Path, what: str) -> pd.DataFrame:
     try:
-        return pd.read_parquet(path)
+        return sort_rows(pd.read_parquet(path))
     except Exception as err:  # pyarrow raises many types for unreadable input
         raise DatasetError(f"{what} {path} cannot be read as Parquet ({type(err).__name__}: {err})") from err
 

@@ -45,6 +45,7 @@ def write_state(
 
 #: config sections a resumed run must share with the run that wrote the checkpoint
 RESUME_KEYS = ("data", "model", "loss", "relevance", "train", "fewshot", "init_from")
+_FREE = ("epochs", "num_threads")  # train keys a resumed run may change
 
 
 def check_resumable(directory: Path, cfg: FinetuneConfig) -> None:
@@ -57,7 +58,7 @@ def check_resumable(directory: Path, cfg: FinetuneConfig) -> None:
     now = cfg.model_dump(mode="json")
     for section in (saved, now):
         if isinstance(section.get("train"), dict):
-            section["train"] = {k: v for k, v in section["train"].items() if k != "epochs"}
+            section["train"] = {k: v for k, v in section["train"].items() if k not in _FREE}
     differ = [k for k in RESUME_KEYS if k in saved and saved.get(k) != now.get(k)]
     if differ:
         raise CheckpointError(

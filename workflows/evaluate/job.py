@@ -153,7 +153,7 @@ def run(cfg: EvaluateConfig) -> dict[str, Any]:
 
     checkpoint_model_config(cfg.checkpoint)  # a missing / foreign checkpoint fails here, not in an actor
     data = load_inputs(cfg)
-    pred = build(cfg, data).to_pandas()
+    pred = build(cfg, data).to_pandas().sort_values("image_id", kind="stable").reset_index(drop=True)
     if len(pred) != len(data.images):  # rows in == rows out (+ error rows, counted inside)
         raise RuntimeError(f"inference returned {len(pred)} rows for {len(data.images)} images")
     result = metrics_from_predictions(pred)

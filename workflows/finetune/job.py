@@ -53,10 +53,17 @@ def resolve(cfg: FinetuneConfig) -> FinetuneConfig:
         }
     )
     storage = Path(cfg.run.storage_path).resolve() if cfg.run.storage_path else out / "checkpoints"
+    import torch  # train.num_threads 0: a Ray Train worker's CPUs, or this process's torch threads
+
+    local = torch.get_num_threads()
+    threads = cfg.train.num_threads or (
+        max(1, int(cfg.run.cpus_per_worker)) if cfg.run.num_workers else local
+    )
     return cfg.model_copy(
         update={
             "out": str(out),
             "data": data,
+            "train": cfg.train.model_copy(update={"num_threads": threads}),
             "init_from": str(Path(cfg.init_from).resolve()) if cfg.init_from else None,
             "run": cfg.run.model_copy(update={"storage_path": str(storage)}),
         }
@@ -129,7 +136,13 @@ def run(cfg: FinetuneConfig) -> dict[str, Any]:
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
     if cfg.run.num_workers == 0:
         session = LocalSession(Path(cfg.run.storage_path) / cfg.run.name, cfg.run.keep_checkpoints)
-        summary = run_loop(cfg, tables, session)
+        import torch
+
+        threads = torch.get_num_threads()
+        try:
+            summary = run_loop(cfg, tables, session)
+        finally:  # the next job of this process (a pipeline's next stage) starts from the same count
+            torch.set_num_threads(threads)
     else:
         init_ray()
         result = _fit(build(cfg))

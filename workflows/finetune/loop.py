@@ -23,6 +23,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from unspur.config import FinetuneConfig
+from unspur.data.adapters import sort_rows
 from unspur.data.torch_dataset import ImageMaskDataset, few_shot
 from unspur.losses import get_loss
 from unspur.models import load_weights, read_extra, save_checkpoint, unwrap
@@ -52,7 +53,7 @@ def load_tables(tables: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame | No
     """Read the image table(s) and the masks / parts table named by ``tables``."""
     images = pd.concat([pd.read_parquet(p) for p in tables["images"]], ignore_index=True)
     masks = pd.read_parquet(tables["masks"]) if tables.get("masks") else None
-    return images, masks
+    return sort_rows(images), (sort_rows(masks) if masks is not None else None)  # not shard order
 
 
 def _split(images: pd.DataFrame, split: str, what: str) -> pd.DataFrame:
@@ -152,7 +153,8 @@ def run_loop(cfg: FinetuneConfig, tables: dict[str, Any], session: Any) -> dict[
         base.to(next(model.parameters()).device)
     batch = min(cfg.train.batch_size, len(train_ds))
     loader = session.prepare_loader(
-        DataLoader(train_ds, batch_size=batch, shuffle=True, num_workers=cfg.data.loader_workers)
+        DataLoader(train_ds, batch_size=batch, shuffle=True, num_workers=cfg.data.loader_workers),
+        cfg.train.seed,
     )
     eval_loader = DataLoader(eval_ds, batch_size=64, num_workers=cfg.data.loader_workers)
     optimizer = make_optimizer(model, cfg.train)
@@ -276,6 +278,7 @@ def _finish(
         "epochs": cfg.train.epochs,
         "select": cfg.run.select,
         "selected_epoch": epoch,
+        "num_threads": torch.get_num_threads(),  # same config + same count -> same numbers (README)
         "history": history,
         "figure": str(figure_path) if figure_path else None,
         "mlflow_run_id": tracker.run_id if tracker else None,

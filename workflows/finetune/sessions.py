@@ -38,8 +38,8 @@ class LocalSession:
     def reduce(self, terms: dict[str, float], device: torch.device) -> dict[str, float]:
         return terms
 
-    def prepare_loader(self, loader: DataLoader) -> DataLoader:
-        return loader
+    def prepare_loader(self, loader: DataLoader, seed: int = 0) -> DataLoader:
+        return loader  # shuffled by torch's global generator, seeded with train.seed
 
     def _checkpoints(self) -> list[Path]:
         return sorted(p for p in self.root.glob("checkpoint_*") if (p / TRAIN_STATE).is_file())
@@ -83,9 +83,16 @@ class RaySession:
             for k, v in zip(keys, values.tolist(), strict=True)
         }
 
-    def prepare_loader(self, loader: DataLoader) -> DataLoader:
+    def prepare_loader(self, loader: DataLoader, seed: int = 0) -> DataLoader:
         import ray.train.torch
 
+        if self.world_size > 1:  # Ray's own DistributedSampler would shuffle with seed 0, not train.seed
+            from torch.utils.data import DistributedSampler
+
+            sampler = DistributedSampler(loader.dataset, shuffle=True, seed=seed)
+            loader = DataLoader(
+                loader.dataset, batch_size=loader.batch_size, sampler=sampler, num_workers=loader.num_workers
+            )
         return ray.train.torch.prepare_data_loader(loader)
 
     @contextmanager

@@ -98,7 +98,8 @@ class ShardStore:
         return len(stale)
 
     def read(self, columns: Sequence[str] | None = None, ids: Iterable[str] | None = None) -> pa.Table:
-        """All finished rows (optionally only ``columns`` and image ids in ``ids``)."""
+        """All finished rows sorted by image id and concept (optionally only ``columns`` and image
+        ids in ``ids``)."""
         files = self.files()
         if not files:
             return (
@@ -108,7 +109,9 @@ class ShardStore:
             )
         data = pads.dataset(files, filesystem=self.fs, format="parquet", schema=MASK_SCHEMA)
         flt = None if ids is None else pc.field("image_id").isin(pa.array(sorted(set(ids)), type=pa.string()))
-        return data.to_table(columns=None if columns is None else list(columns), filter=flt)
+        table = data.to_table(columns=None if columns is None else list(columns), filter=flt)
+        keys = [c for c in ("image_id", "concept") if c in table.column_names]  # not shard-name order
+        return table.sort_by([(c, "ascending") for c in keys]) if keys else table
 
     def done_ids(self) -> set[str]:
         """Image ids that already have rows in a finished shard."""

@@ -108,7 +108,9 @@ def build(cfg: SynthConfig) -> ray.data.Dataset:
     section = _section(cfg)
     total = sum(_sizes(section).values())
     blocks = max(1, math.ceil(total / cfg.rows_per_block))
-    return ray.data.range(total, override_num_blocks=blocks).map_batches(
+    ids = ray.data.range(total, override_num_blocks=blocks)
+    ids.context.execution_options.preserve_order = True  # blocks in row order, not as tasks finish
+    return ids.map_batches(
         render_batch,
         batch_size=cfg.rows_per_block,
         batch_format="numpy",
@@ -180,6 +182,7 @@ def run(cfg: SynthConfig) -> dict[str, Any]:
     out = Path(cfg.out)
     gen = GENERATORS[cfg.kind]
     ds = build(cfg).materialize()
+    ds.context.execution_options.preserve_order = True  # and the writes: shards in row order
     nested = [f"_{name}" for name in gen.tables]
     ds.drop_columns(nested).write_parquet(str(out / "images"), mode=SaveMode.OVERWRITE)
     for name in gen.tables:
