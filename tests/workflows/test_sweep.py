@@ -167,7 +167,7 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials_and_records
         ({"loss.lambda_align": {"type": "uniform", "low": 1.0, "high": 0.5}}, "impossible range"),
         (
             {"loss.lambda_concept": {"type": "uniform", "low": -1.0, "high": 1.0}},
-            "lambda_concept must be >= 0",
+            "loss.lambda_concept: Input should be greater than or equal to 0",
         ),
         (
             {"relevance": {"type": "grid", "values": ["rollout", "gradcam"]}},

@@ -98,7 +98,7 @@ def test_same_seed_identical_tables_digits_grid(ray_local, tmp_path):
     ("argv", "match"),
     [
         (["--kind", "digits_grid", "--rho", "0.9"], "--rho does not apply to kind 'digits_grid'"),
-        (["--rho", "1.5"], "rho must lie in"),
+        (["--rho", "1.5"], "spuriousworld.rho: Input should be less than or equal to 1"),
         (["--classes", "bird,unicorn"], "unknown classes"),
         (["spuriousworld.colour=red"], "unknown key"),
     ],
