@@ -13,9 +13,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-
-from actors.segmenter_api import ClipSegConfig, ConceptMask
-from actors.segmenter_models import TextSegmenter, load_clipseg
+from unspur.actors.segmenter_api import ClipSegConfig, ConceptMask
+from unspur.actors.segmenter_models import TextSegmenter, load_clipseg
 
 __all__ = ["ClipSeg"]
 

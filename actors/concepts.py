@@ -1,7 +1,7 @@
 """Concept proposal: prompts, answer parsing, candidate merging and the Label-free CBM filters.
 
 Pure row functions (no ray, no model loading) used by ``workflows/concepts/job.py`` and by the
-proposer backends in :mod:`actors.proposers`.
+proposer backends in :mod:`unspur.actors.proposers`.
 
 Two prompt families, each versioned (bump the version when a prompt changes; the cache and
 the bank's provenance carry it):

@@ -16,9 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-
-from actors.segmenter_api import ConceptMask, GroundedSamConfig
-from actors.segmenter_models import Detector, load_detector, load_sam
+from unspur.actors.segmenter_api import ConceptMask, GroundedSamConfig
+from unspur.actors.segmenter_models import Detector, load_detector, load_sam
 
 __all__ = ["Detections", "GroundedSam", "Prompt", "box_iou", "build_prompts", "nms"]
 

@@ -2,7 +2,7 @@
 
 Every proposer answers *request rows* (one generation each: ``request_id``, ``family``,
 ``class_name``, ``kind``, ``sample``, ``seed``, ``source``) with three columns added:
-``raw`` (the answer text, parsed later by :func:`actors.concepts.parse_answer`), ``error``
+``raw`` (the answer text, parsed later by :func:`unspur.actors.concepts.parse_answer`), ``error``
 (why it failed, or why an answer is empty) and ``failed`` (an exception: not cached, retried
 on the next run). Offline sources answer with a JSON list of ``{concept, score}``.
 
@@ -25,8 +25,8 @@ from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field, model_validator
+from unspur.actors.concepts import ANSWER_SCHEMA, build_messages, normalize_class_name
 
-from actors.concepts import ANSWER_SCHEMA, build_messages, normalize_class_name
 from unspur.concept_bank import read_bank_source
 from unspur.config.base import StrictModel
 from unspur.config.concepts import CONCEPT_BACKENDS

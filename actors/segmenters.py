@@ -22,8 +22,14 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from unspur.actors.segmenter_api import (
+    ClipSegConfig,
+    ConceptMask,
+    GroundedSamConfig,
+    GroundTruthConfig,
+    Segmenter,
+)
 
-from actors.segmenter_api import ClipSegConfig, ConceptMask, GroundedSamConfig, GroundTruthConfig, Segmenter
 from unspur.config.masks import SEGMENTERS, SegmenterConfig
 from unspur.data.images import ImageError, decode_rgb
 from unspur.masks import bbox, encode
@@ -61,7 +67,7 @@ def resolve_device(device: str) -> str:
 
 
 def _grounded_sam(cfg: SegmenterConfig) -> Segmenter:
-    from actors.grounded_sam import GroundedSam
+    from unspur.actors.grounded_sam import GroundedSam
 
     return GroundedSam.from_config(cfg.grounded_sam, resolve_device(cfg.device))
 
@@ -76,13 +82,13 @@ def _check_grounded_sam(cfg: SegmenterConfig) -> None:
 
 
 def _clipseg(cfg: SegmenterConfig) -> Segmenter:
-    from actors.clipseg import ClipSeg
+    from unspur.actors.clipseg import ClipSeg
 
     return ClipSeg.from_config(cfg.clipseg, resolve_device(cfg.device))
 
 
 def _ground_truth(cfg: SegmenterConfig) -> Segmenter:
-    from actors.ground_truth import GroundTruth
+    from unspur.actors.ground_truth import GroundTruth
 
     return GroundTruth.from_config(cfg.ground_truth)
 

@@ -4,7 +4,7 @@ Both sides segment the same SpuriousWorld image table with the same segmenter (t
 tiny grounded_sam config: random-init tiny GroundingDINO + tiny SAM, 3 concepts per class) and
 write the same Parquet shards. Bare loop: one process, ``MaskShardWriter`` called on batches read
 with pyarrow, torch on ``--threads`` threads (default 1, what Ray gives an actor with a
-fractional CPU). Pipeline: ``workflows.masks.job.execute`` on a local Ray (``ray.init`` not timed):
+fractional CPU). Pipeline: ``unspur.workflows.masks.job.execute`` on a local Ray (``ray.init`` not timed):
 read -> filter -> actor pool (``--actors`` actors of ``--num-cpus`` CPUs) -> shards. With the
 defaults (one actor, one thread each side) the ratio is the pipeline's cost on equal compute.
 
@@ -28,8 +28,8 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import unspur.actors.segmenters  # noqa: F401  (registers the segmenters segmenter.name may pick)
 
-import actors.segmenters  # noqa: F401  (registers the segmenters segmenter.name may pick)
 from unspur.config import MasksConfig, SpuriousWorldConfig, load_config
 from unspur.data.spuriousworld import generate_tables
 
@@ -38,7 +38,7 @@ CONFIG = Path(__file__).resolve().parents[1] / "workflows" / "configs" / "masks_
 
 def _bare(cfg: MasksConfig, table: str, store: str) -> float:
     """Seconds for the bare loop over every row of ``table``."""
-    from workflows.masks.job import MaskShardWriter, prepare
+    from unspur.workflows.masks.job import MaskShardWriter, prepare
 
     start = time.perf_counter()
     inputs = prepare(cfg)
@@ -62,7 +62,7 @@ def _steady(store: str) -> float:
 
 
 def _pipeline(cfg: MasksConfig, store: str) -> tuple[float, dict]:
-    from workflows.masks.job import execute, plan_pass, prepare
+    from unspur.workflows.masks.job import execute, plan_pass, prepare
 
     start = time.perf_counter()
     inputs = prepare(cfg)

@@ -1,6 +1,6 @@
 """Trial-epochs ASHA needs to match a full grid sweep's best validation worst-group accuracy.
 
-Sweeps of ``workflows.sweep.job`` over one CFT grid (``loss.lambda_align`` x ``train.lr``) on a small
+Sweeps of ``unspur.workflows.sweep.job`` over one CFT grid (``loss.lambda_align`` x ``train.lr``) on a small
 SpuriousWorld, all from the same ERM base model (trained once by the first sweep): FIFO (every grid
 point trained for all epochs), then ASHA (grace 1, reduction factor 2, on epochs) once per grid
 order (``--orders``: as given, reversed, rotated by half; ASHA's decisions depend on the order in
@@ -27,9 +27,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from unspur.workflows.sweep import job as sweep
 
 from unspur.config import SweepConfig, validate_config
-from workflows.sweep import job as sweep
 
 os.environ.setdefault("TIMM_FUSED_ATTN", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")

@@ -137,8 +137,8 @@ def demo(
     evaluates all three and writes report.md. Same arguments as `unspur run` (default --out
     runs/demo); a rerun reuses finished stages.
     """
-    from workflows.pipeline import main as pipeline_main
-    from workflows.pipeline.job import DEMO_CONFIG
+    from unspur.workflows.pipeline import main as pipeline_main
+    from unspur.workflows.pipeline.job import DEMO_CONFIG
 
     argv = ["--out", str(out)] + (["--config", str(config)] if config else [])
     argv += (["--address", address] if address else []) + list(overrides or [])
@@ -166,7 +166,7 @@ def submit_cmd(
     follow: bool = typer.Option(True, "--follow/--no-follow", help="Stream logs, exit with the job's status"),
 ) -> None:
     """Run an unspur subcommand as a Ray job: unspur submit --address http://HEAD:8265 -- masks --config c.yaml"""
-    from workflows.cluster.submit import submit_command
+    from unspur.workflows.cluster.submit import submit_command
 
     root = typer.main.get_command(app)
     raise typer.Exit(
@@ -179,7 +179,7 @@ def submit_cmd(
 @app.command("status")
 def status_cmd(job_id: str, address: str | None = _ADDRESS) -> None:
     """Print a submitted job's status."""
-    from workflows.cluster.submit import status_command
+    from unspur.workflows.cluster.submit import status_command
 
     raise typer.Exit(status_command(job_id, address))
 
@@ -191,7 +191,7 @@ def logs_cmd(
     follow: bool = typer.Option(False, "--follow", help="Stream until the job ends, exit with its status"),
 ) -> None:
     """Print a submitted job's logs."""
-    from workflows.cluster.submit import logs_command
+    from unspur.workflows.cluster.submit import logs_command
 
     raise typer.Exit(logs_command(job_id, address, follow))
 
@@ -199,7 +199,7 @@ def logs_cmd(
 @app.command("stop")
 def stop_cmd(job_id: str, address: str | None = _ADDRESS) -> None:
     """Stop a submitted job and wait until it has stopped."""
-    from workflows.cluster.submit import stop_command
+    from unspur.workflows.cluster.submit import stop_command
 
     raise typer.Exit(stop_command(job_id, address))
 
@@ -211,7 +211,7 @@ def ui_cmd(
     host: str = typer.Option("127.0.0.1", help="Interface to bind (0.0.0.0 exposes it)"),
 ) -> None:
     """Open the MLflow UI on the runs under --out (or MLFLOW_TRACKING_URI)."""
-    from workflows.cluster.ui import ui_command
+    from unspur.workflows.cluster.ui import ui_command
 
     raise typer.Exit(ui_command(out, host, port))
 

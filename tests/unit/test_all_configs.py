@@ -2,9 +2,9 @@
 
 Convention: a config under ``workflows/configs/`` is named ``<...>_<job>_<...>.yaml`` where the
 first ``_``-separated token that names a job package ``workflows/<job>/job.py`` picks the module, and
-that module's ``CONFIG`` is the model (``masks_synth.yaml`` -> ``workflows.masks.CONFIG``,
-``cft_pipeline.yaml`` -> ``workflows.pipeline.CONFIG``). Search spaces under ``tune_spaces/``
-load through ``tune_spaces.load_space``.
+that module's ``CONFIG`` is the model (``masks_synth.yaml`` -> ``unspur.workflows.masks.CONFIG``,
+``cft_pipeline.yaml`` -> ``unspur.workflows.pipeline.CONFIG``). Search spaces under ``tune_spaces/``
+load through ``unspur.tune_spaces.load_space``.
 """
 
 from __future__ import annotations
@@ -54,12 +54,12 @@ def test_job_config_validates(path):
 
 @pytest.mark.parametrize("path", SPACES, ids=lambda p: p.name)
 def test_search_space_validates(path):
-    from tune_spaces import SearchSpace, load_space
+    from unspur.tune_spaces import SearchSpace, load_space
 
     assert isinstance(load_space(path), SearchSpace)
 
 
 def test_convention_maps_names():
-    assert job_module_for(Path("masks_synth.yaml")).__name__ == "workflows.masks"
-    assert job_module_for(Path("example_synth_digits.yaml")).__name__ == "workflows.synth"
+    assert job_module_for(Path("masks_synth.yaml")).__name__ == "unspur.workflows.masks"
+    assert job_module_for(Path("example_synth_digits.yaml")).__name__ == "unspur.workflows.synth"
     assert job_module_for(Path("no_such_job.yaml")) is None

@@ -2,8 +2,8 @@ import random
 from pathlib import Path
 
 import pytest
+from unspur.tune_spaces import SPACES_DIR, grid_points, load_space, sample_point, validate_point
 
-from tune_spaces import SPACES_DIR, grid_points, load_space, sample_point, validate_point
 from unspur.config import ConfigError, StrictModel
 
 

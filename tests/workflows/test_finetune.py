@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from unspur.workflows.finetune import job
 
 from unspur.config import FinetuneConfig, load_config
 from unspur.models import load_checkpoint
-from workflows.finetune import job
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = [
@@ -90,7 +90,7 @@ def test_ray_train_two_workers_resumes_after_the_driver_is_killed(ray_local, tmp
     args = ["--out", str(tmp_path), *TINY, "loss.name=cft", "run.num_workers=2", "run.name=killed"]
     storage = tmp_path / "checkpoints" / "killed"
     env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address, "PYTHONPATH": str(REPO)}
-    code = "import sys; from workflows.finetune import main; raise SystemExit(main(sys.argv[1:]))"
+    code = "import sys; from unspur.workflows.finetune import main; raise SystemExit(main(sys.argv[1:]))"
     proc = subprocess.Popen(
         [sys.executable, "-c", code, *args, "train.epochs=40"],
         cwd=REPO,

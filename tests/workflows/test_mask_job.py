@@ -20,11 +20,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
+from unspur.actors.ground_truth import match_part
+from unspur.workflows.masks import job
+from unspur.workflows.masks.store import ShardStore
 
-from actors.ground_truth import match_part
 from unspur.masks import decode, encode
-from workflows.masks import job
-from workflows.masks.store import ShardStore
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "workflows" / "configs"
@@ -207,7 +207,7 @@ def test_sigkill_half_way_then_rerun_completes_without_duplicates(ray_local, tmp
     address = ray_local.get_runtime_context().gcs_address
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "workflows.cli", "masks", *config, "--address", address, *overrides],
+        [sys.executable, "-m", "unspur.workflows.cli", "masks", *config, "--address", address, *overrides],
         cwd=ROOT,
         env=env,
         stdout=subprocess.DEVNULL,

@@ -24,9 +24,8 @@ import pytest
 import requests
 import typer
 from typer.testing import CliRunner
-
-from workflows.cli import app
-from workflows.cluster.submit import (
+from unspur.workflows.cli import app
+from unspur.workflows.cluster.submit import (
     DEFAULT_EXCLUDES,
     ClusterError,
     build_runtime_env,
@@ -216,14 +215,13 @@ def test_ui_starts_mlflow_ui_on_the_out_database(tmp_path: Path, monkeypatch: py
     """The command line handed to MLflow parses with MLflow's own `ui` command (the server itself
     is not started here: MLflow's start-up takes half a minute on a busy 2-core machine)."""
     import click
+    import unspur.workflows.cluster.ui
     from mlflow.cli import cli as mlflow_cli
-
-    import workflows.cluster.ui
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     (tmp_path / "mlflow.db").touch()
     calls: list[list[str]] = []
-    monkeypatch.setattr(workflows.cluster.ui.subprocess, "call", lambda argv: calls.append(argv) or 0)
+    monkeypatch.setattr(unspur.workflows.cluster.ui.subprocess, "call", lambda argv: calls.append(argv) or 0)
     code, _, err = _cli("ui", "--out", str(tmp_path), "--port", "5123")
     assert code == 0 and len(calls) == 1, err
     assert calls[0][:4] == [sys.executable, "-m", "mlflow", "ui"]

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 from ray import tune
+from unspur.workflows.sweep import job as sweep
 
 from unspur.config import ConfigError, FinetuneConfig, SweepConfig, load_config
-from workflows.sweep import job as sweep
 
 TINY_FINETUNE = {
     "data": {
@@ -244,10 +244,9 @@ def test_more_concurrent_trials_than_the_cluster_fits_is_refused(ray_local, tmp_
 
 def test_trial_metrics_and_best_trial_rules() -> None:
     import pandas as pd
-
-    from tune_spaces import load_space
-    from workflows.sweep.report import best_trial
-    from workflows.sweep.trial import trial_metrics
+    from unspur.tune_spaces import load_space
+    from unspur.workflows.sweep.report import best_trial
+    from unspur.workflows.sweep.trial import trial_metrics
 
     report = {"epoch": 0, "eval/wga": 0.5, "eval/per_group/bird/water": 1.0, "train/loss": 2.0, "lr": 1e-4}
     assert trial_metrics(report, "val") == {

@@ -97,9 +97,9 @@ class ConceptFilterConfig(StrictModel):
 
 
 #: concept backend name -> ``ProposerSpec`` (what it answers, how the job builds it); config: its
-#: settings section. The built-in backends are registered by ``actors.proposers``.
+#: settings section. The built-in backends are registered by ``unspur.actors.proposers``.
 CONCEPT_BACKENDS: Registry = Registry(
-    "concept backend", hint="the built-in backends are registered by importing actors.proposers"
+    "concept backend", hint="the built-in backends are registered by importing unspur.actors.proposers"
 )
 
 

@@ -25,9 +25,9 @@ __all__ = [
 
 
 #: segmenter name -> factory ``(SegmenterConfig) -> Segmenter``; config: its settings section.
-#: The built-in segmenters (and their configs) are registered by ``actors.segmenters``.
+#: The built-in segmenters (and their configs) are registered by ``unspur.actors.segmenters``.
 SEGMENTERS: Registry = Registry(
-    "segmenter", hint="the built-in segmenters are registered by importing actors.segmenters"
+    "segmenter", hint="the built-in segmenters are registered by importing unspur.actors.segmenters"
 )
 
 

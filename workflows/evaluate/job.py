@@ -2,7 +2,7 @@
 
 The dataset comes through an adapter (``unspur.data.adapters``: a Parquet image table, an image
 folder with masks, Waterbirds); inference runs on Ray Data with a pool of
-:class:`actors.classifier.ClassifierPredictor` actors (model loaded once per actor, fractional
+:class:`unspur.actors.classifier.ClassifierPredictor` actors (model loaded once per actor, fractional
 CPUs); metrics come from ``unspur.metrics``. Writes ``out/metrics.json`` and
 ``out/predictions.parquet``, prints a table per group and logs to MLflow.
 
@@ -20,12 +20,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import ray
+from unspur.actors.classifier import ClassifierPredictor
+from unspur.workflows.job import main_for
 
-from actors.classifier import ClassifierPredictor
 from unspur.config import EvaluateConfig
 from unspur.data.adapters import DatasetError, LoadedDataset, load_dataset
 from unspur.metrics import summarize
-from workflows.job import main_for
 
 __all__ = [
     "outputs",
@@ -65,7 +65,7 @@ def build(cfg: EvaluateConfig, data: LoadedDataset | None = None) -> ray.data.Da
     """The unexecuted inference Dataset (needs a running Ray to hold the input rows)."""
     if not ray.is_initialized():
         raise RuntimeError(
-            "workflows.evaluate.job.build needs a running Ray: call workflows.job.init_ray() first"
+            "unspur.workflows.evaluate.job.build needs a running Ray: call unspur.workflows.job.init_ray() first"
         )
     data = data if data is not None else load_inputs(cfg)
     use_masks = cfg.relevance is not None and data.masks is not None

@@ -2,7 +2,7 @@
 
 Reads the image table and the masks table of ARCHITECTURE.md (an image's training mask is the
 union of its concept masks; a SpuriousWorld parts table serves too), or renders SpuriousWorld
-into ``<out>/data`` with the synth job (:func:`workflows.synth.job.render_tables`) when
+into ``<out>/data`` with the synth job (:func:`unspur.workflows.synth.job.render_tables`) when
 ``data.spuriousworld`` is given. ``build(cfg)`` returns the unexecuted
 TorchTrainer (``run.num_workers`` DDP workers; ``use_gpu`` for GPUs); ``run(cfg)`` executes it,
 or trains in this process when ``run.num_workers`` is 0. Every epoch ends in a checkpoint
@@ -19,14 +19,15 @@ import os
 from pathlib import Path
 from typing import Any
 
+from unspur.workflows.finetune.loop import SUMMARY, run_loop, train_loop_per_worker
+from unspur.workflows.finetune.sessions import LocalSession
+from unspur.workflows.job import init_ray, main_for, user_errors
+from unspur.workflows.synth.job import render_tables
+
 from unspur.config import ConfigError, FinetuneConfig
 from unspur.digest import config_digest
 from unspur.models.families import FAMILIES
 from unspur.relevance import RELEVANCE
-from workflows.finetune.loop import SUMMARY, run_loop, train_loop_per_worker
-from workflows.finetune.sessions import LocalSession
-from workflows.job import init_ray, main_for, user_errors
-from workflows.synth.job import render_tables
 
 __all__ = ["outputs", "CONFIG", "build", "main", "prepare", "resolve", "run", "table_paths"]
 

@@ -28,16 +28,16 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import ray
+from unspur.actors.segmenters import SegmenterActor
+from unspur.workflows.job import main_for
+from unspur.workflows.masks.store import ShardStore, resolve_fs
+from unspur.workflows.synth.job import render_tables
 
-from actors.segmenters import SegmenterActor
 from unspur.concept_validation import concept_statistics, decide, select_validation_images, validated_bank
 from unspur.config import MasksConfig, SegmenterConfig, dump_config
 from unspur.data.images import decode_rgb
 from unspur.io import write_json_atomic
 from unspur.masks import decode
-from workflows.job import main_for
-from workflows.masks.store import ShardStore, resolve_fs
-from workflows.synth.job import render_tables
 
 __all__ = ["outputs", "CONFIG", "MaskPass", "Inputs", "build", "main", "plan_pass", "prepare", "run"]
 
@@ -366,7 +366,7 @@ def _bank_counts(bank: dict[str, Any]) -> dict[str, Any]:
 
 def _overlays(cfg: MasksConfig, inputs: Inputs, store: str) -> Any:
     """A figure of up to ``cfg.overlays`` images with their ok masks, or None."""
-    from workflows.masks.report import overlay_grid
+    from unspur.workflows.masks.report import overlay_grid
 
     shards = ShardStore(store)
     index = shards.read(columns=["image_id", "status"])

@@ -32,17 +32,17 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import unspur.actors.proposers  # noqa: F401  (registers the concept backends the stage configs name)
+import unspur.actors.segmenters  # noqa: F401  (registers the segmenters the stage configs name)
 from pydantic import BaseModel
+from unspur.workflows.job import main_for
+from unspur.workflows.pipeline.report import print_table, write_report
 
-import actors.proposers  # noqa: F401  (registers the concept backends the stage configs name)  # noqa: F401  (registers the concept backends the stage configs name)
-import actors.segmenters  # noqa: F401  (registers the segmenters the stage configs name)  # noqa: F401  (registers the segmenters the stage configs name)
 from unspur import tracking
 from unspur.config import ConfigError, validate_config
 from unspur.config.pipeline import PipelineConfig, references, resolve
 from unspur.digest import config_digest
 from unspur.io import write_json_atomic
-from workflows.job import main_for
-from workflows.pipeline.report import print_table, write_report
 
 __all__ = ["CONFIG", "DEMO_CONFIG", "JOBS", "Stage", "build", "main", "prepare", "run"]
 
@@ -52,12 +52,12 @@ STAGE_FILE = "stage.json"
 DEMO_CONFIG = Path(__file__).parents[1] / "configs" / "cft_pipeline.yaml"
 #: a stage's ``job`` -> the job module: its ``CONFIG``, ``run(cfg)`` and ``outputs(cfg)``.
 JOBS: dict[str, str] = {
-    "synth": "workflows.synth.job",
-    "concepts": "workflows.concepts.job",
-    "masks": "workflows.masks.job",
-    "finetune": "workflows.finetune.job",
-    "sweep": "workflows.sweep.job",
-    "evaluate": "workflows.evaluate.job",
+    "synth": "unspur.workflows.synth.job",
+    "concepts": "unspur.workflows.concepts.job",
+    "masks": "unspur.workflows.masks.job",
+    "finetune": "unspur.workflows.finetune.job",
+    "sweep": "unspur.workflows.sweep.job",
+    "evaluate": "unspur.workflows.evaluate.job",
 }
 
 

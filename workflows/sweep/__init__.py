@@ -1,4 +1,4 @@
-"""``unspur sweep``: the job (:mod:`workflows.sweep.job`) and its helpers.
+"""``unspur sweep``: the job (:mod:`unspur.workflows.sweep.job`) and its helpers.
 
 ``CONFIG``, ``build``, ``run`` and ``main`` are the job module's, loaded on first use (so the
 ``unspur`` command starts without importing Ray).
@@ -11,7 +11,7 @@ __all__ = ["CONFIG", "build", "main", "run"]
 
 def __getattr__(name: str) -> Any:
     if name in __all__:
-        from workflows.sweep import job
+        from unspur.workflows.sweep import job
 
         return getattr(job, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,9 +1,9 @@
 """``unspur sweep``: loss-weight sweeps with Ray Tune over the Ray Train job of ``unspur finetune``.
 
 The Ray 2.60 pattern: the Tuner runs a driver function per trial
-(:func:`workflows.sweep.trial.run_trial`) that validates its point of the search space against
-the training config (``tune_spaces.validate_point``) and builds the TorchTrainer of
-:mod:`workflows.finetune.job` with a ``TuneReportCallback``; the trial's driver holds no CPU (its
+(:func:`unspur.workflows.sweep.trial.run_trial`) that validates its point of the search space against
+the training config (``unspur.tune_spaces.validate_point``) and builds the TorchTrainer of
+:mod:`unspur.workflows.finetune.job` with a ``TuneReportCallback``; the trial's driver holds no CPU (its
 workers do), so ``max_concurrent_trials`` is what the cluster's CPUs / GPUs fit. With
 ``finetune.run.num_workers: 0`` the driver trains in-process and holds the CPUs itself. Trials
 report the VALIDATION metrics of every epoch (``val_wga``, ``val_acc``, ... named after
@@ -33,17 +33,24 @@ from typing import Any
 
 import yaml
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
+from unspur.tune_spaces import SearchSpace, grid_points, load_space, sample_point, validate_point
+from unspur.workflows.finetune import job as finetune
+from unspur.workflows.job import init_ray, main_for
+from unspur.workflows.sweep.flags import FLAGS
+from unspur.workflows.sweep.report import (
+    BEST_CONFIG,
+    ParentRun,
+    best_trial,
+    export_best,
+    metric_plot,
+    trial_table,
+)
+from unspur.workflows.sweep.resources import concurrency, trial_resources
+from unspur.workflows.sweep.trial import run_trial
 
-from tune_spaces import SearchSpace, grid_points, load_space, sample_point, validate_point
 from unspur import tracking
 from unspur.config import ConfigError, FinetuneConfig, SweepConfig
 from unspur.digest import config_digest
-from workflows.finetune import job as finetune
-from workflows.job import init_ray, main_for
-from workflows.sweep.flags import FLAGS
-from workflows.sweep.report import BEST_CONFIG, ParentRun, best_trial, export_best, metric_plot, trial_table
-from workflows.sweep.resources import concurrency, trial_resources
-from workflows.sweep.trial import run_trial
 
 __all__ = [
     "outputs",

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from unspur.tune_spaces import SearchSpace, validate_point
 
-from tune_spaces import SearchSpace, validate_point
 from unspur import tracking
 from unspur.config import FinetuneConfig, SweepConfig, dump_config, validate_config
 

@@ -1,7 +1,7 @@
 """The trial side of ``unspur sweep``: what runs in a Tune trial's driver (and its Train workers).
 
 A trial validates its point against the sweep's finetune config, then trains with the TorchTrainer
-of :mod:`workflows.finetune.job` (a :class:`SweepReportCallback` forwards every epoch's report to Tune),
+of :mod:`unspur.workflows.finetune.job` (a :class:`SweepReportCallback` forwards every epoch's report to Tune),
 or in-process with ``finetune.run.num_workers: 0`` (:class:`TuneSession`). Tune sees each epoch's
 validation metrics as ``<split>_<name>`` (``val_wga``) and ``epochs_done``.
 """
@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from ray.tune.integration.ray_train import TuneReportCallback
+from unspur.tune_spaces import validate_point
+from unspur.workflows.finetune import job as finetune
+from unspur.workflows.finetune.loop import run_loop
+from unspur.workflows.finetune.sessions import LocalSession, flat_numbers
 
-from tune_spaces import validate_point
 from unspur.config import FinetuneConfig, validate_config
-from workflows.finetune import job as finetune
-from workflows.finetune.loop import run_loop
-from workflows.finetune.sessions import LocalSession, flat_numbers
 
 __all__ = ["SweepReportCallback", "TuneSession", "run_trial", "trial_config", "trial_metrics"]
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from workflows.job import Flag
+from unspur.workflows.job import Flag
 
 __all__ = ["FLAGS"]
 

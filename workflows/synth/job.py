@@ -26,12 +26,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import ray
+from unspur.workflows.job import main_for
+from unspur.workflows.synth.flags import FLAGS
 
 from unspur.config import ConfigError, DigitsGridConfig, SpuriousWorldConfig, SynthConfig, load_config
 from unspur.data import digits_grid, spuriousworld
 from unspur.io import write_parquet_atomic
-from workflows.job import main_for
-from workflows.synth.flags import FLAGS
 
 __all__ = [
     "outputs",

@@ -6,8 +6,7 @@ import json
 
 import numpy as np
 import pytest
-
-from actors.concepts import ConceptFilter, filter_concepts, filter_templates
+from unspur.actors.concepts import ConceptFilter, filter_concepts, filter_templates
 
 
 class TableEncoder:

@@ -7,8 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
-
-from actors.concepts import (
+from unspur.actors.concepts import (
     ANSWER_SCHEMA,
     CONCEPT_PROMPTS,
     PLACEHOLDER,

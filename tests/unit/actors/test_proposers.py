@@ -6,9 +6,8 @@ import json
 
 import numpy as np
 import pytest
-
-from actors.concepts import ANSWER_SCHEMA, CONCEPT_PROMPTS, parse_answer
-from actors.proposers import (
+from unspur.actors.concepts import ANSWER_SCHEMA, CONCEPT_PROMPTS, parse_answer
+from unspur.actors.proposers import (
     PROPOSERS,
     REQUEST_COLUMNS,
     BankProposer,
