@@ -65,7 +65,7 @@ _WITH_FLAGS = ("sweep", "synth")
 def _job_flags(module: str) -> list[tuple[str, str, type, Any]]:
     if module not in _WITH_FLAGS:
         return []
-    flags = importlib.import_module(f"workflows.{module}.flags").FLAGS
+    flags = importlib.import_module(f"unspur.workflows.{module}.flags").FLAGS
     return [
         (f.lstrip("-").replace("-", "_"), f, kind, typer.Option(None, f, help=text))
         for f, kind, text in flags
@@ -102,9 +102,9 @@ def _job_command(module: str, help_text: str, example: str) -> Any:
 
 def _call_main(module: str, argv: list[str]) -> None:
     try:
-        mod = importlib.import_module(f"workflows.{module}")
+        mod = importlib.import_module(f"unspur.workflows.{module}")
     except ModuleNotFoundError as err:
-        if err.name == f"workflows.{module}":
+        if err.name == f"unspur.workflows.{module}":
             typer.echo(f"error: the job module workflows/{module}/job.py is not installed", err=True)
             raise typer.Exit(2) from None
         raise

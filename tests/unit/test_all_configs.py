@@ -30,7 +30,7 @@ def job_module_for(path: Path) -> ModuleType | None:
             and not token.startswith("_")
             and (ROOT / "workflows" / token / "job.py").is_file()
         ):
-            module = importlib.import_module(f"workflows.{token}")
+            module = importlib.import_module(f"unspur.workflows.{token}")
             if hasattr(module, "CONFIG"):
                 return module
     return None
@@ -50,6 +50,8 @@ def test_job_config_validates(path):
     assert "out" in module.CONFIG.model_fields, f"{module.__name__}.CONFIG has no top-level 'out' field"
     cfg = load_config(module.CONFIG, path)
     assert isinstance(cfg, module.CONFIG)
+    if module.__name__.endswith(".pipeline"):  # a stage list: every stage validates against its job
+        assert module.build(cfg), f"{path.name}: no stage planned"
 
 
 @pytest.mark.parametrize("path", SPACES, ids=lambda p: p.name)

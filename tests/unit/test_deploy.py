@@ -174,7 +174,7 @@ def test_entrypoint_is_a_real_unspur_command_with_valid_config(name: str, job: d
             assert (REPO / tok[len(APP_DIR) :]).exists(), f"{name}: {tok} is not in the repository"
     flags, overrides = _split_job_args(tokens[2:])
     assert flags["--config"].startswith(APP_DIR + "workflows/configs/"), name
-    module = importlib.import_module(f"workflows.{JOBS[tokens[1]][0]}")
+    module = importlib.import_module(f"unspur.workflows.{JOBS[tokens[1]][0]}")
     overrides += [f"out={flags['--out']}"] if "--out" in flags else []
     load_config(module.CONFIG, REPO / flags["--config"][len(APP_DIR) :], overrides)
     env = yaml.safe_load(job.get("runtimeEnvYAML") or "{}")

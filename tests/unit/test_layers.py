@@ -51,6 +51,16 @@ def test_no_module_below_the_workflows_imports_ray_or_a_higher_layer(name: str) 
     assert not upward, f"{name} imports a higher layer: {upward}"
 
 
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_the_folders_are_imported_by_their_package_names(name: str) -> None:
+    """``actors``, ``workflows`` and ``tune_spaces`` are importable from a checkout's root too, but
+    as a second copy of every module (registries would register twice): use ``unspur.<folder>``."""
+    bare = sorted(i for i in _imports(MODULES[name]) if i.split(".")[0] in set(FOLDERS.values()))
+    assert not bare, (
+        f"{name} imports {bare}; import them as unspur.actors / unspur.workflows / unspur.tune_spaces"
+    )
+
+
 def test_no_import_cycles() -> None:
     seen: dict[str, int] = {}
     cycles = []
