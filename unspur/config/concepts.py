@@ -49,23 +49,11 @@ class ConceptClassesConfig(StrictModel):
 class ConceptSamplingConfig(StrictModel):
     """LLM sampling (Label-free CBM: temperature 0.7, 256 new tokens, 2 samples per prompt)."""
 
-    temperature: float = 0.7
-    top_p: float = 1.0
-    max_tokens: int = 256
-    n_samples: int = 2
+    temperature: float = Field(0.7, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_tokens: int = Field(256, ge=1)
+    n_samples: int = Field(2, ge=1)
     seed: int = 0
-
-    @model_validator(mode="after")
-    def _check(self) -> ConceptSamplingConfig:
-        if self.temperature < 0 or not 0 < self.top_p <= 1:
-            raise ValueError(
-                f"need temperature >= 0 and top_p in (0, 1], got {self.temperature}, {self.top_p}"
-            )
-        if self.max_tokens < 1 or self.n_samples < 1:
-            raise ValueError(
-                f"max_tokens and n_samples must be >= 1, got {self.max_tokens}, {self.n_samples}"
-            )
-        return self
 
 
 class ConceptSimilarityConfig(StrictModel):
@@ -81,19 +69,10 @@ class ConceptSimilarityConfig(StrictModel):
 class ConceptFilterConfig(StrictModel):
     """Label-free CBM filters, applied in this order (METHODS.md 1.1)."""
 
-    max_length: int = 30
-    class_similarity: float = 0.85
-    duplicate_similarity: float = 0.9
-    template_max_length: int = 80
-
-    @model_validator(mode="after")
-    def _check(self) -> ConceptFilterConfig:
-        for name in ("class_similarity", "duplicate_similarity"):
-            if not 0 < getattr(self, name) <= 1:
-                raise ValueError(f"filters.{name} must lie in (0, 1], got {getattr(self, name)}")
-        if self.max_length < 1 or self.template_max_length < 1:
-            raise ValueError("filters.max_length and filters.template_max_length must be >= 1")
-        return self
+    max_length: int = Field(30, ge=1)
+    class_similarity: float = Field(0.85, gt=0, le=1)
+    duplicate_similarity: float = Field(0.9, gt=0, le=1)
+    template_max_length: int = Field(80, ge=1)
 
 
 #: concept backend name -> ``ProposerSpec`` (what it answers, how the job builds it); config: its

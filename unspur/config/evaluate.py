@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import model_validator
+from pydantic import Field, model_validator
 
 from unspur.config.base import StrictModel
 
@@ -27,20 +27,16 @@ class EvaluateConfig(StrictModel):
     masks: str | None = None
     split: str | None = "test"
     classes: list[str] | None = None
-    batch_size: int = 64
+    batch_size: int = Field(64, ge=1)
     relevance: str | None = "rollout"
-    num_actors: int = 1
-    num_cpus: float = 0.5
-    num_gpus: float = 0.0
+    num_actors: int = Field(1, ge=1)
+    num_cpus: float = Field(0.5, ge=0)
+    num_gpus: float = Field(0.0, ge=0)
     experiment: str = "evaluate"
     track: bool = True
 
     @model_validator(mode="after")
     def _check(self) -> EvaluateConfig:
-        if self.batch_size < 1 or self.num_actors < 1:
-            raise ValueError(
-                f"batch_size and num_actors must be >= 1, got {self.batch_size}, {self.num_actors}"
-            )
-        if self.num_cpus < 0 or self.num_gpus < 0 or self.num_cpus + self.num_gpus == 0:
+        if self.num_cpus + self.num_gpus == 0:
             raise ValueError(f"an actor needs num_cpus or num_gpus > 0, got {self.num_cpus}, {self.num_gpus}")
         return self

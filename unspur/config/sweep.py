@@ -39,12 +39,12 @@ class SweepConfig(StrictModel):
     space: str = "cft"
     finetune: FinetuneConfig = Field(default_factory=_sweep_finetune)
     base: FinetuneConfig | None = None
-    num_samples: int = 8
-    max_concurrent_trials: int | None = None
-    name: str = "sweep"
+    num_samples: int = Field(8, ge=1)
+    max_concurrent_trials: int | None = Field(None, ge=1)
+    name: str = Field("sweep", pattern=r"^[^/]+$", description="a folder name")
     storage_path: str | None = None
     seed: int = 0
-    trial_max_failures: int = 0
+    trial_max_failures: int = Field(0, ge=0)
     experiment: str = "sweep"
     plot: bool = True
 
@@ -66,13 +66,4 @@ class SweepConfig(StrictModel):
                 "set either base (trained once by the sweep) or finetune.init_from (an existing "
                 "checkpoint), not both"
             )
-        if not self.name or "/" in self.name:
-            raise ValueError(f"name must be a non-empty folder name without '/', got {self.name!r}")
-        if self.num_samples < 1 or self.trial_max_failures < 0:
-            raise ValueError(
-                f"num_samples must be >= 1 and trial_max_failures >= 0, got {self.num_samples}, "
-                f"{self.trial_max_failures}"
-            )
-        if self.max_concurrent_trials is not None and self.max_concurrent_trials < 1:
-            raise ValueError(f"max_concurrent_trials must be >= 1 or null, got {self.max_concurrent_trials}")
         return self
