@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+
 from unspur.actors.segmenter_api import ClipSegConfig, ConceptMask
 from unspur.actors.segmenter_models import TextSegmenter, load_clipseg
 

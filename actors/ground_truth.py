@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from unspur.actors.segmenter_api import ConceptMask, GroundTruthConfig
 
+from unspur.actors.segmenter_api import ConceptMask, GroundTruthConfig
 from unspur.masks import decode
 
 __all__ = ["GroundTruth", "head_noun", "match_part", "load_parts_table"]

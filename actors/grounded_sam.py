@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
 from unspur.actors.segmenter_api import ConceptMask, GroundedSamConfig
 from unspur.actors.segmenter_models import Detector, load_detector, load_sam
 

@@ -25,8 +25,8 @@ from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field, model_validator
-from unspur.actors.concepts import ANSWER_SCHEMA, build_messages, normalize_class_name
 
+from unspur.actors.concepts import ANSWER_SCHEMA, build_messages, normalize_class_name
 from unspur.concept_bank import read_bank_source
 from unspur.config.base import StrictModel
 from unspur.config.concepts import CONCEPT_BACKENDS

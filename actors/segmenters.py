@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+
 from unspur.actors.segmenter_api import (
     ClipSegConfig,
     ConceptMask,
@@ -29,7 +30,6 @@ from unspur.actors.segmenter_api import (
     GroundTruthConfig,
     Segmenter,
 )
-
 from unspur.config.masks import SEGMENTERS, SegmenterConfig
 from unspur.data.images import ImageError, decode_rgb
 from unspur.masks import bbox, encode

@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 
 import torch
-from unspur.actors.segmenters import build_segmenter
 
+from unspur.actors.segmenters import build_segmenter
 from unspur.config import MasksConfig, SpuriousWorldConfig, load_config
 from unspur.data.images import decode_rgb
 from unspur.data.spuriousworld import sample_rows

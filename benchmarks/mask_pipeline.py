@@ -28,8 +28,8 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import unspur.actors.segmenters  # noqa: F401  (registers the segmenters segmenter.name may pick)
 
+import unspur.actors.segmenters  # noqa: F401  (registers the segmenters segmenter.name may pick)
 from unspur.config import MasksConfig, SpuriousWorldConfig, load_config
 from unspur.data.spuriousworld import generate_tables
 

@@ -27,9 +27,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from unspur.workflows.sweep import job as sweep
 
 from unspur.config import SweepConfig, validate_config
+from unspur.workflows.sweep import job as sweep
 
 os.environ.setdefault("TIMM_FUSED_ATTN", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")

@@ -60,7 +60,6 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
 def user_errors() -> tuple[type[Exception], ...]:
     """Exceptions a user's input causes; a job prints them as one line and exits 2."""
     from unspur.actors.proposers import WordNetMissingError
-
     from unspur.data.adapters import DatasetError
     from unspur.models.checkpoint import CheckpointError
     from unspur.training import NonFiniteLossError

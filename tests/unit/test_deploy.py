@@ -17,10 +17,10 @@ import pytest
 import ray
 import typer
 import yaml
-from unspur.workflows.cli import JOBS, app
-from unspur.workflows.cluster.submit import build_runtime_env, check_subcommand
 
 from unspur.config import load_config
+from unspur.workflows.cli import JOBS, app
+from unspur.workflows.cluster.submit import build_runtime_env, check_subcommand
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"

@@ -2,9 +2,9 @@ import random
 from pathlib import Path
 
 import pytest
-from unspur.tune_spaces import SPACES_DIR, grid_points, load_space, sample_point, validate_point
 
 from unspur.config import ConfigError, StrictModel
+from unspur.tune_spaces import SPACES_DIR, grid_points, load_space, sample_point, validate_point
 
 
 class Loss(StrictModel):

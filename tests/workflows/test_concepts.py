@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from unspur.workflows.concepts import job
 
 from unspur.concept_bank import load_bank
 from unspur.config import ConceptsConfig, ConfigError, load_config
+from unspur.workflows.concepts import job
 
 REPO = Path(__file__).resolve().parents[2]
 WORDNET_YAML = REPO / "workflows" / "configs" / "concepts_wordnet.yaml"

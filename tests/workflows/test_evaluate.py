@@ -8,13 +8,13 @@ import pandas as pd
 import pytest
 import torch
 from torch.utils.data import DataLoader
-from unspur.workflows.evaluate import job as evaluate
 
 from unspur.config import ModelConfig, SpuriousWorldConfig
 from unspur.data.spuriousworld import generate_tables
 from unspur.data.torch_dataset import ImageMaskDataset
 from unspur.models import build_model, load_checkpoint, save_checkpoint
 from unspur.training import evaluate as evaluate_loop
+from unspur.workflows.evaluate import job as evaluate
 
 
 @pytest.fixture(scope="module")

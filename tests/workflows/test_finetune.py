@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from unspur.workflows.finetune import job
 
 from unspur.config import FinetuneConfig, load_config
 from unspur.models import load_checkpoint
+from unspur.workflows.finetune import job
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = [

@@ -20,11 +20,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
+
 from unspur.actors.ground_truth import match_part
+from unspur.masks import decode, encode
 from unspur.workflows.masks import job
 from unspur.workflows.masks.store import ShardStore
-
-from unspur.masks import decode, encode
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "workflows" / "configs"

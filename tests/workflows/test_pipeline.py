@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from unspur.workflows.pipeline import job as pipeline
 
 from unspur.config import ConfigError, PipelineConfig, apply_overrides, load_config
+from unspur.workflows.pipeline import job as pipeline
 
 TINY_MODEL = {
     "name": "vit_tiny_synth",

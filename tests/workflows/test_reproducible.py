@@ -13,13 +13,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from test_pipeline import _tiny  # the tiny SpuriousWorld pipeline of that test
+
+from unspur.config import FinetuneConfig, PipelineConfig, load_config
+from unspur.data.adapters import ParquetAdapter
 from unspur.workflows.finetune import job as finetune
 from unspur.workflows.finetune.loop import load_tables
 from unspur.workflows.masks.store import ShardStore
 from unspur.workflows.pipeline import job as pipeline
-
-from unspur.config import FinetuneConfig, PipelineConfig, load_config
-from unspur.data.adapters import ParquetAdapter
 
 
 def _image_rows(ids: list[str]) -> pd.DataFrame:

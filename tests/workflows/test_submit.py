@@ -24,6 +24,7 @@ import pytest
 import requests
 import typer
 from typer.testing import CliRunner
+
 from unspur.workflows.cli import app
 from unspur.workflows.cluster.submit import (
     DEFAULT_EXCLUDES,
@@ -215,8 +216,9 @@ def test_ui_starts_mlflow_ui_on_the_out_database(tmp_path: Path, monkeypatch: py
     """The command line handed to MLflow parses with MLflow's own `ui` command (the server itself
     is not started here: MLflow's start-up takes half a minute on a busy 2-core machine)."""
     import click
-    import unspur.workflows.cluster.ui
     from mlflow.cli import cli as mlflow_cli
+
+    import unspur.workflows.cluster.ui
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     (tmp_path / "mlflow.db").touch()

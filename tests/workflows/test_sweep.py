@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 from ray import tune
-from unspur.workflows.sweep import job as sweep
 
 from unspur.config import ConfigError, FinetuneConfig, SweepConfig, load_config
+from unspur.workflows.sweep import job as sweep
 
 TINY_FINETUNE = {
     "data": {
@@ -244,6 +244,7 @@ def test_more_concurrent_trials_than_the_cluster_fits_is_refused(ray_local, tmp_
 
 def test_trial_metrics_and_best_trial_rules() -> None:
     import pandas as pd
+
     from unspur.tune_spaces import load_space
     from unspur.workflows.sweep.report import best_trial
     from unspur.workflows.sweep.trial import trial_metrics

@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from unspur.workflows.synth import job as synth
 
 from unspur.data.digits_grid import cramers_v
 from unspur.masks import decode
+from unspur.workflows.synth import job as synth
 
 
 def _read(folder, sort):

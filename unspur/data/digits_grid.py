@@ -27,6 +27,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 from pydantic import Field, model_validator
@@ -319,4 +320,23 @@ def generate_tables(cfg: DigitsGridConfig, splits: Sequence[str] = ("train", "va
     return pd.DataFrame(images), pd.DataFrame(parts), pd.DataFrame(regions)
 
 
-DATA_KINDS.add("digits_grid", sample_rows, DigitsGridConfig)
+def train_statistics(cfg: DigitsGridConfig, train: Any) -> dict[str, float]:
+    """The measured shortcut of a rendered train split (a DataFrame with ``label``, ``has_marker``): exact
+    Cramer's V and the marker rate of the target class and of the others."""
+    target = cfg.digits.index(cfg.target_digit)
+    return {
+        "train_cramers_v": cramers_v(train["label"], train["has_marker"]),
+        "train_marker_rate_target": float(train[train["label"] == target]["has_marker"].mean()),
+        "train_marker_rate_other": float(train[train["label"] != target]["has_marker"].mean()),
+    }
+
+
+DATA_KINDS.add(
+    "digits_grid",
+    sample_rows,
+    DigitsGridConfig,
+    tables=("parts", "regions"),
+    classes=lambda cfg: [DIGIT_NAMES[d] for d in cfg.digits],
+    shortcut_column="has_marker",
+    statistics=train_statistics,
+)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import io
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from pydantic import Field, model_validator
@@ -431,4 +432,19 @@ def generate_tables(cfg: SpuriousWorldConfig, splits: Sequence[str] = ("train", 
     return pd.DataFrame(images), pd.DataFrame(parts, columns=["image_id", "part", "rle"])
 
 
-DATA_KINDS.add("spuriousworld", sample_rows, SpuriousWorldConfig)
+def train_statistics(cfg: SpuriousWorldConfig, train: Any) -> dict[str, float]:
+    """The measured shortcut of a rendered train split (a DataFrame with ``label``, ``background``): the
+    share of images on their class's own background."""
+    own = np.asarray(cfg.backgrounds, dtype=object)[train["label"].to_numpy()]
+    return {"train_cooccurrence": float(np.mean(train["background"].to_numpy() == own))}
+
+
+DATA_KINDS.add(
+    "spuriousworld",
+    sample_rows,
+    SpuriousWorldConfig,
+    tables=("parts",),
+    classes=lambda cfg: list(cfg.classes),
+    shortcut_column="background",
+    statistics=train_statistics,
+)

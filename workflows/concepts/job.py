@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import ray
+
 from unspur.actors.concepts import (
     ConceptFilter,
     collect_candidates,
@@ -34,11 +35,10 @@ from unspur.actors.concepts import (
     prompt_version,
 )
 from unspur.actors.proposers import PROPOSERS, REQUEST_COLUMNS, ProposerSpec, VLLMRowFunctions
-from unspur.workflows.job import main_for
-
 from unspur.concept_bank import assemble_bank, bank_table_rows
 from unspur.config import ConceptsConfig, SpuriousWorldConfig
 from unspur.io import write_json_atomic
+from unspur.workflows.job import main_for
 
 __all__ = ["outputs", "CONFIG", "Plan", "JsonCache", "resolve_classes", "prepare", "build", "run", "main"]
 

@@ -20,12 +20,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import ray
-from unspur.actors.classifier import ClassifierPredictor
-from unspur.workflows.job import main_for
 
+from unspur.actors.classifier import ClassifierPredictor
 from unspur.config import EvaluateConfig
 from unspur.data.adapters import DatasetError, LoadedDataset, load_dataset
 from unspur.metrics import summarize
+from unspur.workflows.job import main_for
 
 __all__ = [
     "outputs",

@@ -19,15 +19,14 @@ import os
 from pathlib import Path
 from typing import Any
 
-from unspur.workflows.finetune.loop import SUMMARY, run_loop, train_loop_per_worker
-from unspur.workflows.finetune.sessions import LocalSession
-from unspur.workflows.job import init_ray, main_for, user_errors
-from unspur.workflows.synth.job import render_tables
-
 from unspur.config import ConfigError, FinetuneConfig
 from unspur.digest import config_digest
 from unspur.models.families import FAMILIES
 from unspur.relevance import RELEVANCE
+from unspur.workflows.finetune.loop import SUMMARY, run_loop, train_loop_per_worker
+from unspur.workflows.finetune.sessions import LocalSession
+from unspur.workflows.job import init_ray, main_for, user_errors
+from unspur.workflows.synth.job import render_tables
 
 __all__ = ["outputs", "CONFIG", "build", "main", "prepare", "resolve", "run", "table_paths"]
 

@@ -21,8 +21,6 @@ import pandas as pd
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
-from unspur.workflows.finetune.report import Tracker, relevance_figure
-from unspur.workflows.finetune.sessions import RaySession
 
 from unspur.config import FinetuneConfig
 from unspur.data.adapters import sort_rows
@@ -39,6 +37,8 @@ from unspur.training import (
     selection_score,
     train_one_epoch,
 )
+from unspur.workflows.finetune.report import Tracker, relevance_figure
+from unspur.workflows.finetune.sessions import RaySession
 
 __all__ = ["SUMMARY", "load_tables", "run_loop", "train_loop_per_worker"]
 

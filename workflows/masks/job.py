@@ -28,16 +28,16 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import ray
-from unspur.actors.segmenters import SegmenterActor
-from unspur.workflows.job import main_for
-from unspur.workflows.masks.store import ShardStore, resolve_fs
-from unspur.workflows.synth.job import render_tables
 
+from unspur.actors.segmenters import SegmenterActor
 from unspur.concept_validation import concept_statistics, decide, select_validation_images, validated_bank
 from unspur.config import MasksConfig, SegmenterConfig, dump_config
 from unspur.data.images import decode_rgb
 from unspur.io import write_json_atomic
 from unspur.masks import decode
+from unspur.workflows.job import main_for
+from unspur.workflows.masks.store import ShardStore, resolve_fs
+from unspur.workflows.synth.job import render_tables
 
 __all__ = ["outputs", "CONFIG", "MaskPass", "Inputs", "build", "main", "plan_pass", "prepare", "run"]
 

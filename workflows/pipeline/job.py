@@ -32,17 +32,17 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from pydantic import BaseModel
+
 import unspur.actors.proposers  # noqa: F401  (registers the concept backends the stage configs name)
 import unspur.actors.segmenters  # noqa: F401  (registers the segmenters the stage configs name)
-from pydantic import BaseModel
-from unspur.workflows.job import main_for
-from unspur.workflows.pipeline.report import print_table, write_report
-
 from unspur import tracking
 from unspur.config import ConfigError, validate_config
 from unspur.config.pipeline import PipelineConfig, references, resolve
 from unspur.digest import config_digest
 from unspur.io import write_json_atomic
+from unspur.workflows.job import main_for
+from unspur.workflows.pipeline.report import print_table, write_report
 
 __all__ = ["CONFIG", "DEMO_CONFIG", "JOBS", "Stage", "build", "main", "prepare", "run"]
 

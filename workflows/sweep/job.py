@@ -33,6 +33,10 @@ from typing import Any
 
 import yaml
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
+
+from unspur import tracking
+from unspur.config import ConfigError, FinetuneConfig, SweepConfig
+from unspur.digest import config_digest
 from unspur.tune_spaces import SearchSpace, grid_points, load_space, sample_point, validate_point
 from unspur.workflows.finetune import job as finetune
 from unspur.workflows.job import init_ray, main_for
@@ -47,10 +51,6 @@ from unspur.workflows.sweep.report import (
 )
 from unspur.workflows.sweep.resources import concurrency, trial_resources
 from unspur.workflows.sweep.trial import run_trial
-
-from unspur import tracking
-from unspur.config import ConfigError, FinetuneConfig, SweepConfig
-from unspur.digest import config_digest
 
 __all__ = [
     "outputs",

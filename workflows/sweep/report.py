@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from unspur.tune_spaces import SearchSpace, validate_point
 
 from unspur import tracking
 from unspur.config import FinetuneConfig, SweepConfig, dump_config, validate_config
+from unspur.tune_spaces import SearchSpace, validate_point
 
 __all__ = ["ParentRun", "best_trial", "export_best", "metric_plot", "trial_table"]
 

@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from ray.tune.integration.ray_train import TuneReportCallback
+
+from unspur.config import FinetuneConfig, validate_config
 from unspur.tune_spaces import validate_point
 from unspur.workflows.finetune import job as finetune
 from unspur.workflows.finetune.loop import run_loop
 from unspur.workflows.finetune.sessions import LocalSession, flat_numbers
-
-from unspur.config import FinetuneConfig, validate_config
 
 __all__ = ["SweepReportCallback", "TuneSession", "run_trial", "trial_config", "trial_metrics"]
 

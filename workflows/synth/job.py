@@ -26,18 +26,18 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import ray
+
+from unspur.config import ConfigError, SynthConfig, load_config
+from unspur.data.kinds import DATA_KINDS
+from unspur.io import write_parquet_atomic
 from unspur.workflows.job import main_for
 from unspur.workflows.synth.flags import FLAGS
-
-from unspur.config import ConfigError, DigitsGridConfig, SpuriousWorldConfig, SynthConfig, load_config
-from unspur.data import digits_grid, spuriousworld
-from unspur.io import write_parquet_atomic
 
 __all__ = [
     "outputs",
     "CONFIG",
-    "GENERATORS",
     "Generator",
+    "generator",
     "build",
     "run",
     "main",
@@ -51,25 +51,21 @@ SPLITS = ("train", "val", "test")
 
 @dataclass(frozen=True)
 class Generator:
-    """A generator kind: its config section, row function and the extra tables it writes."""
+    """A data kind (``unspur.data.kinds.DATA_KINDS``): its config section, row function, the extra
+    tables it writes, its class names, the column of its shortcut and its train statistics."""
 
     config: type
     rows: Callable[[Any, str, int], tuple]  # (cfg, split, index) -> (image_row, part_rows[, region_rows])
     tables: tuple[str, ...]  # names of the per-image list tables after the image table
     classes: Callable[[Any], list[str]]
+    shortcut_column: str
+    statistics: Callable[[Any, Any], dict[str, float]]
 
 
-GENERATORS: dict[str, Generator] = {
-    "spuriousworld": Generator(
-        SpuriousWorldConfig, spuriousworld.sample_rows, ("parts",), lambda c: list(c.classes)
-    ),
-    "digits_grid": Generator(
-        DigitsGridConfig,
-        digits_grid.sample_rows,
-        ("parts", "regions"),
-        lambda c: [digits_grid.DIGIT_NAMES[d] for d in c.digits],
-    ),
-}
+def generator(kind: str) -> Generator:
+    """The registered data kind ``kind`` (an error listing the registered kinds otherwise)."""
+    entry = DATA_KINDS.entry(kind)
+    return Generator(entry.config, entry.factory, **entry.meta)
 
 
 def _section(cfg: SynthConfig) -> Any:
@@ -91,7 +87,7 @@ def _locate(sizes: dict[str, int], gid: int) -> tuple[str, int]:
 def render_batch(batch: dict[str, np.ndarray], kind: str, section: dict[str, Any]) -> pa.Table:
     """Render the rows whose global ids are ``batch["id"]`` -> a table of image rows, each with
     its part (and region) rows nested in list columns ``_parts`` (``_regions``)."""
-    gen = GENERATORS[kind]
+    gen = generator(kind)
     cfg = gen.config.model_validate(section)
     sizes = _sizes(cfg)
     rows = []
@@ -123,12 +119,12 @@ def render_tables(section: Any, out: str | Path, splits: Sequence[str] = SPLITS)
     process, with the same row function as the Ray job, into one Parquet file per table under
     ``out``: ``images.parquet``, ``parts.parquet`` (and ``regions.parquet``). A finished render is
     reused. Returns table name -> path. Jobs that train or segment on synthetic data call this."""
-    kind = next((k for k, g in GENERATORS.items() if isinstance(section, g.config)), None)
+    kind = next((k for k in DATA_KINDS if isinstance(section, DATA_KINDS.entry(k).config)), None)
     if kind is None:
         raise ConfigError(
-            f"no synthetic generator takes a {type(section).__name__}; kinds: {sorted(GENERATORS)}"
+            f"no synthetic generator takes a {type(section).__name__}; kinds: {DATA_KINDS.names()}"
         )
-    gen, out = GENERATORS[kind], Path(out)
+    gen, out = generator(kind), Path(out)
     paths = {name: out / f"{name}.parquet" for name in ("images", *gen.tables)}
     if not all(p.is_file() for p in paths.values()):
         sizes = _sizes(section)
@@ -164,14 +160,7 @@ def _statistics(cfg: SynthConfig, rows: Any) -> dict[str, Any]:
         },
     }
     train = rows[rows["split"] == "train"]
-    if cfg.kind == "spuriousworld":
-        own = np.asarray(section.backgrounds, dtype=object)[train["label"].to_numpy()]
-        stats["train_cooccurrence"] = float(np.mean(train["background"].to_numpy() == own))
-    else:
-        target = section.digits.index(section.target_digit)
-        stats["train_cramers_v"] = digits_grid.cramers_v(train["label"], train["has_marker"])
-        stats["train_marker_rate_target"] = float(train[train["label"] == target]["has_marker"].mean())
-        stats["train_marker_rate_other"] = float(train[train["label"] != target]["has_marker"].mean())
+    stats.update(generator(cfg.kind).statistics(section, train))
     return stats
 
 
@@ -180,7 +169,7 @@ def run(cfg: SynthConfig) -> dict[str, Any]:
     from ray.data import SaveMode
 
     out = Path(cfg.out)
-    gen = GENERATORS[cfg.kind]
+    gen = generator(cfg.kind)
     ds = build(cfg).materialize()
     ds.context.execution_options.preserve_order = True  # and the writes: shards in row order
     nested = [f"_{name}" for name in gen.tables]
@@ -189,7 +178,7 @@ def run(cfg: SynthConfig) -> dict[str, Any]:
         ds.select_columns([f"_{name}"]).map_batches(
             _explode, batch_format="pyarrow", fn_kwargs={"column": f"_{name}"}
         ).write_parquet(str(out / name), mode=SaveMode.OVERWRITE)
-    keep = ["split", "label", "group"] + (["background"] if cfg.kind == "spuriousworld" else ["has_marker"])
+    keep = ["split", "label", "group", gen.shortcut_column]
     stats = _statistics(cfg, ds.select_columns(keep).to_pandas())
     meta = {
         "kind": cfg.kind,
@@ -272,7 +261,7 @@ def outputs(cfg: SynthConfig) -> dict[str, Any]:
     """What a pipeline stage of this job offers later stages: ``images`` (the image table), one
     path per extra table (``parts`` / ``regions``), ``classes`` and ``num_classes``."""
     out = Path(cfg.out).resolve()
-    gen = GENERATORS[cfg.kind]
+    gen = generator(cfg.kind)
     classes = gen.classes(_section(cfg))
     tables = {name: str(out / name) for name in gen.tables}
     return {"images": str(out / "images"), **tables, "classes": classes, "num_classes": len(classes)}

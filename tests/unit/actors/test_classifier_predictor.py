@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from unspur.actors.classifier import OUTPUT_COLUMNS, ClassifierPredictor
 
+from unspur.actors.classifier import OUTPUT_COLUMNS, ClassifierPredictor
 from unspur.config import ModelConfig, SpuriousWorldConfig
 from unspur.data.spuriousworld import generate_tables
 from unspur.data.torch_dataset import ImageMaskDataset

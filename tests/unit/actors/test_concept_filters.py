@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+
 from unspur.actors.concepts import ConceptFilter, filter_concepts, filter_templates
 
 

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+
 from unspur.actors.concepts import (
     ANSWER_SCHEMA,
     CONCEPT_PROMPTS,

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+
 from unspur.actors.concepts import ANSWER_SCHEMA, CONCEPT_PROMPTS, parse_answer
 from unspur.actors.proposers import (
     PROPOSERS,

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+
 from unspur.actors.ground_truth import GroundTruth, head_noun, match_part
 from unspur.actors.grounded_sam import build_prompts, nms
 from unspur.actors.segmenter_models import tiny_tokenizer
 from unspur.actors.segmenters import MASK_COLUMNS, SEGMENTERS, SegmenterActor, build_segmenter
-
 from unspur.config import SegmenterConfig, SpuriousWorldConfig
 from unspur.data.images import decode_rgb
 from unspur.data.spuriousworld import render_sample, sample_rows
