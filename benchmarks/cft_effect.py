@@ -57,7 +57,7 @@ def _fit(model, ds, cfg: FinetuneConfig, loss_cfg, base_model, val_loader) -> No
     """``fit`` plus the config's ``run.select``: every ``eval_every`` epochs the model is scored on
     the validation split and the best-scoring epoch's weights are kept (as ``unspur finetune`` does)."""
     spec = get_loss(loss_cfg.name)
-    use_base = base_model if loss_cfg.lambda_kl > 0 else None
+    use_base = base_model if loss_cfg.kl_weight > 0 else None
     best: dict[str, Any] = {}
 
     def keep_best(epoch: int, _terms: dict[str, float]) -> None:
