@@ -6,7 +6,9 @@ it through the checkpoint's model family (``unspur.models.families``);
 ``label``, ``group``, optional ``mask_rles``: a JSON list of COCO RLEs per image) to
 predictions and, with a relevance method, the per-image relevance alignment of
 :func:`unspur.metrics.relevance_alignment` (NaN where the image has no mask). Preprocessing is
-the training dataset's (:class:`unspur.data.torch_dataset.ImageMaskDataset`). An image that
+the training dataset's (:class:`unspur.data.torch_dataset.ImageMaskDataset`, with the model's
+input mean/std). A family without relevance maps (``clip``: zero-shot predictions) leaves the
+alignment columns NaN. An image that
 cannot be decoded becomes an error row (``pred`` -1, ``error`` the reason); the batch goes on.
 """
 
@@ -58,7 +60,7 @@ class ClassifierPredictor:
 
     def __init__(self, checkpoint: str, relevance: str | None = None, device: str = "auto") -> None:
         from unspur.models import checkpoint_model_config, load_checkpoint
-        from unspur.models.families import family_of
+        from unspur.models.families import family_of, input_norm
 
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -68,6 +70,9 @@ class ClassifierPredictor:
         model_cfg = checkpoint_model_config(checkpoint)
         self.family = family_of(model_cfg)
         self.img_size = model_cfg.img_size
+        self.norm = input_norm(self.model)
+        if relevance is not None and "relevance" not in self.family.outputs:
+            relevance = None  # e.g. a clip model: predictions only, alignment columns NaN
         if relevance is not None:
             from unspur.relevance import RELEVANCE
 
@@ -81,7 +86,9 @@ class ClassifierPredictor:
         from unspur.data.torch_dataset import ImageMaskDataset
 
         bad_image = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
-        dataset = ImageMaskDataset(frame, _masks_frame(frame), img_size=self.img_size, cache=False)
+        dataset = ImageMaskDataset(
+            frame, _masks_frame(frame), img_size=self.img_size, cache=False, **self.norm
+        )
         items: list[dict[str, Any] | None] = []
         errors: list[str] = []
         for i in range(len(dataset)):

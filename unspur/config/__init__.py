@@ -5,7 +5,8 @@ nowhere else. Configs load from YAML (``yaml.safe_load``) and take dotted overri
 command line (``train.lr=1e-4``). A bad config raises :class:`ConfigError` naming the file,
 the key and what is allowed, before any compute starts.
 
-``base`` (loading, overrides, errors), ``registered`` (fields naming registry entries), ``data``,
+``base`` (loading, overrides, errors), ``registered`` (fields naming registry entries), ``model``
+(the model section, per family), ``data``,
 ``finetune``, ``concepts``, ``masks``, ``evaluate``, ``sweep``, ``pipeline``. Names are imported
 from their module on first use, so ``unspur.config.base`` can be imported by the modules that
 define registered configs (``unspur.data``, ``unspur.losses``) without an import cycle.
@@ -44,7 +45,6 @@ if TYPE_CHECKING:
         FinetuneDataConfig,
         FinetuneRunConfig,
         LossConfig,
-        ModelConfig,
         TrainConfig,
     )
     from unspur.config.masks import (
@@ -54,6 +54,7 @@ if TYPE_CHECKING:
         MasksConfig,
         SegmenterConfig,
     )
+    from unspur.config.model import MODEL_FAMILIES, ClipModelConfig, ModelConfig
     from unspur.config.pipeline import PipelineConfig, PipelineEvaluateConfig, ReportConfig, StageSpec
     from unspur.config.sweep import SweepConfig
 
@@ -76,9 +77,9 @@ _MODULES = {
         "FinetuneDataConfig",
         "FinetuneRunConfig",
         "LossConfig",
-        "ModelConfig",
         "TrainConfig",
     ],
+    "model": ["MODEL_FAMILIES", "ClipModelConfig", "ModelConfig"],
     "concepts": [
         "CONCEPT_BACKENDS",
         "CONCEPT_KINDS",
@@ -104,7 +105,9 @@ _WHERE = {name: module for module, names in _MODULES.items() for name in names}
 __all__ = [
     "CONCEPT_BACKENDS",
     "CONCEPT_KINDS",
+    "MODEL_FAMILIES",
     "SEGMENTERS",
+    "ClipModelConfig",
     "ConceptClassesConfig",
     "ConceptFilterConfig",
     "ConceptSamplingConfig",

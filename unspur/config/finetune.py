@@ -1,16 +1,18 @@
 """Configs of ``unspur finetune``: optimisation, few-shot protocol, model, data, execution.
 
-The ``loss`` section is validated against the config class of the loss its ``name`` picks
-(``unspur.losses.LOSSES``); ``model.family`` must name a registered model family.
+The ``loss`` section is validated against the config class of the loss its ``name`` picks, the
+``model`` section against the config class of the model family its ``family`` picks
+(``unspur.losses.LOSSES``, ``unspur.config.model.MODEL_FAMILIES``).
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import Field, model_validator
 
 from unspur.config.base import StrictModel
+from unspur.config.model import ClipModelConfig, ModelConfig, ModelSection
 from unspur.config.registered import registered, registered_default
 from unspur.data.spuriousworld import SpuriousWorldConfig
 from unspur.losses import LOSSES, LossConfig
@@ -20,6 +22,7 @@ __all__ = [
     "FinetuneConfig",
     "FinetuneDataConfig",
     "FinetuneRunConfig",
+    "ClipModelConfig",
     "LossConfig",
     "ModelConfig",
     "TrainConfig",
@@ -63,24 +66,6 @@ class FewShotConfig(StrictModel):
     per_class: int = Field(3, ge=1)
     class_fraction: float = Field(0.5, gt=0, le=1)
     seed: int = 0
-
-
-class ModelConfig(StrictModel):
-    """A classifier of model ``family`` (``unspur.models.families.FAMILIES``; ``timm`` only so far):
-    a registered tiny config (``unspur.models.MODELS``) or any timm model name.
-
-    ``pretrained`` loads timm's weights (needs the hub; a cluster concern). ``checkpoint`` is an
-    unspur checkpoint folder (``model.safetensors`` + ``config.yaml``) whose weights are loaded
-    after building. ``kwargs`` go to the factory (e.g. ``{depth: 2}`` or timm's ``drop_rate``).
-    """
-
-    family: str = "timm"
-    name: str = "vit_tiny_synth"
-    pretrained: bool = False
-    num_classes: int = Field(4, ge=2)
-    img_size: int = Field(64, ge=8, description="pixels")
-    checkpoint: str | None = None
-    kwargs: dict[str, Any] = {}
 
 
 class FinetuneDataConfig(StrictModel):
@@ -159,7 +144,7 @@ class FinetuneConfig(StrictModel):
     data: FinetuneDataConfig = Field(
         default_factory=lambda: FinetuneDataConfig(spuriousworld=SpuriousWorldConfig())
     )
-    model: ModelConfig = Field(default_factory=ModelConfig)
+    model: ModelSection = Field(default_factory=ModelConfig)
     loss: registered(LOSSES, default="cft") = Field(default_factory=registered_default(LOSSES, "cft"))
     relevance: str = "rollout"
     train: TrainConfig = Field(default_factory=TrainConfig)
@@ -187,9 +172,10 @@ class FinetuneConfig(StrictModel):
                 "data.eval_split: val (or run.select: last)"
             )
         sw = self.data.spuriousworld
-        if sw is not None and len(sw.classes) != self.model.num_classes:
+        n_classes = self.model.num_classes  # a clip model's classes may be filled from the data later
+        if sw is not None and n_classes and len(sw.classes) != n_classes:
             raise ValueError(
                 f"data.spuriousworld has {len(sw.classes)} classes but model.num_classes is "
-                f"{self.model.num_classes}; make them equal"
+                f"{n_classes}; make them equal"
             )
         return self

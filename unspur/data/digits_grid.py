@@ -35,6 +35,7 @@ from pydantic import Field, model_validator
 from unspur.config.base import StrictModel
 from unspur.data.encoding import encode_png
 from unspur.data.kinds import DATA_KINDS
+from unspur.data.spuriousworld import check_templates
 
 __all__ = [
     "DigitsGridConfig",
@@ -75,6 +76,9 @@ class DigitsGridConfig(StrictModel):
     frequency (None = the target class's share, so V=1 means "marker iff target"). Val and test
     splits carry the marker with probability ``eval_marker_rate`` independently of the class
     (no correlation). ``marker_scale`` bounds the rectangle's sides as a fraction of a quadrant.
+    Captions: ``caption`` is a random one of ``caption_templates`` (``{d}``: the digit's name);
+    ``caption_descriptive`` is ``descriptive_templates[index % n]`` with ``{d}`` and ``{marker}``
+    = ``marker_phrases[has_marker]`` (without, with the marker).
     """
 
     image_size: int = Field(64, ge=16, description="pixels, even")
@@ -87,6 +91,9 @@ class DigitsGridConfig(StrictModel):
     n_train: int = Field(2000, gt=0)
     n_val: int = Field(500, gt=0)
     n_test: int = Field(1000, gt=0)
+    caption_templates: list[str] = list(CAPTION_TEMPLATES)
+    descriptive_templates: list[str] = ["a photo of the digit {d} {marker}."]
+    marker_phrases: tuple[str, str] = ("on black", "with a red rectangle")
     seed: int = 0
 
     @model_validator(mode="after")
@@ -97,6 +104,8 @@ class DigitsGridConfig(StrictModel):
             raise ValueError(f"digits must lie in 0..9, got {self.digits}")
         if self.target_digit not in self.digits:
             raise ValueError(f"target_digit {self.target_digit} is not one of digits {self.digits}")
+        check_templates("caption_templates", self.caption_templates, d="three")
+        check_templates("descriptive_templates", self.descriptive_templates, d="three", marker="on black")
         if self.image_size % 2:
             raise ValueError(f"image_size must be even and >= 16 pixels, got {self.image_size}")
         marker_rates(self)  # raises when (cramers_v, marker_rate) is not reachable
@@ -254,7 +263,8 @@ def render_sample(cfg: DigitsGridConfig, split: str, index: int) -> DigitSample:
         red = (rng.uniform(0.8, 1.0), rng.uniform(0.0, 0.15), rng.uniform(0.0, 0.15))
         canvas[marker_mask] = red
     image = (np.clip(canvas, 0, 1) * 255 + 0.5).astype(np.uint8)
-    caption = CAPTION_TEMPLATES[int(rng.integers(len(CAPTION_TEMPLATES)))].format(d=DIGIT_NAMES[digit])
+    templates = cfg.caption_templates
+    caption = templates[int(rng.integers(len(templates)))].format(d=DIGIT_NAMES[digit])
     return DigitSample(
         image, label, DIGIT_NAMES[digit], has_marker, digit_q, marker_q, caption, digit_mask, marker_mask
     )
@@ -269,7 +279,7 @@ def sample_rows(cfg: DigitsGridConfig, split: str, index: int) -> tuple[dict, li
     """One image row, its part rows and its 4 region rows.
 
     image_row: image_id ``"<split>-<index:06d>"``, image (PNG), label, class_name, group, split,
-    caption, has_marker, digit_region, marker_region (-1 = none), object_rle (the digit),
+    caption, caption_descriptive, has_marker, digit_region, marker_region (-1 = none), object_rle (the digit),
     marker_rle (COCO RLE of the marker; an empty mask without one). part_rows: [{image_id, part: "digit", rle}].
     region_rows: [{image_id, region (0..3), name, box [x0, y0, x1, y1], has_digit, is_spurious}].
     """
@@ -285,6 +295,9 @@ def sample_rows(cfg: DigitsGridConfig, split: str, index: int) -> tuple[dict, li
         "group": group_name(s.class_name, s.has_marker),
         "split": split,
         "caption": s.caption,
+        "caption_descriptive": cfg.descriptive_templates[index % len(cfg.descriptive_templates)].format(
+            d=s.class_name, marker=cfg.marker_phrases[int(s.has_marker)]
+        ),
         "has_marker": s.has_marker,
         "digit_region": s.digit_region,
         "marker_region": s.marker_region,

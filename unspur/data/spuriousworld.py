@@ -243,6 +243,20 @@ BACKGROUNDS: dict[str, Callable[[np.random.Generator, int], np.ndarray]] = {
 # ----------------------------------------------------------------------------- sampling
 
 
+def check_templates(field: str, templates: Sequence[str], **names: str) -> None:
+    """ValueError unless ``templates`` is non-empty and each formats with exactly ``names``."""
+    if not templates:
+        raise ValueError(f"{field} must hold at least one caption template")
+    for template in templates:
+        try:
+            template.format(**names)
+        except (KeyError, IndexError, ValueError) as err:
+            raise ValueError(
+                f"{field}: template {template!r} does not format with the fields "
+                f"{{{', '.join(names)}}} ({type(err).__name__}: {err})"
+            ) from None
+
+
 class SpuriousWorldConfig(StrictModel):
     """SpuriousWorld: named-part objects pasted on named background textures.
 
@@ -258,6 +272,9 @@ class SpuriousWorldConfig(StrictModel):
     calibrated with ``finetune_base.yaml``: an ERM base learns the objects (balanced accuracy
     0.70-0.80) yet leans on the background (worst-group accuracy 0.00-0.49 over six seed runs,
     mostly below 0.25), see benchmarks/README.md.
+    ``caption_templates`` (``{cls}``: the class name) give an image's ``caption`` column and
+    ``descriptive_templates`` (``{cls}``, ``{background}``) its ``caption_descriptive``; image
+    ``index`` uses template ``index % len(templates)`` (no random draw: the images do not change).
     """
 
     image_size: int = Field(64, ge=16, description="pixels")
@@ -271,6 +288,8 @@ class SpuriousWorldConfig(StrictModel):
     contrast: float = Field(1.0, gt=0.0, le=1.0)
     color_jitter: float = Field(0.12, ge=0.0)
     plate_margin: int = Field(8, ge=0, description="pixels")
+    caption_templates: list[str] = ["a photo of a {cls}."]
+    descriptive_templates: list[str] = ["a photo of a {cls} on {background}."]
     seed: int = 0
 
     @model_validator(mode="after")
@@ -284,6 +303,8 @@ class SpuriousWorldConfig(StrictModel):
         for name, items in (("classes", self.classes), ("backgrounds", self.backgrounds)):
             if len(set(items)) != len(items) or not items:
                 raise ValueError(f"{name} must be a non-empty list without repeats, got {items}")
+        check_templates("caption_templates", self.caption_templates, cls="bird")
+        check_templates("descriptive_templates", self.descriptive_templates, cls="bird", background="water")
         if len(self.backgrounds) < len(self.classes):
             raise ValueError(
                 f"need at least one background per class: {len(self.classes)} classes but only "
@@ -395,11 +416,16 @@ def _png(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def _pick(templates: Sequence[str], index: int) -> str:
+    return templates[index % len(templates)]
+
+
 def sample_rows(cfg: SpuriousWorldConfig, split: str, index: int) -> tuple[dict, list[dict]]:
     """One image-table row and its part-mask rows (see the image and masks tables contract).
 
     image_row: image_id ``"<split>-<index:06d>"``, image (PNG bytes), label, class_name,
-    background, group, split, object_rle (COCO RLE dict). part_rows: [{image_id, part, rle}].
+    background, group, split, caption (the class caption), caption_descriptive (class and
+    background), object_rle (COCO RLE dict). part_rows: [{image_id, part, rle}].
     """
     from unspur.masks import encode
 
@@ -413,6 +439,10 @@ def sample_rows(cfg: SpuriousWorldConfig, split: str, index: int) -> tuple[dict,
         "background": s.background,
         "group": s.group,
         "split": split,
+        "caption": _pick(cfg.caption_templates, index).format(cls=s.class_name),
+        "caption_descriptive": _pick(cfg.descriptive_templates, index).format(
+            cls=s.class_name, background=s.background
+        ),
         "object_rle": encode(s.object_mask),
     }
     part_rows = [{"image_id": image_id, "part": part, "rle": encode(mask)} for part, mask in s.parts.items()]

@@ -11,7 +11,7 @@ while the image trains without a mask (``has_mask`` False), so no image is dropp
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -21,12 +21,23 @@ from torch.utils.data import Dataset
 from unspur.data.images import ImageError, decode_rgb
 from unspur.masks import decode, resize_mask
 
-__all__ = ["FIELDS", "IMAGENET_MEAN", "IMAGENET_STD", "ImageMaskDataset", "few_shot", "load_image"]
+__all__ = [
+    "DEFAULT_FIELDS",
+    "FIELDS",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "ImageMaskDataset",
+    "few_shot",
+    "load_image",
+]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 _ASPECT_TOL = 0.02
-FIELDS = ("image", "label", "mask", "has_mask")  # what an item can hold besides image_id and group
+#: what an item can hold besides image_id and group
+FIELDS = ("image", "label", "mask", "has_mask", "tokens")
+#: what it holds unless asked otherwise (no caption tokens)
+DEFAULT_FIELDS = ("image", "label", "mask", "has_mask")
 
 
 def load_image(row: Mapping[str, Any]) -> np.ndarray:
@@ -70,10 +81,13 @@ class ImageMaskDataset(Dataset):
 
     Item: ``image`` (3, S, S) float normalised with ``mean``/``std``, ``label`` int, ``group`` str
     (empty if the table has none), ``image_id`` str, ``mask`` (S, S) float {0, 1}, ``has_mask``
-    bool (False when the image has no usable mask: it then skips the alignment terms).
+    bool (False when the image has no usable mask: it then skips the alignment terms), ``tokens``
+    (L,) int64: the row's ``caption_column`` through ``tokenizer`` (a callable mapping a list of
+    captions to (N, L) token ids, e.g. the clip family's ``tokenizer(cfg)``).
     ``train_aug`` flips image and mask horizontally with probability 0.5. ``fields``: the entries
-    an item holds besides ``image_id`` and ``group`` (a loss's ``batch_keys``; default all of
-    :data:`FIELDS`); without ``mask`` and ``has_mask`` no mask is decoded.
+    an item holds besides ``image_id`` and ``group`` (a loss's ``batch_keys``; default
+    :data:`DEFAULT_FIELDS`); without ``mask`` and ``has_mask`` no mask is decoded; ``tokens``
+    needs ``tokenizer`` and the caption column.
     """
 
     def __init__(
@@ -85,7 +99,9 @@ class ImageMaskDataset(Dataset):
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
         cache: bool = True,
-        fields: Collection[str] = FIELDS,
+        fields: Collection[str] = DEFAULT_FIELDS,
+        tokenizer: Callable[[list[str]], torch.Tensor] | None = None,
+        caption_column: str = "caption",
     ) -> None:
         if img_size <= 0:
             raise ValueError(f"img_size must be > 0, got {img_size}")
@@ -95,6 +111,13 @@ class ImageMaskDataset(Dataset):
                 f"ImageMaskDataset yields {list(FIELDS)}, not {unknown}; a loss reading those needs a "
                 "dataset that provides them"
             )
+        if "tokens" in fields and tokenizer is None:
+            raise ValueError("the tokens field needs a tokenizer (the model family's tokenizer)")
+        if "tokens" in fields and caption_column not in images_df.columns:
+            raise ValueError(
+                f"tokens are read from the image table's {caption_column!r} column, which it lacks "
+                f"(columns: {sorted(images_df.columns)}); add captions or pick caption_column"
+            )
         missing = {"image_id", "label"} - set(images_df.columns)
         if missing:
             raise ValueError(f"image table lacks columns {sorted(missing)}; got {sorted(images_df.columns)}")
@@ -103,6 +126,8 @@ class ImageMaskDataset(Dataset):
         self.train_aug = train_aug
         self.fields = tuple(f for f in FIELDS if f in fields)
         self.with_mask = "mask" in fields or "has_mask" in fields
+        self.tokenizer = tokenizer
+        self.caption_column = caption_column
         self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
         self._masks = _mask_rows(masks_df)
@@ -175,6 +200,8 @@ class ImageMaskDataset(Dataset):
             "mask": msk,
             "has_mask": has_mask,
         }
+        if "tokens" in self.fields:
+            item["tokens"] = self.tokenizer([str(row[self.caption_column])])[0]
         return {k: v for k, v in item.items() if k in self.fields or k in ("group", "image_id")}
 
 

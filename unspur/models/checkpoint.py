@@ -17,7 +17,7 @@ from pydantic import BaseModel
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from unspur.config import ModelConfig, validate_config
+from unspur.config.model import model_config_class, validate_model_config
 from unspur.models.attention import unwrap
 
 __all__ = [
@@ -75,13 +75,14 @@ def read_config(directory: Path) -> dict[str, Any]:
     return yaml.safe_load((directory / CONFIG).read_text()) or {}
 
 
-def checkpoint_model_config(directory: str | Path) -> ModelConfig:
-    """The ModelConfig a checkpoint was saved with (its ``checkpoint`` field cleared)."""
+def checkpoint_model_config(directory: str | Path) -> Any:
+    """The model config a checkpoint was saved with (its family's class, e.g. ModelConfig or
+    ClipModelConfig), ``checkpoint`` and ``pretrained`` cleared: the weights are the checkpoint's."""
     directory = Path(directory)
     section = dict(_model_section(read_config(directory)))
     section["checkpoint"] = None
-    section["pretrained"] = False
-    return validate_config(ModelConfig, section, source=str(directory / CONFIG))
+    section["pretrained"] = model_config_class(section).model_fields["pretrained"].default
+    return validate_model_config(section, source=str(directory / CONFIG))
 
 
 def read_extra(directory: str | Path) -> dict[str, Any]:
@@ -90,11 +91,14 @@ def read_extra(directory: str | Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def _describe(cfg: ModelConfig) -> str:
-    return f"{cfg.name} (num_classes={cfg.num_classes}, img_size={cfg.img_size}, kwargs={cfg.kwargs})"
+def _describe(cfg: Any) -> str:
+    return (
+        f"{cfg.name} (family={cfg.family}, num_classes={cfg.num_classes}, img_size={cfg.img_size}, "
+        f"kwargs={cfg.kwargs})"
+    )
 
 
-def load_weights(model: nn.Module, directory: str | Path, expected: ModelConfig | None = None) -> nn.Module:
+def load_weights(model: nn.Module, directory: str | Path, expected: Any = None) -> nn.Module:
     """Load a checkpoint's weights into ``model`` (in place); returns ``model``.
 
     If ``expected`` (the config ``model`` was built from) names another architecture than the
@@ -103,7 +107,8 @@ def load_weights(model: nn.Module, directory: str | Path, expected: ModelConfig 
     directory = Path(directory)
     saved = checkpoint_model_config(directory)
     if expected is not None:
-        same = (saved.name, saved.num_classes, saved.img_size) == (
+        same = (saved.family, saved.name, saved.num_classes, saved.img_size) == (
+            expected.family,
             expected.name,
             expected.num_classes,
             expected.img_size,

@@ -27,7 +27,7 @@ from unspur.data.adapters import sort_rows
 from unspur.data.torch_dataset import ImageMaskDataset, few_shot
 from unspur.losses import get_loss
 from unspur.models import load_weights, read_extra, save_checkpoint, unwrap
-from unspur.models.families import family_of
+from unspur.models.families import family_of, input_norm
 from unspur.models.resume import restore_state, write_state
 from unspur.training import (
     apply_trainable,
@@ -70,14 +70,6 @@ def _split(images: pd.DataFrame, split: str, what: str) -> pd.DataFrame:
     return rows
 
 
-def _norm_stats(model: nn.Module) -> dict[str, tuple[float, ...]]:
-    """The input mean/std of a timm model's pretrained config ({} = the dataset's ImageNet default)."""
-    pretrained = getattr(unwrap(model), "pretrained_cfg", None) or {}
-    if "mean" in pretrained and "std" in pretrained:
-        return {"mean": tuple(pretrained["mean"]), "std": tuple(pretrained["std"])}
-    return {}
-
-
 def datasets(
     cfg: FinetuneConfig, tables: dict[str, Any], norm: dict[str, tuple[float, ...]] | None = None
 ) -> tuple[ImageMaskDataset, ImageMaskDataset]:
@@ -101,8 +93,19 @@ def datasets(
         train = few_shot(train, fs.per_class, fs.class_fraction, fs.seed)
     size, norm = cfg.model.img_size, norm or {}
     fields = get_loss(cfg.loss.name).batch_keys  # what the loss reads: masks only if it needs them
+    tokenizer = None
+    if "tokens" in fields:  # caption tokens, by the model family's tokenizer
+        family = family_of(cfg.model)
+        if not hasattr(family, "tokenizer"):
+            raise ValueError(
+                f"loss {cfg.loss.name!r} reads caption tokens; model family {family.name!r} has no tokenizer"
+            )
+        tokenizer = family.tokenizer(cfg.model)
+    train_ds = ImageMaskDataset(
+        train, masks, size, train_aug=cfg.train.augment, fields=fields, tokenizer=tokenizer, **norm
+    )
     return (
-        ImageMaskDataset(train, masks, size, train_aug=cfg.train.augment, fields=fields, **norm),
+        train_ds,
         ImageMaskDataset(test, masks, size, **norm),
     )
 
@@ -143,7 +146,7 @@ def run_loop(cfg: FinetuneConfig, tables: dict[str, Any], session: Any) -> dict[
     if cfg.train.num_threads > 0:
         torch.set_num_threads(cfg.train.num_threads)
     model = initial_model(cfg)
-    train_ds, eval_ds = datasets(cfg, tables, _norm_stats(model))
+    train_ds, eval_ds = datasets(cfg, tables, input_norm(model))
     base = None
     if cfg.loss.kl_weight > 0:
         base = initial_model(cfg).eval().requires_grad_(False)

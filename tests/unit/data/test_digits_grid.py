@@ -76,3 +76,15 @@ def test_rows_regions_and_determinism():
     assert again.equals(images)
     other, _, _ = dg.generate_tables(cfg.model_copy(update={"seed": 4}), splits=("train",))
     assert not other.image.equals(images[images.split == "train"].image.reset_index(drop=True))
+
+
+def test_rows_carry_class_and_descriptive_captions() -> None:
+    cfg = DigitsGridConfig(image_size=32, n_train=20, n_val=4, n_test=4)
+    rows = [dg.sample_rows(cfg, "train", i)[0] for i in range(20)]
+    for row in rows:
+        assert row["class_name"] in row["caption"]
+        marker = "with a red rectangle" if row["has_marker"] else "on black"
+        assert row["caption_descriptive"] == f"a photo of the digit {row['class_name']} {marker}."
+    assert {r["has_marker"] for r in rows} == {True, False}
+    with pytest.raises(ConfigError, match="caption_templates"):
+        validate_config(DigitsGridConfig, {"caption_templates": ["the digit {digit}"]})

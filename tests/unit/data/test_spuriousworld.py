@@ -170,3 +170,20 @@ def test_every_background_renders_in_range():
         tex = fn(rng, 32)
         assert tex.shape == (32, 32, 3), name
         assert tex.min() >= 0 and tex.max() <= 1, name
+
+
+def test_rows_carry_class_and_descriptive_captions() -> None:
+    cfg = SpuriousWorldConfig(image_size=32, n_train=2, n_val=1, n_test=1)
+    row, _ = sample_rows(cfg, "train", 0)
+    assert row["caption"] == f"a photo of a {row['class_name']}."
+    assert row["caption_descriptive"] == f"a photo of a {row['class_name']} on {row['background']}."
+    again, _ = sample_rows(cfg, "train", 0)
+    assert again["caption"] == row["caption"] and again["image"] == row["image"]
+    two = cfg.model_copy(update={"caption_templates": ["a {cls}", "an image of a {cls}"]})
+    assert (
+        sample_rows(two, "train", 1)[0]["caption"]
+        == f"an image of a {sample_rows(two, 'train', 1)[0]['class_name']}"
+    )
+    assert sample_rows(two, "train", 0)[0]["image"] == row["image"]  # captions never change the images
+    with pytest.raises(ConfigError, match="descriptive_templates"):
+        validate_config(SpuriousWorldConfig, {"descriptive_templates": ["a {cls} on {ground}"]})

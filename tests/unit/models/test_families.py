@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from unspur.config import ModelConfig
+from unspur.config import ClipModelConfig, ModelConfig
 from unspur.models.families import (
     FAMILIES,
     ModelFamily,
@@ -39,8 +39,17 @@ def _timm_batches() -> list[dict[str, Any]]:
     ]
 
 
+CLIP = ClipModelConfig(img_size=SIZE, classes=["zero", "one", "two"])
+
+
+def _clip_batches() -> list[dict[str, Any]]:
+    tokens = get_family("clip").tokenizer(CLIP)(["a photo of a zero.", "a one", "a two", "zero"])
+    return [{**batch, "tokens": tokens} for batch in _timm_batches()]
+
+
 #: per family: a tiny config and the batches it runs on (a new family adds its entry here)
-TINY: dict[str, tuple[ModelConfig, Callable[[], list[dict[str, Any]]]]] = {
+TINY: dict[str, tuple[Any, Callable[[], list[dict[str, Any]]]]] = {
+    "clip": (CLIP, _clip_batches),
     "timm": (
         ModelConfig(
             num_classes=N_CLASSES, img_size=SIZE, kwargs={"depth": 1, "embed_dim": 32, "num_heads": 2}
@@ -64,7 +73,8 @@ def test_family_builds_runs_predicts_and_evaluates(name: str) -> None:
     batch = batches()[0]
     out = family.forward(model, batch, family.outputs, base_model=base)
     assert set(out) == set(family.outputs)
-    assert all(isinstance(v, torch.Tensor) and v.shape[0] == len(batch["image_id"]) for v in out.values())
+    n_batch = len(batch["image_id"])  # per-image outputs, or scalars (a CLIP logit scale)
+    assert all(isinstance(v, torch.Tensor) and (v.ndim == 0 or v.shape[0] == n_batch) for v in out.values())
     assert set(family.forward(model, batch, frozenset({"logits"}))) == {"logits"}
 
     pred = family.predict(model, batches())
@@ -83,8 +93,9 @@ def test_family_builds_runs_predicts_and_evaluates(name: str) -> None:
 
 def test_family_lookup_and_registration() -> None:
     assert family_of(ModelConfig()) is FAMILIES["timm"]  # configs without model.family: timm
-    with pytest.raises(ValueError, match="unknown model family 'clip'"):
-        get_family("clip")
+    assert family_of(CLIP) is FAMILIES["clip"]
+    with pytest.raises(ValueError, match="unknown model family 'siglip'"):
+        get_family("siglip")
     with pytest.raises(ValueError, match="already registered"):
         register_family(TimmClassifier())
     with pytest.raises(TypeError, match="ModelFamily"):

@@ -1,10 +1,11 @@
 """Model families in a name-keyed registry: how a model is built, run on a batch and evaluated.
 
-``FAMILIES[name]`` meets :class:`ModelFamily`. ``timm`` (:class:`TimmClassifier`): an image
-classifier from ``unspur.models.MODELS`` or timm, with relevance maps from its attention. A
-CLIP family registers the same four members (``build``, ``forward`` producing image/text
-features, ``predict`` and ``evaluate`` zero-shot); the training loop does not change. The
-config picks a family by name (``model.family``, ``timm`` when absent).
+``FAMILIES[name]`` meets :class:`ModelFamily`; its entry's config class is the family's model
+config (``unspur.config.model.MODEL_FAMILIES``). ``timm`` (:class:`TimmClassifier`): an image
+classifier from ``unspur.models.MODELS`` or timm, with relevance maps from its attention.
+``clip`` (:class:`ClipFamily`): open_clip models (``forward`` gives image/text features, the
+logit scale and zero-shot logits; ``predict`` and ``evaluate`` are zero-shot); the training
+loop does not change. The config picks a family by name (``model.family``, ``timm`` when absent).
 """
 
 from __future__ import annotations
@@ -14,22 +15,28 @@ from typing import Any
 
 from torch import nn
 
+from unspur.config.model import MODEL_FAMILIES
+from unspur.models.attention import unwrap
 from unspur.models.checkpoint import checkpoint_model_config, load_weights, read_config
 from unspur.models.families.classifier import TimmClassifier
+from unspur.models.families.clip import ClipFamily, zero_shot_head
 from unspur.models.families.protocol import Batch, ModelFamily, Outputs, RelevanceFn
 from unspur.registry import Registry
 
 __all__ = [
     "FAMILIES",
     "Batch",
+    "ClipFamily",
     "ModelFamily",
     "Outputs",
     "RelevanceFn",
     "TimmClassifier",
     "family_of",
     "get_family",
+    "input_norm",
     "load_checkpoint",
     "register_family",
+    "zero_shot_head",
 ]
 
 #: family name -> :class:`ModelFamily`
@@ -37,10 +44,12 @@ FAMILIES: Registry[ModelFamily] = Registry("model family")
 
 
 def register_family(family: ModelFamily) -> ModelFamily:
-    """Add ``family`` to :data:`FAMILIES` under ``family.name`` (a second one of a name is an error)."""
+    """Add ``family`` to :data:`FAMILIES` under ``family.name`` with the config class registered
+    for that name in ``MODEL_FAMILIES`` (a second one of a name is an error)."""
     if not isinstance(family, ModelFamily):
         raise TypeError(f"{type(family).__name__} does not meet the ModelFamily protocol")
-    FAMILIES.add(family.name, family)
+    config = MODEL_FAMILIES.entry(family.name).config if family.name in MODEL_FAMILIES else None
+    FAMILIES.add(family.name, family, config)
     return family
 
 
@@ -50,6 +59,7 @@ def get_family(name: str) -> ModelFamily:
 
 
 register_family(TimmClassifier())
+register_family(ClipFamily())
 
 
 def family_of(model_cfg: Any) -> ModelFamily:
@@ -66,3 +76,12 @@ def load_checkpoint(directory: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     model = family_of(cfg).build(cfg)
     load_weights(model, directory, cfg)
     return model.eval(), config
+
+
+def input_norm(model: nn.Module) -> dict[str, tuple[float, ...]]:
+    """``{"mean", "std"}`` of a model's inputs from its ``pretrained_cfg`` (timm models; the clip
+    family sets it), as ``ImageMaskDataset`` keyword arguments; {} = the dataset's ImageNet default."""
+    pretrained = getattr(unwrap(model), "pretrained_cfg", None) or {}
+    if "mean" in pretrained and "std" in pretrained:
+        return {"mean": tuple(pretrained["mean"]), "std": tuple(pretrained["std"])}
+    return {}

@@ -1,0 +1,191 @@
+"""The ``clip`` family: open_clip image-text models, classifying zero-shot.
+
+Outputs of :meth:`ClipFamily.forward` (B = batch size, D = the embedding width):
+
+- ``image_features`` (B, D): L2-normalised image embeddings of ``batch["image"]``;
+- ``text_features`` (B, D): L2-normalised text embeddings of ``batch["tokens"]`` (B, L) int64,
+  the tokenized captions (:meth:`ClipFamily.tokenizer`);
+- ``logit_scale`` (): the exp'd learned temperature (``model.logit_scale.exp()``);
+- ``logits`` (B, C): zero-shot class logits ``logit_scale * image_features @ head.T`` with
+  ``head`` = :func:`zero_shot_head` over the config's ``classes`` and ``templates``.
+
+Everything runs in one call of the model (through a DDP wrapper if any): class prompts are
+appended to the batch's tokens when both are needed. Architectures are open_clip's plus the
+tiny ones in ``clip_configs/`` (JSON, registered with ``open_clip.add_model_config``).
+Evaluation: zero-shot accuracy, per-group and worst-group accuracy (no relevance alignment).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import open_clip
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from unspur.config.model import ClipModelConfig
+from unspur.metrics import summarize
+from unspur.models.attention import unwrap
+from unspur.models.checkpoint import load_weights
+from unspur.models.families.protocol import Batch, Outputs, RelevanceFn
+
+__all__ = ["CLIP_CONFIGS", "ClipFamily", "Tokenizer", "ZeroShot", "zero_shot_head"]
+
+#: folder of unspur's open_clip architecture configs (``<name>.json``)
+CLIP_CONFIGS = Path(__file__).with_name("clip_configs")
+open_clip.add_model_config(CLIP_CONFIGS)
+
+#: captions -> (N, context_length) int64 token ids
+Tokenizer = Callable[[Sequence[str]], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class ZeroShot:
+    """What a built CLIP model classifies with (attached as ``model.zero_shot``)."""
+
+    classes: tuple[str, ...]
+    templates: tuple[str, ...]
+    tokenizer: Tokenizer
+
+    def prompt_tokens(self) -> torch.Tensor:
+        """(C * T, L) tokens of every template filled with every class, class-major."""
+        if not self.classes:
+            raise ValueError(
+                "the clip model has no zero-shot classes: set model.classes to the class names "
+                "(in label order) to get logits or predictions"
+            )
+        return self.tokenizer([t.format(c) for c in self.classes for t in self.templates])
+
+
+def _class_means(text_features: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """(C * T, D) per-prompt embeddings, class-major -> (C, D) renormalised class means."""
+    per_prompt = F.normalize(text_features, dim=-1).view(n_classes, -1, text_features.shape[-1])
+    return F.normalize(per_prompt.mean(1), dim=-1)
+
+
+def zero_shot_head(
+    model: nn.Module, tokenizer: Tokenizer, classes: Sequence[str], templates: Sequence[str]
+) -> torch.Tensor:
+    """Zero-shot class embeddings (C, D): per class, the mean of the L2-normalised text embeddings
+    of its captions ``template.format(class_name)``, renormalised. Runs in the caller's grad mode."""
+    spec = ZeroShot(tuple(classes), tuple(templates), tokenizer)
+    tokens = spec.prompt_tokens().to(_device(model))
+    return _class_means(unwrap(model).encode_text(tokens), len(classes))
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+class ClipFamily:
+    """open_clip models; see the module docstring for the outputs."""
+
+    name = "clip"
+    outputs = frozenset({"image_features", "text_features", "logit_scale", "logits"})
+
+    def tokenizer(self, cfg: ClipModelConfig) -> Tokenizer:
+        """open_clip's tokenizer of ``cfg.name`` (context length from the architecture; the BPE
+        vocabulary ships with open_clip, so it works offline)."""
+        return open_clip.get_tokenizer(cfg.name)
+
+    def build(self, cfg: ClipModelConfig) -> nn.Module:
+        """``open_clip.create_model(cfg.name, pretrained=cfg.pretrained)`` at ``cfg.img_size``;
+        ``cfg.checkpoint`` loaded if set. The model carries ``zero_shot`` (classes, templates,
+        tokenizer) and ``pretrained_cfg`` (its input ``mean``/``std``, read by the datasets)."""
+        if cfg.name not in open_clip.list_models():
+            raise ValueError(
+                f"unknown clip model {cfg.name!r}: not an open_clip architecture; see "
+                "open_clip.list_models() (unspur's tiny ones: "
+                f"{sorted(p.stem for p in CLIP_CONFIGS.glob('*.json'))})"
+            )
+        arch = open_clip.get_model_config(cfg.name) or {}
+        arch_size = arch.get("vision_cfg", {}).get("image_size")
+        force_size = None if arch_size == cfg.img_size else cfg.img_size
+        model = open_clip.create_model(
+            cfg.name, pretrained=cfg.pretrained, force_image_size=force_size, output_dict=True, **cfg.kwargs
+        )
+        model.zero_shot = ZeroShot(tuple(cfg.classes), tuple(cfg.templates), self.tokenizer(cfg))
+        pre = getattr(model.visual, "preprocess_cfg", {}) or {}
+        model.pretrained_cfg = {
+            "mean": tuple(pre.get("mean", open_clip.OPENAI_DATASET_MEAN)),
+            "std": tuple(pre.get("std", open_clip.OPENAI_DATASET_STD)),
+        }
+        if cfg.checkpoint:
+            load_weights(model, cfg.checkpoint, cfg)
+        return model
+
+    def forward(
+        self,
+        model: nn.Module,
+        batch: Batch,
+        needs: frozenset[str],
+        *,
+        base_model: nn.Module | None = None,
+        relevance: str | RelevanceFn = "rollout",
+    ) -> Outputs:
+        """``batch["image"]`` (B, 3, S, S) and, for ``text_features``, ``batch["tokens"]`` (B, L)
+        on the model's device -> the outputs in ``needs`` (one model call)."""
+        text: list[torch.Tensor] = []
+        if "text_features" in needs:
+            if "tokens" not in batch:
+                raise ValueError("text_features need batch['tokens']: build the dataset with a tokenizer")
+            text.append(batch["tokens"])
+        n_captions = len(text[0]) if text else 0
+        if "logits" in needs:
+            text.append(unwrap(model).zero_shot.prompt_tokens().to(batch["image"].device))
+        wants_image = bool(needs & {"image_features", "logits"})
+        res = model(batch["image"] if wants_image else None, torch.cat(text) if text else None)
+        out: Outputs = {}
+        if "image_features" in needs:
+            out["image_features"] = res["image_features"]
+        if "text_features" in needs:
+            out["text_features"] = res["text_features"][:n_captions]
+        if "logit_scale" in needs:
+            out["logit_scale"] = res["logit_scale"]
+        if "logits" in needs:
+            head = _class_means(res["text_features"][n_captions:], len(unwrap(model).zero_shot.classes))
+            out["logits"] = res["logit_scale"] * res["image_features"] @ head.T
+        return out
+
+    @torch.no_grad()
+    def predict(self, model: nn.Module, loader: Iterable[Batch]) -> dict[str, np.ndarray]:
+        """Zero-shot arg-max predictions and softmax probabilities over ``loader`` (the class
+        embeddings are computed once)."""
+        model.eval()
+        bare = unwrap(model)
+        device = _device(model)
+        spec: ZeroShot = bare.zero_shot
+        head = zero_shot_head(bare, spec.tokenizer, spec.classes, spec.templates)
+        scale = bare.logit_scale.exp()
+        ids: list[str] = []
+        groups: list[str] = []
+        labels, preds, probs = [], [], []
+        for batch in loader:
+            features = bare.encode_image(batch["image"].to(device), normalize=True)
+            logits = scale * features @ head.T
+            preds.append(logits.argmax(1).cpu().numpy())
+            probs.append(logits.float().softmax(1).cpu().numpy())
+            labels.append(np.asarray(batch["label"]))
+            ids.extend(str(i) for i in batch["image_id"])
+            groups.extend(str(g) for g in batch["group"])
+        cat = np.concatenate
+        return {
+            "image_id": np.asarray(ids, dtype=str),
+            "label": cat(labels) if labels else np.zeros(0, int),
+            "group": np.asarray(groups, dtype=str),
+            "pred": cat(preds) if preds else np.zeros(0, int),
+            "probs": cat(probs) if probs else np.zeros((0, len(spec.classes)), np.float32),
+        }
+
+    def evaluate(
+        self, model: nn.Module, loader: Iterable[Batch], relevance: str | RelevanceFn | None = None
+    ) -> dict[str, Any]:
+        """Zero-shot ``summarize`` metrics (acc, wga, worst_group, per_group, n). ``relevance`` is
+        accepted for the protocol; a CLIP model has no relevance output, so no ``align_*`` keys."""
+        pred = self.predict(model, loader)
+        return summarize(pred["pred"], pred["label"], pred["group"])
