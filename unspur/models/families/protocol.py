@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from unspur.config import ModelConfig
+from unspur.config.model import ClipModelConfig, ModelConfig
 
 __all__ = ["Batch", "ModelFamily", "Outputs", "RelevanceFn"]
 
@@ -35,8 +35,9 @@ class ModelFamily(Protocol):
     name: str
     outputs: frozenset[str]
 
-    def build(self, cfg: ModelConfig) -> nn.Module:
-        """The model ``cfg`` describes (weights from ``cfg.checkpoint`` when set)."""
+    def build(self, cfg: ModelConfig | ClipModelConfig) -> nn.Module:
+        """The model ``cfg`` (the family's config class, ``MODEL_FAMILIES``) describes (weights
+        from ``cfg.checkpoint`` when set)."""
         ...
 
     def forward(
