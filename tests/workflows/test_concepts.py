@@ -38,7 +38,11 @@ def test_wordnet_config_grounds_spuriousworld_parts_and_rerun_is_cached(ray_loca
     table = pq.read_table(tmp_path / "concept_bank.parquet").to_pylist()
     n_kept = sum(len(v) for v in data["concepts"].values())
     n_dropped = sum(len(v) for v in data["dropped"].values())
-    assert len(table) == n_kept + n_dropped and {r["status"] for r in table} == {"kept", "dropped"}
+    n_templates = sum(len(v) for k in ("spurious_templates", "spurious_dropped") for v in data[k].values())
+    assert len(table) == n_kept + n_dropped + n_templates and {r["status"] for r in table} == {
+        "kept",
+        "dropped",
+    }
     import mlflow
 
     from unspur.tracking import tracking_uri
