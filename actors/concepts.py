@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from unspur.concept_bank import PLACEHOLDER
 from unspur.text_similarity import TextEncoder, build_text_encoder, cosine_matrix
 
 __all__ = [
@@ -61,7 +62,6 @@ __all__ = [
 
 PROMPT_VERSION = "lfcbm-chat-v1"
 SPURIOUS_PROMPT_VERSION = "starft-templates-v1"
-PLACEHOLDER = "{class}"
 
 SYSTEM_PROMPT = (
     "You are an expert in visual recognition. Answer with a JSON list of short strings "

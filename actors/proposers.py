@@ -6,8 +6,9 @@ Every proposer answers *request rows* (one generation each: ``request_id``, ``fa
 (why it failed, or why an answer is empty) and ``failed`` (an exception: not cached, retried
 on the next run). Offline sources answer with a JSON list of ``{concept, score}``.
 
-- ``wordnet``: part meronyms (and their parts) -> important, hypernyms -> superclass. WordNet
-  knows no "seen around" relation and no spurious templates: those kinds are unavailable.
+- ``wordnet``: part meronyms (and their parts) -> important, hypernyms -> superclass; spurious
+  templates from the built-in bank (:mod:`unspur.actors.spurious_bank`). WordNet knows no
+  "seen around" relation: that kind is unavailable.
 - ``bank``: a user's YAML/JSON concept bank (:func:`unspur.concept_bank.read_bank_source`).
 - ``transformers``: any Hugging Face causal LM, chat template applied, sampled per row.
 - ``vllm``: row functions for ``ray.data.llm`` (the processor is built in the workflow).
@@ -27,6 +28,7 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from unspur.actors.concepts import ANSWER_SCHEMA, build_messages, normalize_class_name
+from unspur.actors.spurious_bank import template_answer
 from unspur.concept_bank import read_bank_source
 from unspur.config.base import StrictModel
 from unspur.config.concepts import CONCEPT_BACKENDS
@@ -193,8 +195,8 @@ class WordNetProposer:
         )
 
     def answer(self, row: dict[str, Any]) -> tuple[str, str]:
-        if row["family"] != "concept":
-            return "[]", "WordNet has no spurious descriptions"
+        if row["family"] == "spurious":
+            return template_answer(str(row["kind"]))  # WordNet has none: the built-in bank
         items, reason = wordnet_concepts(
             self.wn,
             str(row["class_name"]),
@@ -418,7 +420,8 @@ class ConceptTransformersConfig(StrictModel):
 
 
 class ConceptWordNetConfig(StrictModel):
-    """``backend: wordnet``: part meronyms -> important, hypernyms -> superclass (offline).
+    """``backend: wordnet``: part meronyms -> important, hypernyms -> superclass (offline);
+    spurious templates come from the built-in bank (:mod:`unspur.actors.spurious_bank`).
 
     ``synsets`` pins a class to a sense (``{"crane": "crane.n.05"}``; default: the first noun
     sense); ``meronym_depth`` 1 = direct parts, 2 = also the parts' parts; ``lemmas`` ``first``
@@ -449,12 +452,9 @@ PROPOSERS.add(
     ProposerSpec(
         "wordnet",
         ("important", "superclass"),
-        spurious=False,
+        spurious=True,
         llm=False,
-        unavailable={
-            "around": "WordNet has no 'commonly seen around' relation",
-            "spurious": "WordNet has no spurious descriptions; use an LLM backend or a bank",
-        },
+        unavailable={"around": "WordNet has no 'commonly seen around' relation"},
         actor=WordNetProposer,
         kwargs=lambda cfg: cfg.wordnet.model_dump(),
     ),

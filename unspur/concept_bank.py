@@ -41,10 +41,25 @@ __all__ = [
     "read_bank_source",
     "bank_table_rows",
     "assemble_bank",
+    "PLACEHOLDER",
+    "spurious_captions",
 ]
 
 BANK_FORMAT = "unspur.concept_bank/1"
 KINDS = ("important", "superclass", "around")
+#: the class-name placeholder of a spurious caption template
+PLACEHOLDER = "{class}"
+
+
+def spurious_captions(templates: Iterable[str], class_name: str) -> list[str]:
+    """The spurious captions of ``class_name``: each template with its ``{class}`` filled in
+    (``str.replace``, so other braces in a template are left alone); order kept."""
+    captions = []
+    for template in templates:
+        if PLACEHOLDER not in template:
+            raise ValueError(f"spurious template {template!r} has no {PLACEHOLDER} placeholder")
+        captions.append(template.replace(PLACEHOLDER, class_name))
+    return captions
 
 
 @dataclass(frozen=True)
@@ -77,6 +92,11 @@ class ConceptBank:
         pools = self.data.get("spurious_templates", {})
         wanted = pools if kinds is None else [k for k in kinds if k in pools]
         return [t["template"] for k in wanted for t in pools[k]]
+
+    def spurious_captions(self, class_name: str, kinds: Iterable[str] | None = None) -> list[str]:
+        """The kept templates of ``kinds`` (None = all) with ``class_name`` filled in (StarFT's
+        spurious captions of one class)."""
+        return spurious_captions(self.templates(kinds), class_name)
 
 
 def load_bank(path: str | Path) -> ConceptBank:

@@ -191,6 +191,8 @@ def train_one_epoch(
     grad_clip: float = 0.0,
     freeze_norm: bool = False,
     family: str = "timm",
+    epoch: int | None = None,
+    epochs: int | None = None,
 ) -> dict[str, float]:
     """One pass over ``loader``; returns the mean of every loss term (``n_no_mask`` summed).
 
@@ -198,8 +200,11 @@ def train_one_epoch(
     cfg)``); ``loss_cfg`` its config. ``family``: the model family (``model.family``) whose
     ``forward`` computes the outputs. ``base_model``: the frozen base model behind
     ``base_logits`` (used only when ``loss_cfg.lambda_kl > 0``). ``scheduler`` steps once per
-    batch. Raises :class:`NonFiniteLossError` with the batch's image ids on a NaN/inf loss.
+    batch. ``epoch`` (0-based) / ``epochs`` (the run's total), when given, are put into every
+    batch the loss sees, for losses with a schedule (StarFT's decaying weight needs them).
+    Raises :class:`NonFiniteLossError` with the batch's image ids on a NaN/inf loss.
     """
+    schedule = {k: v for k, v in (("epoch", epoch), ("epochs", epochs)) if v is not None}
     model.train()
     if freeze_norm:
         set_norm_eval(model)
@@ -216,7 +221,7 @@ def train_one_epoch(
     sums: dict[str, float] = {}
     n_batches = 0
     for batch in loader:
-        batch = _on_device(batch, loss_spec.batch_keys, device)
+        batch = {**_on_device(batch, loss_spec.batch_keys, device), **schedule}
         outputs = model_family.forward(model, batch, needs, base_model=base_model, relevance=relevance)
         terms = loss_spec(outputs, batch, loss_cfg)
         loss = terms["loss"]
@@ -295,6 +300,8 @@ def fit(
             grad_clip=cfg.grad_clip,
             freeze_norm=cfg.freeze_norm,
             family=family,
+            epoch=epoch,
+            epochs=cfg.epochs,
         )
         history.append(terms)
         if on_epoch is not None:

@@ -193,3 +193,30 @@ def test_params_attention_trains_the_attention_layers_only():
 def test_params_qk_on_a_model_without_transformer_blocks_names_the_fix():
     with pytest.raises(ValueError, match="train.params"):
         apply_trainable(torch.nn.Sequential(torch.nn.Linear(2, 2)), "qk")
+
+
+def test_fit_puts_the_epoch_and_the_number_of_epochs_into_every_batch(tables):
+    """Losses on a schedule (StarFT's decaying weight) read ``epoch`` / ``epochs`` from the batch."""
+    seen = []
+
+    def ce(*, logits, labels, epoch, epochs, cfg):
+        seen.append((epoch, epochs))
+        loss = F.cross_entropy(logits, labels)
+        return {"loss": loss, "ce": loss.detach()}
+
+    spec = LossSpec(
+        ce,
+        inputs=lambda outputs, batch: {
+            "logits": outputs["logits"],
+            "labels": batch["label"],
+            "epoch": batch["epoch"],
+            "epochs": batch["epochs"],
+        },
+    )
+    cfg = TrainConfig(epochs=2, lr=1e-3, warmup_epochs=0, schedule="constant", batch_size=8)
+    fit(_model(), _loader(tables), spec, None, cfg)
+    assert seen == [(0, 2)] * 3 + [(1, 2)] * 3  # 24 images, batches of 8
+    model = _model()
+    train_one_epoch(
+        model, _loader(tables), LOSSES["erm"], LossConfig(name="erm"), make_optimizer(model, TrainConfig())
+    )

@@ -21,37 +21,40 @@ def test_wordnet_config_grounds_spuriousworld_parts_and_rerun_is_cached(ray_loca
 
     assert job.main(["--config", str(WORDNET_YAML), "--out", str(tmp_path)]) == 0
     printed = capsys.readouterr().out
-    assert "generation calls=8 cache hits=0" in printed  # 4 classes x (important, superclass)
+    # 4 classes x (important, superclass) + 3 spurious kinds from the built-in template bank
+    assert "generation calls=11 cache hits=0" in printed
     bank = load_bank(tmp_path)
     for cls, parts in CLASS_PARTS.items():
         grounded = [c for c in bank.concepts(cls) if c.split()[-1] in parts]
         assert len(grounded) >= 3, f"{cls}: only {grounded} of {bank.concepts(cls)} name a part {parts}"
     data = bank.data
-    assert set(data["unavailable"]) == {
-        "around",
-        "spurious/background",
-        "spurious/texture",
-        "spurious/resolution",
-    }
-    assert sum(data["counts"]["generations"].values()) == 8
+    assert set(data["unavailable"]) == {"around"}
+    for kind in ("background", "texture", "resolution"):
+        assert len(bank.templates([kind])) >= 15 and all("{class}" in t for t in bank.templates([kind]))
+    assert bank.spurious_captions("bird", ["background"])[0].count("bird") == 1
+    assert sum(data["counts"]["generations"].values()) == 11
     dropped = {(d["concept"], d["reason"]) for d in data["dropped"]["bird"]}
     assert ("bird", "class_name") in dropped  # WordNet lists bird.n.02 (the meat) as a part of a bird
     table = pq.read_table(tmp_path / "concept_bank.parquet").to_pylist()
     n_kept = sum(len(v) for v in data["concepts"].values())
     n_dropped = sum(len(v) for v in data["dropped"].values())
-    assert len(table) == n_kept + n_dropped and {r["status"] for r in table} == {"kept", "dropped"}
+    n_templates = sum(len(v) for k in ("spurious_templates", "spurious_dropped") for v in data[k].values())
+    assert len(table) == n_kept + n_dropped + n_templates and {r["status"] for r in table} == {
+        "kept",
+        "dropped",
+    }
     import mlflow
 
     from unspur.tracking import tracking_uri
 
     mlflow.set_tracking_uri(tracking_uri(tmp_path))
     runs = mlflow.search_runs(experiment_names=["concepts"])
-    assert len(runs) == 1 and runs["metrics.generation_calls"][0] == 8
+    assert len(runs) == 1 and runs["metrics.generation_calls"][0] == 11
     assert runs["metrics.kept.important"][0] == data["counts"]["kept"]["important"]
 
     cfg = load_config(ConceptsConfig, WORDNET_YAML, [f"out={tmp_path}", "track=false"])
     summary = job.run(cfg)
-    assert summary["generation_calls"] == 0 and summary["cache_hits"] == 8
+    assert summary["generation_calls"] == 0 and summary["cache_hits"] == 11
     assert load_bank(tmp_path).data["concepts"] == data["concepts"]
 
 

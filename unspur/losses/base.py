@@ -56,7 +56,9 @@ class LossSpec:
     loads only those). ``needs``: model outputs (``logits``, ``relevance``, ...: names of the model
     family's ``forward`` outputs); ``base_logits`` is added by :meth:`outputs_for` when the config
     turns the KL guard on (``lambda_kl`` > 0). ``inputs`` binds the outputs and the batch to
-    ``fn``'s keyword arguments.
+    ``fn``'s keyword arguments. Besides the loader's entries, the training loop puts ``epoch``
+    (0-based) and ``epochs`` (the run's total) into every batch it trains on, for losses whose
+    weights follow a schedule (StarFT); a loss that reads them fails clearly without them.
     """
 
     fn: LossFn
@@ -122,7 +124,8 @@ class LossConfig(StrictModel):
         return super().__new__(cls)
 
     def __init__(self, /, **data: Any) -> None:
-        data.setdefault("name", "cft")
+        own = type(self).model_fields["name"].default  # a loss's own class defaults to its name
+        data.setdefault("name", own if isinstance(own, str) else "cft")
         super().__init__(**data)
 
     @property

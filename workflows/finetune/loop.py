@@ -191,6 +191,8 @@ def run_loop(cfg: FinetuneConfig, tables: dict[str, Any], session: Any) -> dict[
             grad_clip=cfg.train.grad_clip,
             freeze_norm=cfg.train.freeze_norm,
             family=family_of(cfg.model).name,
+            epoch=epoch,
+            epochs=cfg.train.epochs,
         )
         terms = session.reduce(terms, next(model.parameters()).device)
         record: dict[str, Any] = {"epoch": epoch, "train": terms, "lr": scheduler.get_last_lr()[0]}

@@ -76,14 +76,18 @@ def test_wordnet_proposer_batch(wn):
                 {"family": "concept", "class_name": "crane", "kind": "superclass"},
                 {"family": "concept", "class_name": "qwxzzy", "kind": "important"},
                 {"family": "spurious", "kind": "background"},
+                {"family": "spurious", "kind": "weather"},
             ]
         )
     )
-    assert list(out["failed"]) == [False, False, False]
+    assert list(out["failed"]) == [False, False, False, False]
     assert "bird" in {i["concept"] for i in json.loads(out["raw"][0])}  # crane.n.05 is the bird
     assert parse_answer(out["raw"][1]).status == "empty" and "no noun sense" in out["error"][1]
-    assert out["raw"][2] == "[]" and "spurious" in out["error"][2]
-    assert list(out["request_id"]) == ["r0", "r1", "r2"]
+    background = parse_answer(out["raw"][2])  # WordNet has no templates: the built-in bank answers
+    assert background.status == "ok" and out["error"][2] == ""
+    assert "a photo of a {class} in the snow." in {t for t, _ in background.items}
+    assert out["raw"][3] == "[]" and "no kind 'weather'" in out["error"][3]
+    assert list(out["request_id"]) == ["r0", "r1", "r2", "r3"]
 
 
 def test_missing_wordnet_names_the_install_commands(monkeypatch, tmp_path):

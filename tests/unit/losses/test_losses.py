@@ -104,24 +104,39 @@ def test_robustvit_terms() -> None:
     assert out["loss"].item() == pytest.approx(0.8 * (2 * bg + 0.3 * fg) + 0.2 * CLS_T1, rel=1e-5)
 
 
+def _fake_output(name: str) -> torch.Tensor:
+    """A plausible model output called ``name`` for a batch of 4 (3 classes, 8x8 maps, D = 5)."""
+    if name == "relevance":
+        return torch.rand(4, 8, 8)
+    if name.endswith("logit_scale"):
+        return torch.tensor(10.0)
+    if name.endswith("features"):
+        return torch.nn.functional.normalize(torch.randn(4, 5), dim=1)
+    return torch.randn(4, 3)  # logits, base_logits
+
+
 @pytest.mark.parametrize("name", sorted(LOSSES))
 def test_registry_contract(name: str) -> None:
+    """Every loss runs through its spec on the outputs it declares and the batch it declares (plus
+    the epoch the loop adds); its terms are finite scalars and the trained outputs get gradients."""
     torch.manual_seed(0)
-    logits = torch.randn(4, 3, requires_grad=True)
-    phi = torch.rand(4, 8, 8, requires_grad=True)
-    masks = (torch.rand(4, 8, 8) > 0.5).float()
-    out = get_loss(name).fn(
-        logits=logits,
-        labels=torch.tensor([0, 1, 2, 0]),
-        phi=phi,
-        masks=masks,
-        has_mask=torch.ones(4, dtype=torch.bool),
-        cfg=LossConfig(name=name),
-    )
+    spec, cfg = get_loss(name), LossConfig(name=name)
+    outputs = {
+        k: _fake_output(k).requires_grad_(not k.startswith(("base_", "teacher_")))
+        for k in spec.outputs_for(cfg)
+    }
+    batch = {
+        "label": torch.tensor([0, 1, 2, 0]),
+        "mask": (torch.rand(4, 8, 8) > 0.5).float(),
+        "has_mask": torch.ones(4, dtype=torch.bool),
+        "epoch": 0,
+        "epochs": 2,
+    }
+    out = spec(outputs, batch, cfg)
     assert "loss" in out and all(v.ndim == 0 and torch.isfinite(v) for v in out.values())
     out["loss"].backward()
-    assert logits.grad is not None
-    assert (phi.grad is not None) == LOSSES[name].needs_relevance
+    trained = [k for k, v in outputs.items() if v.requires_grad and k != "logit_scale"]
+    assert trained and all(outputs[k].grad is not None for k in trained), trained
 
 
 @pytest.mark.parametrize("name", [n for n, s in LOSSES.items() if s.needs_relevance])
