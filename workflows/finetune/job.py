@@ -50,6 +50,11 @@ def resolve(cfg: FinetuneConfig) -> FinetuneConfig:
         update={
             "images": [str(Path(p).resolve()) for p in cfg.data.images] if cfg.data.images else None,
             "masks": str(Path(cfg.data.masks).resolve()) if cfg.data.masks else None,
+            "spurious": cfg.data.spurious.model_copy(
+                update={
+                    "bank": str(Path(cfg.data.spurious.bank).resolve()) if cfg.data.spurious.bank else None
+                }
+            ),
         }
     )
     storage = Path(cfg.run.storage_path).resolve() if cfg.run.storage_path else out / "checkpoints"
