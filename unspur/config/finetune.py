@@ -159,7 +159,8 @@ class FinetuneRunConfig(StrictModel):
 
 class FinetuneConfig(StrictModel):
     """``unspur finetune``: train a classifier with ``loss`` (a registered loss, ``unspur.losses``:
-    erm, cft, robustvit; ``loss.name`` picks the loss's own config class) on Ray Train.
+    erm, cft, robustvit; flyp, starft for a clip model; ``loss.name`` picks the loss's own config
+    class) on Ray Train.
 
     ``init_from``: an unspur checkpoint folder to start from (the base model; also the frozen
     reference of the KL guard ``loss.lambda_kl``). ``relevance``: a key of

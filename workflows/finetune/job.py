@@ -1,4 +1,5 @@
-"""``unspur finetune``: train a classifier with erm / cft / robustvit on Ray Train (V2).
+"""``unspur finetune``: train a classifier with erm / cft / robustvit, or a CLIP model with flyp /
+starft, on Ray Train (V2).
 
 Reads the image table and the masks table of ARCHITECTURE.md (an image's training mask is the
 union of its concept masks; a SpuriousWorld parts table serves too), or renders SpuriousWorld
