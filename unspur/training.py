@@ -4,7 +4,8 @@
 family (``unspur.models.families.FAMILIES``): per batch it moves the entries the loss reads
 (``LossSpec.batch_keys``) to the model's device, asks the family for the outputs the loss needs
 (``LossSpec.outputs_for``: relevance maps only for losses that read them, the frozen base
-model's logits only when the KL guard is on), and steps on the loss. ``evaluate`` is the
+model's logits only when the KL guard is on, its ``teacher_*`` outputs for StarFT), and steps on
+the loss. ``evaluate`` is the
 family's evaluation (accuracy, worst-group accuracy and, optionally, relevance alignment).
 Everything works on a DDP-wrapped model too: hooks go to the bare module
 (``unspur.models.unwrap``), the forward through the wrapper.
@@ -198,8 +199,9 @@ def train_one_epoch(
 
     ``loss_spec``: a ``LossSpec`` (``batch_keys``, ``needs``, called as ``spec(outputs, batch,
     cfg)``); ``loss_cfg`` its config. ``family``: the model family (``model.family``) whose
-    ``forward`` computes the outputs. ``base_model``: the frozen base model behind
-    ``base_logits`` (used only when ``loss_cfg.lambda_kl > 0``). ``scheduler`` steps once per
+    ``forward`` computes the outputs. ``base_model``: the frozen initial model behind ``base_logits``
+    (the KL guard, ``loss_cfg.lambda_kl > 0``) and the ``teacher_*`` outputs (StarFT's teacher);
+    needed when ``loss_spec.uses_base_model(loss_cfg)``. ``scheduler`` steps once per
     batch. ``epoch`` (0-based) / ``epochs`` (the run's total), when given, are put into every
     batch the loss sees, for losses with a schedule (StarFT's decaying weight needs them).
     Raises :class:`NonFiniteLossError` with the batch's image ids on a NaN/inf loss.
@@ -216,8 +218,11 @@ def train_one_epoch(
             f"the loss needs model outputs {sorted(needs - model_family.outputs)} that model family "
             f"{family!r} does not produce (it gives {sorted(model_family.outputs)})"
         )
-    if "base_logits" in needs and base_model is None:
-        raise ValueError("loss.lambda_kl > 0 needs the frozen base model; pass base_model=")
+    if base_model is None and loss_spec.uses_base_model(loss_cfg):
+        raise ValueError(
+            f"the loss reads outputs of the frozen initial model ({sorted(needs)}: base_logits with "
+            "loss.lambda_kl > 0, teacher_* for StarFT); pass base_model="
+        )
     sums: dict[str, float] = {}
     n_batches = 0
     for batch in loader:

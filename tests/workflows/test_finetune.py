@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from unspur.config import FinetuneConfig, load_config
+from unspur.losses import LOSSES
 from unspur.models import load_checkpoint
 from unspur.workflows.finetune import job
 
@@ -144,7 +145,7 @@ def test_ray_train_two_workers_resumes_after_the_driver_is_killed(ray_local, tmp
 @pytest.mark.parametrize("path", sorted((REPO / "workflows" / "configs").glob("finetune_*.yaml")))
 def test_shipped_configs_validate(path: Path) -> None:
     cfg = load_config(FinetuneConfig, path)
-    assert cfg.out and cfg.model.name and cfg.loss.name in {"erm", "cft", "robustvit"}
+    assert cfg.out and cfg.model.name and cfg.loss.name in LOSSES
 
 
 def test_resume_refuses_a_checkpoint_of_another_objective(tmp_path: Path) -> None:

@@ -16,12 +16,14 @@ from unspur.config.model import ClipModelConfig, ModelConfig, ModelSection
 from unspur.config.registered import registered, registered_default
 from unspur.data.spuriousworld import SpuriousWorldConfig
 from unspur.losses import LOSSES, LossConfig
+from unspur.spurious_templates import SPURIOUS_KINDS
 
 __all__ = [
     "FewShotConfig",
     "FinetuneConfig",
     "FinetuneDataConfig",
     "FinetuneRunConfig",
+    "SpuriousCaptionConfig",
     "ClipModelConfig",
     "LossConfig",
     "ModelConfig",
@@ -68,6 +70,27 @@ class FewShotConfig(StrictModel):
     seed: int = 0
 
 
+class SpuriousCaptionConfig(StrictModel):
+    """Where StarFT's spurious captions come from (``data.spurious``; read only by losses whose
+    batch holds ``spurious_tokens``). ``bank``: a concept bank (``concept_bank.json`` or its
+    folder, written by ``unspur concepts``) whose kept ``spurious_templates`` of ``kinds`` are
+    used; None = the built-in offline bank (``unspur.spurious_templates.SPURIOUS_TEMPLATES``).
+    Each training image gets one of them, picked by a hash of its image id, its class filled in."""
+
+    bank: str | None = None
+    kinds: list[str] = Field(default_factory=lambda: ["background", "texture", "resolution"], min_length=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> SpuriousCaptionConfig:
+        unknown = [k for k in self.kinds if k not in SPURIOUS_KINDS]
+        if self.bank is None and unknown:
+            raise ValueError(
+                f"data.spurious.kinds {unknown} are not kinds of the built-in spurious bank "
+                f"({list(SPURIOUS_KINDS)}); set data.spurious.bank to a concept bank that has them"
+            )
+        return self
+
+
 class FinetuneDataConfig(StrictModel):
     """Training data of ``unspur finetune``.
 
@@ -75,7 +98,9 @@ class FinetuneDataConfig(StrictModel):
     a ``split`` column; ``masks``: the masks table (``image_id, concept, rle, status``) or a
     SpuriousWorld parts table (``image_id, part, rle``); an image's mask is the union of its rows.
     Without ``images``, ``spuriousworld`` is rendered into ``<out>/data`` (cached by config).
-    ``eval_max_images`` caps the evaluation split (None = all of it).
+    ``eval_max_images`` caps the evaluation split (None = all of it). ``caption_column``: the
+    image-table column holding each image's class caption (CLIP losses: FLYP, StarFT);
+    ``spurious``: StarFT's spurious captions (:class:`SpuriousCaptionConfig`).
     """
 
     images: list[str] | None = None
@@ -85,6 +110,8 @@ class FinetuneDataConfig(StrictModel):
     eval_split: str = "test"
     eval_max_images: int | None = Field(None, ge=1)
     loader_workers: int = Field(0, ge=0)
+    caption_column: str = "caption"
+    spurious: SpuriousCaptionConfig = Field(default_factory=SpuriousCaptionConfig)
 
     @model_validator(mode="after")
     def _check(self) -> FinetuneDataConfig:
@@ -132,7 +159,8 @@ class FinetuneRunConfig(StrictModel):
 
 class FinetuneConfig(StrictModel):
     """``unspur finetune``: train a classifier with ``loss`` (a registered loss, ``unspur.losses``:
-    erm, cft, robustvit; ``loss.name`` picks the loss's own config class) on Ray Train.
+    erm, cft, robustvit; flyp, starft for a clip model; ``loss.name`` picks the loss's own config
+    class) on Ray Train.
 
     ``init_from``: an unspur checkpoint folder to start from (the base model; also the frozen
     reference of the KL guard ``loss.lambda_kl``). ``relevance``: a key of

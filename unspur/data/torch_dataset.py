@@ -18,8 +18,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from unspur.concept_bank import spurious_captions
 from unspur.data.images import ImageError, decode_rgb
 from unspur.masks import decode, resize_mask
+from unspur.spurious_templates import pick_template
 
 __all__ = [
     "DEFAULT_FIELDS",
@@ -35,7 +37,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 _ASPECT_TOL = 0.02
 #: what an item can hold besides image_id and group
-FIELDS = ("image", "label", "mask", "has_mask", "tokens")
+FIELDS = ("image", "label", "mask", "has_mask", "tokens", "spurious_tokens")
 #: what it holds unless asked otherwise (no caption tokens)
 DEFAULT_FIELDS = ("image", "label", "mask", "has_mask")
 
@@ -83,11 +85,15 @@ class ImageMaskDataset(Dataset):
     (empty if the table has none), ``image_id`` str, ``mask`` (S, S) float {0, 1}, ``has_mask``
     bool (False when the image has no usable mask: it then skips the alignment terms), ``tokens``
     (L,) int64: the row's ``caption_column`` through ``tokenizer`` (a callable mapping a list of
-    captions to (N, L) token ids, e.g. the clip family's ``tokenizer(cfg)``).
+    captions to (N, L) token ids, e.g. the clip family's ``tokenizer(cfg)``), ``spurious_tokens``
+    (L,) int64: one StarFT spurious caption of the sample, a template of ``spurious_templates``
+    (``{class}`` placeholder) picked by a hash of the image id (the same every epoch and run,
+    :func:`unspur.spurious_templates.pick_template`) with the row's ``class_name`` filled in.
     ``train_aug`` flips image and mask horizontally with probability 0.5. ``fields``: the entries
     an item holds besides ``image_id`` and ``group`` (a loss's ``batch_keys``; default
     :data:`DEFAULT_FIELDS`); without ``mask`` and ``has_mask`` no mask is decoded; ``tokens``
-    needs ``tokenizer`` and the caption column.
+    needs ``tokenizer`` and the caption column; ``spurious_tokens`` needs ``tokenizer``,
+    ``spurious_templates`` and a ``class_name`` column.
     """
 
     def __init__(
@@ -102,6 +108,7 @@ class ImageMaskDataset(Dataset):
         fields: Collection[str] = DEFAULT_FIELDS,
         tokenizer: Callable[[list[str]], torch.Tensor] | None = None,
         caption_column: str = "caption",
+        spurious_templates: Sequence[str] | None = None,
     ) -> None:
         if img_size <= 0:
             raise ValueError(f"img_size must be > 0, got {img_size}")
@@ -118,6 +125,14 @@ class ImageMaskDataset(Dataset):
                 f"tokens are read from the image table's {caption_column!r} column, which it lacks "
                 f"(columns: {sorted(images_df.columns)}); add captions or pick caption_column"
             )
+        if "spurious_tokens" in fields:
+            if tokenizer is None or not spurious_templates:
+                raise ValueError("the spurious_tokens field needs a tokenizer and spurious_templates")
+            if "class_name" not in images_df.columns:
+                raise ValueError(
+                    "spurious captions fill the image table's class_name column into templates; "
+                    f"the table lacks it (columns: {sorted(images_df.columns)})"
+                )
         missing = {"image_id", "label"} - set(images_df.columns)
         if missing:
             raise ValueError(f"image table lacks columns {sorted(missing)}; got {sorted(images_df.columns)}")
@@ -128,12 +143,19 @@ class ImageMaskDataset(Dataset):
         self.with_mask = "mask" in fields or "has_mask" in fields
         self.tokenizer = tokenizer
         self.caption_column = caption_column
+        self.spurious_templates = tuple(spurious_templates or ())
         self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
         self._masks = _mask_rows(masks_df)
         self._cache: dict[int, tuple[np.ndarray, np.ndarray, bool]] | None = {} if cache else None
         self.errors: list[dict[str, str]] = []
         self._error_ids: set[str] = set()
+
+    def spurious_caption(self, index: int) -> str:
+        """Row ``index``'s spurious caption (its template by image id, its class filled in)."""
+        row = self.rows[index]
+        template = pick_template(self.spurious_templates, str(row["image_id"]))
+        return spurious_captions([template], str(row["class_name"]))[0]
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -202,6 +224,8 @@ class ImageMaskDataset(Dataset):
         }
         if "tokens" in self.fields:
             item["tokens"] = self.tokenizer([str(row[self.caption_column])])[0]
+        if "spurious_tokens" in self.fields:
+            item["spurious_tokens"] = self.tokenizer([self.spurious_caption(index)])[0]
         return {k: v for k, v in item.items() if k in self.fields or k in ("group", "image_id")}
 
 

@@ -48,6 +48,10 @@ def classifier_inputs(outputs: Outputs, batch: Batch) -> dict[str, Any]:
     }
 
 
+#: outputs named ``teacher_*`` come from the frozen initial model (``base_model``)
+BASE_PREFIX = "teacher_"
+
+
 @dataclass(frozen=True)
 class LossSpec:
     """A registered objective and what it reads.
@@ -76,6 +80,12 @@ class LossSpec:
         if getattr(cfg, "lambda_kl", 0.0) > 0:
             return self.needs | {"base_logits"}
         return self.needs
+
+    def uses_base_model(self, cfg: Any) -> bool:
+        """Whether this loss, under ``cfg``, reads outputs of the frozen initial model (the
+        ``base_model`` of the family's ``forward``): ``base_logits`` (the KL guard) or any
+        ``teacher_*`` output (StarFT's teacher)."""
+        return any(n == "base_logits" or n.startswith(BASE_PREFIX) for n in self.outputs_for(cfg))
 
     def __call__(self, outputs: Outputs, batch: Batch, cfg: Any) -> dict[str, torch.Tensor]:
         """The loss and its named terms for one batch's model ``outputs``."""

@@ -1,4 +1,5 @@
-"""``unspur finetune``: train a classifier with erm / cft / robustvit on Ray Train (V2).
+"""``unspur finetune``: train a classifier with erm / cft / robustvit, or a CLIP model with flyp /
+starft, on Ray Train (V2).
 
 Reads the image table and the masks table of ARCHITECTURE.md (an image's training mask is the
 union of its concept masks; a SpuriousWorld parts table serves too), or renders SpuriousWorld
@@ -50,6 +51,11 @@ def resolve(cfg: FinetuneConfig) -> FinetuneConfig:
         update={
             "images": [str(Path(p).resolve()) for p in cfg.data.images] if cfg.data.images else None,
             "masks": str(Path(cfg.data.masks).resolve()) if cfg.data.masks else None,
+            "spurious": cfg.data.spurious.model_copy(
+                update={
+                    "bank": str(Path(cfg.data.spurious.bank).resolve()) if cfg.data.spurious.bank else None
+                }
+            ),
         }
     )
     storage = Path(cfg.run.storage_path).resolve() if cfg.run.storage_path else out / "checkpoints"

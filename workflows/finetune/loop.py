@@ -29,6 +29,7 @@ from unspur.losses import get_loss
 from unspur.models import load_weights, read_extra, save_checkpoint, unwrap
 from unspur.models.families import family_of, input_norm
 from unspur.models.resume import restore_state, write_state
+from unspur.spurious_templates import run_templates
 from unspur.training import (
     apply_trainable,
     make_optimizer,
@@ -40,7 +41,7 @@ from unspur.training import (
 from unspur.workflows.finetune.report import Tracker, relevance_figure
 from unspur.workflows.finetune.sessions import RaySession
 
-__all__ = ["SUMMARY", "load_tables", "run_loop", "train_loop_per_worker"]
+__all__ = ["SUMMARY", "load_tables", "run_loop", "train_loop_per_worker", "with_classes"]
 
 SUMMARY = "finetune_summary.json"
 SELECTED = "selected"  # <out>/selected: the best weights so far under run.select
@@ -93,8 +94,10 @@ def datasets(
         train = few_shot(train, fs.per_class, fs.class_fraction, fs.seed)
     size, norm = cfg.model.img_size, norm or {}
     fields = get_loss(cfg.loss.name).batch_keys  # what the loss reads: masks only if it needs them
-    tokenizer = None
-    if "tokens" in fields:  # caption tokens, by the model family's tokenizer
+    tokenizer, templates = None, None
+    if "spurious_tokens" in fields:  # StarFT: a concept bank's templates or the built-in ones
+        templates = run_templates(cfg.data.spurious.bank, cfg.data.spurious.kinds)
+    if {"tokens", "spurious_tokens"} & set(fields):  # captions, by the model family's tokenizer
         family = family_of(cfg.model)
         if not hasattr(family, "tokenizer"):
             raise ValueError(
@@ -102,12 +105,42 @@ def datasets(
             )
         tokenizer = family.tokenizer(cfg.model)
     train_ds = ImageMaskDataset(
-        train, masks, size, train_aug=cfg.train.augment, fields=fields, tokenizer=tokenizer, **norm
+        train,
+        masks,
+        size,
+        train_aug=cfg.train.augment,
+        fields=fields,
+        tokenizer=tokenizer,
+        caption_column=cfg.data.caption_column,
+        spurious_templates=templates,
+        **norm,
     )
     return (
         train_ds,
         ImageMaskDataset(test, masks, size, **norm),
     )
+
+
+def with_classes(cfg: FinetuneConfig, tables: dict[str, Any]) -> FinetuneConfig:
+    """``cfg`` with a clip model's empty ``model.classes`` filled from the image table: the
+    ``class_name`` of each label, in label order (zero-shot head, ``num_classes``). Other
+    families, and classes the config names, are left as they are."""
+    if getattr(cfg.model, "family", "timm") != "clip" or cfg.model.classes:
+        return cfg
+    columns = ["label", "class_name"]
+    names = pd.concat([pd.read_parquet(p, columns=columns) for p in tables["images"]], ignore_index=True)
+    if names.empty:
+        raise ValueError("the image table is empty: no classes to fill model.classes with")
+    by_label = names.drop_duplicates("label").set_index("label")["class_name"]
+    n = int(by_label.index.max()) + 1
+    missing = sorted(set(range(n)) - {int(v) for v in by_label.index})
+    if missing:
+        raise ValueError(
+            f"labels {missing} have no image, so their class names are unknown; set model.classes "
+            "to the class names in label order"
+        )
+    classes = [str(by_label[i]) for i in range(n)]
+    return cfg.model_copy(update={"model": cfg.model.model_copy(update={"classes": classes})})
 
 
 def initial_model(cfg: FinetuneConfig) -> nn.Module:
@@ -130,7 +163,11 @@ def _evaluate(cfg: FinetuneConfig, model: nn.Module, loader: DataLoader, with_re
 
 def _print_progress(cfg: FinetuneConfig, record: dict[str, Any]) -> None:
     ev = record.get("eval", {})
-    shown = [f"{k}={v:.4f}" for k, v in record["train"].items() if k in ("loss", "ce", "align", "cls")]
+    shown = [
+        f"{k}={v:.4f}"
+        for k, v in record["train"].items()
+        if k in ("loss", "ce", "align", "cls", "contrastive", "kl")
+    ]
     shown += [f"{k}={ev[k]:.3f}" for k in ("acc", "wga", "align_mass_in") if k in ev]
     print(
         f"[finetune {cfg.run.name}] epoch {record['epoch'] + 1}/{cfg.train.epochs} " + " ".join(shown),
@@ -145,10 +182,12 @@ def run_loop(cfg: FinetuneConfig, tables: dict[str, Any], session: Any) -> dict[
     """
     if cfg.train.num_threads > 0:
         torch.set_num_threads(cfg.train.num_threads)
+    cfg = with_classes(cfg, tables)  # recorded in every checkpoint's config.yaml
     model = initial_model(cfg)
     train_ds, eval_ds = datasets(cfg, tables, input_norm(model))
-    base = None
-    if cfg.loss.kl_weight > 0:
+    spec = get_loss(cfg.loss.name)
+    base = None  # the frozen initial model: the KL guard's base_logits, StarFT's teacher_* outputs
+    if spec.uses_base_model(cfg.loss):
         base = initial_model(cfg).eval().requires_grad_(False)
     apply_trainable(model, cfg.train.params)  # before DDP: it must see which parameters train
     model = session.prepare_model(model)
@@ -175,7 +214,6 @@ def run_loop(cfg: FinetuneConfig, tables: dict[str, Any], session: Any) -> dict[
         history.append({"epoch": -1, "eval": _evaluate(cfg, model, eval_loader, with_rel)})
         if tracker:
             tracker.log_epoch(history[-1], step=0)
-    spec = get_loss(cfg.loss.name)
     for epoch in range(start, cfg.train.epochs):
         if hasattr(loader, "sampler") and hasattr(loader.sampler, "set_epoch"):
             loader.sampler.set_epoch(epoch)
@@ -261,7 +299,7 @@ def _finish(
     epoch, final = _selected(cfg, unwrap(model), history)
     final_dir = save_checkpoint(out / "model", unwrap(model), cfg, extra={"epoch": epoch, "history": history})
     figure_path = None
-    if cfg.run.figure_images > 0:
+    if cfg.run.figure_images > 0 and "relevance" in family_of(cfg.model).outputs:  # not for clip
         figure = relevance_figure(
             initial_model(cfg), unwrap(model), eval_ds, cfg.run.figure_images, cfg.relevance
         )

@@ -44,7 +44,7 @@ CLIP = ClipModelConfig(img_size=SIZE, classes=["zero", "one", "two"])
 
 def _clip_batches() -> list[dict[str, Any]]:
     tokens = get_family("clip").tokenizer(CLIP)(["a photo of a zero.", "a one", "a two", "zero"])
-    return [{**batch, "tokens": tokens} for batch in _timm_batches()]
+    return [{**batch, "tokens": tokens, "spurious_tokens": tokens.flip(0)} for batch in _timm_batches()]
 
 
 #: per family: a tiny config and the batches it runs on (a new family adds its entry here)

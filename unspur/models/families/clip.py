@@ -7,10 +7,18 @@ Outputs of :meth:`ClipFamily.forward` (B = batch size, D = the embedding width):
   the tokenized captions (:meth:`ClipFamily.tokenizer`);
 - ``logit_scale`` (): the exp'd learned temperature (``model.logit_scale.exp()``);
 - ``logits`` (B, C): zero-shot class logits ``logit_scale * image_features @ head.T`` with
-  ``head`` = :func:`zero_shot_head` over the config's ``classes`` and ``templates``.
+  ``head`` = :func:`zero_shot_head` over the config's ``classes`` and ``templates``;
+- ``spurious_text_features`` (B, D): L2-normalised text embeddings of ``batch["spurious_tokens"]``
+  (B, L), StarFT's spurious captions;
+- ``teacher_image_features``, ``teacher_spurious_text_features`` (B, D) and
+  ``teacher_logit_scale`` (): the same from the frozen initial model (``base_model``), no grad.
 
-Everything runs in one call of the model (through a DDP wrapper if any): class prompts are
-appended to the batch's tokens when both are needed. Architectures are open_clip's plus the
+The trained model runs in one call per batch (through a DDP wrapper if any): caption tokens,
+spurious tokens and class prompts are concatenated into one text batch. The teacher is frozen,
+so its spurious-caption features depend on the caption only: they are computed once per
+distinct caption and cached on the teacher module (``teacher._unspur_text_cache``: token tuple
+-> (D,) feature; a run's captions are a finite set, classes x templates); its image features
+are computed every step (the images may be augmented). Architectures are open_clip's plus the
 tiny ones in ``clip_configs/`` (JSON, registered with ``open_clip.add_model_config``).
 Evaluation: zero-shot accuracy, per-group and worst-group accuracy (no relevance alignment).
 """
@@ -34,7 +42,16 @@ from unspur.models.attention import unwrap
 from unspur.models.checkpoint import load_weights
 from unspur.models.families.protocol import Batch, Outputs, RelevanceFn
 
-__all__ = ["CLIP_CONFIGS", "ClipFamily", "Tokenizer", "ZeroShot", "zero_shot_head"]
+__all__ = [
+    "CLIP_CONFIGS",
+    "TEACHER_OUTPUTS",
+    "ClipFamily",
+    "Tokenizer",
+    "ZeroShot",
+    "cached_text_features",
+    "teacher_outputs",
+    "zero_shot_head",
+]
 
 #: folder of unspur's open_clip architecture configs (``<name>.json``)
 CLIP_CONFIGS = Path(__file__).with_name("clip_configs")
@@ -82,11 +99,62 @@ def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
+#: outputs of the frozen initial model (``base_model``)
+TEACHER_OUTPUTS = ("teacher_image_features", "teacher_spurious_text_features", "teacher_logit_scale")
+
+
+def _tokens(batch: Batch, key: str, output: str) -> torch.Tensor:
+    if key not in batch:
+        raise ValueError(f"{output} needs batch[{key!r}]: build the dataset with the loss's batch_keys")
+    return batch[key]
+
+
+@torch.no_grad()
+def cached_text_features(teacher: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """(B, L) tokens -> (B, D) L2-normalised text features of the frozen ``teacher``, each
+    distinct caption encoded once per teacher (cache: ``teacher._unspur_text_cache``, keyed by
+    the token tuple; only valid because the teacher never changes)."""
+    bare = unwrap(teacher)
+    cache: dict[tuple[int, ...], torch.Tensor] = bare.__dict__.setdefault("_unspur_text_cache", {})
+    keys = [tuple(row) for row in tokens.tolist()]
+    new = list(dict.fromkeys(k for k in keys if k not in cache))
+    if new:
+        features = bare.encode_text(
+            torch.tensor(new, dtype=tokens.dtype, device=tokens.device), normalize=True
+        )
+        cache.update(zip(new, features, strict=True))
+    return torch.stack([cache[k] for k in keys]).to(tokens.device)
+
+
+@torch.no_grad()
+def teacher_outputs(teacher: nn.Module, batch: Batch, needs: frozenset[str]) -> Outputs:
+    """The ``teacher_*`` outputs in ``needs`` from the frozen initial model."""
+    bare = unwrap(teacher)
+    out: Outputs = {}
+    if "teacher_image_features" in needs:
+        out["teacher_image_features"] = bare.encode_image(batch["image"], normalize=True)
+    if "teacher_spurious_text_features" in needs:
+        tokens = _tokens(batch, "spurious_tokens", "teacher_spurious_text_features")
+        out["teacher_spurious_text_features"] = cached_text_features(bare, tokens)
+    if "teacher_logit_scale" in needs:
+        out["teacher_logit_scale"] = bare.logit_scale.exp()
+    return out
+
+
 class ClipFamily:
     """open_clip models; see the module docstring for the outputs."""
 
     name = "clip"
-    outputs = frozenset({"image_features", "text_features", "logit_scale", "logits"})
+    outputs = frozenset(
+        {
+            "image_features",
+            "text_features",
+            "logit_scale",
+            "logits",
+            "spurious_text_features",
+            *TEACHER_OUTPUTS,
+        }
+    )
 
     def tokenizer(self, cfg: ClipModelConfig) -> Tokenizer:
         """open_clip's tokenizer of ``cfg.name`` (context length from the architecture; the BPE
@@ -128,14 +196,18 @@ class ClipFamily:
         base_model: nn.Module | None = None,
         relevance: str | RelevanceFn = "rollout",
     ) -> Outputs:
-        """``batch["image"]`` (B, 3, S, S) and, for ``text_features``, ``batch["tokens"]`` (B, L)
-        on the model's device -> the outputs in ``needs`` (one model call)."""
+        """``batch["image"]`` (B, 3, S, S) and, for ``text_features`` / ``spurious_text_features``,
+        ``batch["tokens"]`` / ``batch["spurious_tokens"]`` (B, L) on the model's device -> the
+        outputs in ``needs`` (one call of ``model``; ``teacher_*`` outputs from ``base_model``,
+        the frozen initial model, see :func:`teacher_outputs`)."""
         text: list[torch.Tensor] = []
-        if "text_features" in needs:
-            if "tokens" not in batch:
-                raise ValueError("text_features need batch['tokens']: build the dataset with a tokenizer")
-            text.append(batch["tokens"])
-        n_captions = len(text[0]) if text else 0
+        spans: dict[str, slice] = {}
+        for output, key in (("text_features", "tokens"), ("spurious_text_features", "spurious_tokens")):
+            if output in needs:
+                start = sum(len(t) for t in text)
+                text.append(_tokens(batch, key, output))
+                spans[output] = slice(start, start + len(text[-1]))
+        n_captions = sum(len(t) for t in text)
         if "logits" in needs:
             text.append(unwrap(model).zero_shot.prompt_tokens().to(batch["image"].device))
         wants_image = bool(needs & {"image_features", "logits"})
@@ -143,13 +215,20 @@ class ClipFamily:
         out: Outputs = {}
         if "image_features" in needs:
             out["image_features"] = res["image_features"]
-        if "text_features" in needs:
-            out["text_features"] = res["text_features"][:n_captions]
+        for output, span in spans.items():
+            out[output] = res["text_features"][span]
         if "logit_scale" in needs:
             out["logit_scale"] = res["logit_scale"]
         if "logits" in needs:
             head = _class_means(res["text_features"][n_captions:], len(unwrap(model).zero_shot.classes))
             out["logits"] = res["logit_scale"] * res["image_features"] @ head.T
+        if needs & set(TEACHER_OUTPUTS):
+            if base_model is None:
+                raise ValueError(
+                    f"outputs {sorted(needs & set(TEACHER_OUTPUTS))} come from the frozen initial model; "
+                    "pass base_model="
+                )
+            out.update(teacher_outputs(base_model, batch, needs))
         return out
 
     @torch.no_grad()
