@@ -10,6 +10,7 @@ overrides; the ``unspur`` command builds each subcommand's help from the same ``
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
@@ -21,7 +22,7 @@ from pydantic import BaseModel
 
 from unspur.config import ConfigError, load_config
 
-__all__ = ["Flag", "parse_job_args", "main_for", "init_ray", "user_errors"]
+__all__ = ["JOB_API", "Flag", "init_ray", "job_attributes", "main_for", "parse_job_args", "user_errors"]
 
 #: a job's own command-line option: (flag, type, help), e.g. ("--samples", int, "trials to draw")
 Flag = tuple[str, type, str]
@@ -112,3 +113,19 @@ def main_for(
     elif isinstance(result, dict):
         print(json.dumps(result, indent=2, default=str))
     return 0
+
+
+#: what a job package re-exports from its ``job`` module
+JOB_API = ("CONFIG", "build", "main", "run")
+
+
+def job_attributes(package: str) -> Callable[[str], Any]:
+    """The module ``__getattr__`` of a job package: ``CONFIG``, ``build``, ``run`` and ``main`` come
+    from ``<package>.job``, imported on first use (so the ``unspur`` command starts without Ray)."""
+
+    def attribute(name: str) -> Any:
+        if name in JOB_API:
+            return getattr(importlib.import_module(f"{package}.job"), name)
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
+
+    return attribute

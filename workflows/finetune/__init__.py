@@ -1,17 +1,9 @@
 """``unspur finetune``: the job (:mod:`unspur.workflows.finetune.job`) and its helpers.
 
-``CONFIG``, ``build``, ``run`` and ``main`` are the job module's, loaded on first use (so the
-``unspur`` command starts without importing Ray).
+``CONFIG``, ``build``, ``run`` and ``main`` are the job module's, loaded on first use.
 """
 
-from typing import Any
+from unspur.workflows.job import job_attributes
 
 __all__ = ["CONFIG", "build", "main", "run"]
-
-
-def __getattr__(name: str) -> Any:
-    if name in __all__:
-        from unspur.workflows.finetune import job
-
-        return getattr(job, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = job_attributes(__name__)

@@ -19,7 +19,7 @@ from torch import nn
 
 from unspur.config import ModelConfig
 from unspur.metrics import relevance_alignment, summarize
-from unspur.models.families.protocol import Batch, Outputs, RelevanceFn
+from unspur.models.families.protocol import Batch, Outputs, RelevanceFn, collect_predictions
 from unspur.models.registry import build_model
 
 __all__ = ["TimmClassifier", "relevance_fn"]
@@ -76,24 +76,7 @@ class TimmClassifier:
         """Arg-max predictions and softmax probabilities over ``loader`` (see ``ModelFamily``)."""
         model.eval()
         device = _device(model)
-        ids: list[str] = []
-        groups: list[str] = []
-        labels, preds, probs = [], [], []
-        for batch in loader:
-            logits = model(batch["image"].to(device))
-            preds.append(logits.argmax(1).cpu().numpy())
-            probs.append(logits.float().softmax(1).cpu().numpy())
-            labels.append(np.asarray(batch["label"]))
-            ids.extend(str(i) for i in batch["image_id"])
-            groups.extend(str(g) for g in batch["group"])
-        cat = np.concatenate
-        return {
-            "image_id": np.asarray(ids, dtype=str),
-            "label": cat(labels) if labels else np.zeros(0, int),
-            "group": np.asarray(groups, dtype=str),
-            "pred": cat(preds) if preds else np.zeros(0, int),
-            "probs": cat(probs) if probs else np.zeros((0, 0), np.float32),
-        }
+        return collect_predictions(loader, lambda images: model(images.to(device)))
 
     def relevance_maps(
         self, model: nn.Module, loader: Iterable[Batch], relevance: str | RelevanceFn = "rollout"

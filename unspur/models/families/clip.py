@@ -40,7 +40,7 @@ from unspur.config.model import ClipModelConfig
 from unspur.metrics import summarize
 from unspur.models.attention import unwrap
 from unspur.models.checkpoint import load_weights
-from unspur.models.families.protocol import Batch, Outputs, RelevanceFn
+from unspur.models.families.protocol import Batch, Outputs, RelevanceFn, collect_predictions
 
 __all__ = [
     "CLIP_CONFIGS",
@@ -241,25 +241,11 @@ class ClipFamily:
         spec: ZeroShot = bare.zero_shot
         head = zero_shot_head(bare, spec.tokenizer, spec.classes, spec.templates)
         scale = bare.logit_scale.exp()
-        ids: list[str] = []
-        groups: list[str] = []
-        labels, preds, probs = [], [], []
-        for batch in loader:
-            features = bare.encode_image(batch["image"].to(device), normalize=True)
-            logits = scale * features @ head.T
-            preds.append(logits.argmax(1).cpu().numpy())
-            probs.append(logits.float().softmax(1).cpu().numpy())
-            labels.append(np.asarray(batch["label"]))
-            ids.extend(str(i) for i in batch["image_id"])
-            groups.extend(str(g) for g in batch["group"])
-        cat = np.concatenate
-        return {
-            "image_id": np.asarray(ids, dtype=str),
-            "label": cat(labels) if labels else np.zeros(0, int),
-            "group": np.asarray(groups, dtype=str),
-            "pred": cat(preds) if preds else np.zeros(0, int),
-            "probs": cat(probs) if probs else np.zeros((0, len(spec.classes)), np.float32),
-        }
+        return collect_predictions(
+            loader,
+            lambda images: scale * bare.encode_image(images.to(device), normalize=True) @ head.T,
+            len(spec.classes),
+        )
 
     def evaluate(
         self, model: nn.Module, loader: Iterable[Batch], relevance: str | RelevanceFn | None = None

@@ -17,7 +17,7 @@ from torch import nn
 
 from unspur.config.model import ClipModelConfig, ModelConfig
 
-__all__ = ["Batch", "ModelFamily", "Outputs", "RelevanceFn"]
+__all__ = ["Batch", "ModelFamily", "Outputs", "RelevanceFn", "collect_predictions"]
 
 Batch = dict[str, Any]
 Outputs = dict[str, torch.Tensor]
@@ -64,3 +64,29 @@ class ModelFamily(Protocol):
         """``{"acc", "wga", "worst_group", "per_group", "n"}`` (``unspur.metrics.summarize``) plus,
         with a ``relevance`` method, ``align_*`` keys where the family supports it."""
         ...
+
+
+def collect_predictions(
+    loader: Iterable[Batch], logits_of: Callable[[torch.Tensor], torch.Tensor], n_classes: int = 0
+) -> dict[str, np.ndarray]:
+    """``predict``'s arrays over ``loader``: ``image_id``, ``label``, ``group``, ``pred`` (arg-max)
+    and ``probs`` (softmax) of ``logits_of(batch["image"])`` ((B, C) logits); ``n_classes`` sizes
+    ``probs`` of an empty loader."""
+    ids: list[str] = []
+    groups: list[str] = []
+    labels, preds, probs = [], [], []
+    for batch in loader:
+        logits = logits_of(batch["image"])
+        preds.append(logits.argmax(1).cpu().numpy())
+        probs.append(logits.float().softmax(1).cpu().numpy())
+        labels.append(np.asarray(batch["label"]))
+        ids.extend(str(i) for i in batch["image_id"])
+        groups.extend(str(g) for g in batch["group"])
+    cat = np.concatenate
+    return {
+        "image_id": np.asarray(ids, dtype=str),
+        "label": cat(labels) if labels else np.zeros(0, int),
+        "group": np.asarray(groups, dtype=str),
+        "pred": cat(preds) if preds else np.zeros(0, int),
+        "probs": cat(probs) if probs else np.zeros((0, n_classes), np.float32),
+    }
