@@ -25,12 +25,12 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from unspur.actors.concepts import ANSWER_SCHEMA, build_messages, normalize_class_name
 from unspur.actors.spurious_bank import template_answer
 from unspur.concept_bank import read_bank_source
-from unspur.config.base import StrictModel
+from unspur.config.base import ActorResources, StrictModel
 from unspur.config.concepts import CONCEPT_BACKENDS
 
 __all__ = [
@@ -401,22 +401,14 @@ class ConceptVLLMConfig(StrictModel):
     structured_outputs: bool = True
 
 
-class ConceptTransformersConfig(StrictModel):
+class ConceptTransformersConfig(ActorResources):
     """``backend: transformers``: a Hugging Face causal LM in ``pool_size`` Ray Data actors."""
 
     device: str = "cpu"
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     trust_remote_code: bool = False
     pool_size: int = Field(1, ge=1)
-    num_cpus: float = Field(0.5, ge=0)
-    num_gpus: float = Field(0.0, ge=0)
     batch_size: int = Field(8, ge=1)
-
-    @model_validator(mode="after")
-    def _check(self) -> ConceptTransformersConfig:
-        if self.num_cpus < 0 or self.num_gpus < 0 or self.num_cpus + self.num_gpus == 0:
-            raise ValueError(f"an actor needs num_cpus or num_gpus > 0, got {self.num_cpus}, {self.num_gpus}")
-        return self
 
 
 class ConceptWordNetConfig(StrictModel):

@@ -12,7 +12,7 @@ What it measures (one ``key=value`` line per figure; medians after warm-up, seed
 - ``cft_step``: one CFT and one ERM train step of timm ``vit_base_patch16_224`` (fused
   attention off, as unspur builds it) at batch 32 through ``unspur.training.train_one_epoch``,
   interleaved as in ``benchmarks/cft_step_ratio.py`` (target: ratio <= 1.5), plus images/s;
-- FLYP, StarFT, SEraser and RaVL: not implemented in unspur yet; printed as ``skipped`` with the
+- FLYP, StarFT (in unspur, not yet in this script), SEraser and RaVL: printed as ``skipped`` with the
   reason, never as numbers;
 - peak GPU memory of each (``torch.cuda.max_memory_allocated``, reset before each measured call;
   ``n/a`` on a CPU).
@@ -69,23 +69,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never wait on the hub: everythin
 import numpy as np
 import torch
 
-FIGURES = ("sam_encode", "sam_concepts", "grounded_sam", "cft_step", "flyp", "starft", "seraser", "ravl")
-#: figures whose code is not in unspur yet: the key printed and why
-NOT_YET = {
-    "flyp": (
-        "flyp_step",
-        "FLYP (CLIP ViT-B-32 at batch 256) is not implemented in unspur yet: no CLIP model family or FLYP loss",
-    ),
-    "starft": (
-        "starft_step",
-        "StarFT (FLYP + KL to the frozen zero-shot CLIP, ViT-B-32 at batch 256) is not implemented in unspur yet",
-    ),
-    "seraser": (
-        "seraser_cached_vs_naive",
-        "SEraser's prompt tuner (cached fg/bg features vs re-encoding) is not implemented in unspur yet",
-    ),
-    "ravl": ("ravl_regions_per_s", "RaVL's region embedder is not implemented in unspur yet"),
-}
+#: the 16 concepts of benchmarks/mask_concepts_scaling.py (scripts here do not import each other)
 CONCEPTS16 = [
     "long beak",
     "wings",
@@ -104,6 +88,23 @@ CONCEPTS16 = [
     "trunk",
     "leafy crown",
 ]
+FIGURES = ("sam_encode", "sam_concepts", "grounded_sam", "cft_step", "flyp", "starft", "seraser", "ravl")
+#: figures whose code is not in unspur yet: the key printed and why
+NOT_YET = {
+    "flyp": (
+        "flyp_step",
+        "FLYP (CLIP ViT-B-32 at batch 256) is not implemented in this script yet (CPU: benchmarks/starft_step_ratio.py)",
+    ),
+    "starft": (
+        "starft_step",
+        "StarFT (ViT-B-32 at batch 256) is not implemented in this script yet (CPU: benchmarks/starft_step_ratio.py)",
+    ),
+    "seraser": (
+        "seraser_cached_vs_naive",
+        "SEraser's prompt tuner (cached fg/bg features vs re-encoding) is not implemented in unspur yet",
+    ),
+    "ravl": ("ravl_regions_per_s", "RaVL's region embedder is not implemented in unspur yet"),
+}
 
 
 @dataclass(frozen=True)

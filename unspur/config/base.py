@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 __all__ = [
+    "ActorResources",
     "ConfigError",
     "StrictModel",
     "apply_overrides",
@@ -36,6 +37,20 @@ class StrictModel(BaseModel):
     """Base of every config section: unknown keys are errors, values are validated on assignment."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+class ActorResources(StrictModel):
+    """What each Ray actor of a stage holds: ``num_cpus`` / ``num_gpus`` (fractional allowed: keep
+    num_cpus <= 0.5 on small CPU machines so Ray Data's reads are not starved); at least one > 0."""
+
+    num_cpus: float = Field(0.5, ge=0)
+    num_gpus: float = Field(0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _needs_a_resource(self) -> ActorResources:
+        if self.num_cpus + self.num_gpus == 0:
+            raise ValueError(f"an actor needs num_cpus or num_gpus > 0, got {self.num_cpus}, {self.num_gpus}")
+        return self
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:

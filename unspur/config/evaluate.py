@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
-from unspur.config.base import StrictModel
+from unspur.config.base import ActorResources
 
 __all__ = ["EvaluateConfig"]
 
 
-class EvaluateConfig(StrictModel):
+class EvaluateConfig(ActorResources):
     """``unspur evaluate``: accuracy, per-group / worst-group accuracy and relevance alignment.
 
     ``checkpoint`` is an unspur checkpoint folder; ``images`` the dataset read by the adapter
@@ -30,13 +30,5 @@ class EvaluateConfig(StrictModel):
     batch_size: int = Field(64, ge=1)
     relevance: str | None = "rollout"
     num_actors: int = Field(1, ge=1)
-    num_cpus: float = Field(0.5, ge=0)
-    num_gpus: float = Field(0.0, ge=0)
     experiment: str = "evaluate"
     track: bool = True
-
-    @model_validator(mode="after")
-    def _check(self) -> EvaluateConfig:
-        if self.num_cpus + self.num_gpus == 0:
-            raise ValueError(f"an actor needs num_cpus or num_gpus > 0, got {self.num_cpus}, {self.num_gpus}")
-        return self

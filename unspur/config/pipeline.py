@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import Field, model_validator
 
-from unspur.config.base import StrictModel, apply_overrides
+from unspur.config.base import ActorResources, StrictModel, apply_overrides
 
 __all__ = [
     "PipelineConfig",
@@ -44,7 +44,7 @@ class StageSpec(StrictModel):
     enabled: bool = True
 
 
-class PipelineEvaluateConfig(StrictModel):
+class PipelineEvaluateConfig(ActorResources):
     """Evaluation of every trained model on ``split`` (never the split used for choices).
 
     ``models`` maps a stage whose job trains a model (its ``${stage.model}`` output) to its label in
@@ -60,8 +60,6 @@ class PipelineEvaluateConfig(StrictModel):
     batch_size: int = Field(64, ge=1)
     relevance: str | None = "rollout"
     num_actors: int = Field(1, ge=1)
-    num_cpus: float = Field(0.5, ge=0)
-    num_gpus: float = Field(0.0, ge=0)
 
 
 class GainConfig(StrictModel):

@@ -148,6 +148,7 @@ class ImageMaskDataset(Dataset):
         self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
         self._masks = _mask_rows(masks_df)
         self._cache: dict[int, tuple[np.ndarray, np.ndarray, bool]] | None = {} if cache else None
+        self._tokens: dict[str, torch.Tensor] = {}  # caption -> tokens: a run has few distinct captions
         self.errors: list[dict[str, str]] = []
         self._error_ids: set[str] = set()
 
@@ -159,6 +160,12 @@ class ImageMaskDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    def _tokenize(self, caption: str) -> torch.Tensor:
+        """(L,) tokens of ``caption``, each distinct caption tokenized once."""
+        if caption not in self._tokens:
+            self._tokens[caption] = self.tokenizer([caption])[0]
+        return self._tokens[caption]
 
     @property
     def n_no_mask(self) -> int:
@@ -223,9 +230,9 @@ class ImageMaskDataset(Dataset):
             "has_mask": has_mask,
         }
         if "tokens" in self.fields:
-            item["tokens"] = self.tokenizer([str(row[self.caption_column])])[0]
+            item["tokens"] = self._tokenize(str(row[self.caption_column]))
         if "spurious_tokens" in self.fields:
-            item["spurious_tokens"] = self.tokenizer([self.spurious_caption(index)])[0]
+            item["spurious_tokens"] = self._tokenize(self.spurious_caption(index))
         return {k: v for k, v in item.items() if k in self.fields or k in ("group", "image_id")}
 
 
