@@ -126,23 +126,33 @@ data_app.command("synth")(
 @app.command("demo")
 def demo(
     config: Optional[Path] = _COMMON[0][3],  # noqa: UP045
-    out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="Output folder"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (default runs/demo[-METHOD])"),  # noqa: UP045
     address: Optional[str] = _COMMON[2][3],  # noqa: UP045
-    overrides: Optional[list[str]] = typer.Argument(None, help="Dotted overrides, e.g. cft.train.epochs=4"),  # noqa: UP045
+    overrides: Optional[list[str]] = typer.Argument(  # noqa: UP045
+        None, help="[METHOD] then dotted overrides, e.g. `starft flyp.train.epochs=2` (METHOD: cft by default)"
+    ),
 ) -> None:
-    """The whole CFT flow on SpuriousWorld on this machine, nothing downloaded (a few minutes).
+    """A method's whole flow on SpuriousWorld on this machine, nothing downloaded (a few minutes).
 
-    Renders SpuriousWorld, proposes concepts offline (WordNet), grounds them with the dataset's
-    part masks, trains a shortcut-reliant base model, fixes it with CFT, trains the ERM control,
-    evaluates all three and writes report.md. Same arguments as `unspur run` (default --out
-    runs/demo); a rerun reuses finished stages.
+    `unspur demo` (or `unspur demo cft`) renders SpuriousWorld, proposes concepts offline (WordNet),
+    grounds them with the dataset's part masks, trains a shortcut-reliant base model, fixes it with
+    CFT, trains the ERM control, evaluates all three and writes report.md. `unspur demo starft`
+    pretrains a tiny CLIP, fine-tunes it with FLYP and with StarFT and compares them to zero-shot.
+    Each METHOD runs workflows/configs/METHOD_pipeline.yaml. Same arguments as `unspur run`
+    (default --out runs/demo, runs/demo-METHOD for the others); a rerun reuses finished stages.
     """
     from unspur.workflows.pipeline import main as pipeline_main
-    from unspur.workflows.pipeline.job import DEMO_CONFIG
+    from unspur.workflows.pipeline.job import DEMO_CONFIGS
 
+    rest = list(overrides or [])
+    method = rest.pop(0) if rest and "=" not in rest[0] else "cft"
+    if method not in DEMO_CONFIGS:
+        typer.echo(f"error: no demo {method!r}; the demos are {sorted(DEMO_CONFIGS)}", err=True)
+        raise typer.Exit(2)
+    out = out or Path("runs/demo" if method == "cft" else f"runs/demo-{method}")
     argv = ["--out", str(out)] + (["--config", str(config)] if config else [])
-    argv += (["--address", address] if address else []) + list(overrides or [])
-    raise typer.Exit(pipeline_main(argv, defaults=DEMO_CONFIG))
+    argv += (["--address", address] if address else []) + rest
+    raise typer.Exit(pipeline_main(argv, defaults=DEMO_CONFIGS[method]))
 
 
 # --- cluster: Ray Jobs submission (workflows/cluster/submit.py) and the MLflow UI (workflows/cluster/ui.py) ---

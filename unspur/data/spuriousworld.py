@@ -272,6 +272,8 @@ class SpuriousWorldConfig(StrictModel):
     calibrated with ``finetune_base.yaml``: an ERM base learns the objects (balanced accuracy
     0.70-0.80) yet leans on the background (worst-group accuracy 0.00-0.49 over six seed runs,
     mostly below 0.25), see benchmarks/README.md.
+    ``blur`` > 0 blurs the finished image (Gaussian, sigma in pixels): a lower-fidelity world, e.g.
+    for pretraining a CLIP that must not see every detail the fine-tuning images show.
     ``caption_templates`` (``{cls}``: the class name) give an image's ``caption`` column and
     ``descriptive_templates`` (``{cls}``, ``{background}``) its ``caption_descriptive``; image
     ``index`` uses template ``index % len(templates)`` (no random draw: the images do not change).
@@ -288,6 +290,7 @@ class SpuriousWorldConfig(StrictModel):
     contrast: float = Field(1.0, gt=0.0, le=1.0)
     color_jitter: float = Field(0.12, ge=0.0)
     plate_margin: int = Field(8, ge=0, description="pixels")
+    blur: float = Field(0.0, ge=0.0, description="Gaussian blur sigma of the whole image, pixels")
     caption_templates: list[str] = ["a photo of a {cls}."]
     descriptive_templates: list[str] = ["a photo of a {cls} on {background}."]
     seed: int = 0
@@ -380,6 +383,12 @@ def _plate(canvas: np.ndarray, covered: np.ndarray, margin: int) -> np.ndarray:
     return out
 
 
+def _blur(image: np.ndarray, sigma: float) -> np.ndarray:
+    from PIL import Image, ImageFilter
+
+    return np.asarray(Image.fromarray(image).filter(ImageFilter.GaussianBlur(radius=sigma)))
+
+
 def render_sample(cfg: SpuriousWorldConfig, split: str, index: int) -> Sample:
     """Render image ``index`` of ``split`` (deterministic per (cfg.seed, split, index))."""
     if index < 0:
@@ -404,6 +413,8 @@ def render_sample(cfg: SpuriousWorldConfig, split: str, index: int) -> Sample:
         canvas = np.where(mask[..., None], cfg.contrast * paint + (1 - cfg.contrast) * canvas, canvas)
     canvas = np.clip(canvas + rng.normal(0, 0.02, canvas.shape), 0, 1)
     image = (canvas * 255 + 0.5).astype(np.uint8)
+    if cfg.blur > 0:
+        image = _blur(image, cfg.blur)
     ordered = {part: parts[part] for part in CLASS_PARTS[class_name]}
     return Sample(image, label, class_name, background, group_name(class_name, background), ordered, covered)
 

@@ -89,8 +89,10 @@ class ImageMaskDataset(Dataset):
     (L,) int64: one StarFT spurious caption of the sample, a template of ``spurious_templates``
     (``{class}`` placeholder) picked by a hash of the image id (the same every epoch and run,
     :func:`unspur.spurious_templates.pick_template`) with the row's ``class_name`` filled in.
-    ``train_aug`` flips image and mask horizontally with probability 0.5. ``fields``: the entries
-    an item holds besides ``image_id`` and ``group`` (a loss's ``batch_keys``; default
+    ``train_aug`` flips image and mask horizontally with probability 0.5. ``view_id`` str: the
+    image id plus ``"|flip"`` when flipped - the item's pixels are a function of it (the clip family
+    caches a frozen teacher's image features by it). ``fields``: the entries an item holds besides
+    ``image_id``, ``view_id`` and ``group`` (a loss's ``batch_keys``; default
     :data:`DEFAULT_FIELDS`); without ``mask`` and ``has_mask`` no mask is decoded; ``tokens``
     needs ``tokenizer`` and the caption column; ``spurious_tokens`` needs ``tokenizer``,
     ``spurious_templates`` and a ``class_name`` column.
@@ -218,7 +220,8 @@ class ImageMaskDataset(Dataset):
         row = self.rows[index]
         img = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 255.0
         msk = torch.from_numpy(mask.astype(np.float32))
-        if self.train_aug and torch.rand(()) < 0.5:
+        flipped = self.train_aug and bool(torch.rand(()) < 0.5)
+        if flipped:
             img, msk = img.flip(-1), msk.flip(-1)
         group = row.get("group")
         item = {
@@ -226,6 +229,7 @@ class ImageMaskDataset(Dataset):
             "label": int(row["label"]),
             "group": "" if group is None or _isna(group) else str(group),
             "image_id": str(row["image_id"]),
+            "view_id": f"{row['image_id']}|flip" if flipped else str(row["image_id"]),
             "mask": msk,
             "has_mask": has_mask,
         }
@@ -233,7 +237,7 @@ class ImageMaskDataset(Dataset):
             item["tokens"] = self._tokenize(str(row[self.caption_column]))
         if "spurious_tokens" in self.fields:
             item["spurious_tokens"] = self._tokenize(self.spurious_caption(index))
-        return {k: v for k, v in item.items() if k in self.fields or k in ("group", "image_id")}
+        return {k: v for k, v in item.items() if k in self.fields or k in ("group", "image_id", "view_id")}
 
 
 def few_shot(images_df: Any, per_class: int = 3, class_fraction: float = 0.5, seed: int = 0) -> Any:

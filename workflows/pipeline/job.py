@@ -44,12 +44,17 @@ from unspur.io import write_json_atomic
 from unspur.workflows.job import main_for
 from unspur.workflows.pipeline.report import print_table, write_report
 
-__all__ = ["CONFIG", "DEMO_CONFIG", "JOBS", "Stage", "build", "main", "prepare", "run"]
+__all__ = ["CONFIG", "DEMO_CONFIG", "DEMO_CONFIGS", "JOBS", "Stage", "build", "main", "prepare", "run"]
 
 CONFIG = PipelineConfig
 STAGE_FILE = "stage.json"
-#: the embedded defaults of ``unspur demo`` (SpuriousWorld, WordNet concepts, ground-truth masks)
-DEMO_CONFIG = Path(__file__).parents[1] / "configs" / "cft_pipeline.yaml"
+#: ``unspur demo <method>``: every shipped ``configs/<method>_pipeline.yaml`` (a method's demo is a file)
+DEMO_CONFIGS: dict[str, Path] = {
+    p.name.removesuffix("_pipeline.yaml"): p
+    for p in sorted((Path(__file__).parents[1] / "configs").glob("*_pipeline.yaml"))
+}
+#: the embedded defaults of plain ``unspur demo`` (CFT: SpuriousWorld, WordNet concepts, ground-truth masks)
+DEMO_CONFIG = DEMO_CONFIGS["cft"]
 #: a stage's ``job`` -> the job module: its ``CONFIG``, ``run(cfg)`` and ``outputs(cfg)``.
 JOBS: dict[str, str] = {
     "synth": "unspur.workflows.synth.job",

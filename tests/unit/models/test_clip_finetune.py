@@ -103,6 +103,30 @@ def test_teacher_outputs_come_from_the_frozen_model_and_captions_are_cached() ->
         FAMILY.forward(model, batch, STARFT_NEEDS)
 
 
+def test_teacher_image_features_are_cached_per_view(images) -> None:
+    torch.manual_seed(0)
+    teacher = FAMILY.build(CFG).eval().requires_grad_(False)
+    ds = ImageMaskDataset(images, img_size=32, fields=("image", "label"), train_aug=True)
+    torch.manual_seed(3)
+    items = [ds[i % len(ds)] for i in range(2 * len(ds))]  # every image, flipped or not
+    assert {it["view_id"] for it in items} >= {
+        f"{it['image_id']}|flip" for it in items if it["view_id"] != it["image_id"]
+    }
+    calls = []
+    encode = teacher.encode_image
+    teacher.encode_image = lambda x, normalize=False: calls.append(len(x)) or encode(x, normalize)
+    for start in (0, 4, 8, 12, 0):
+        batch = torch.utils.data.default_collate(items[start : start + 4])
+        got = FAMILY.forward(teacher, batch, frozenset({"teacher_image_features"}), base_model=teacher)
+        with torch.no_grad():
+            torch.testing.assert_close(got["teacher_image_features"], encode(batch["image"], normalize=True))
+    distinct = len({it["view_id"] for it in items})
+    assert sum(calls) == distinct  # each view encoded once; the repeated batch hit the cache
+    del batch["view_id"]  # no view ids (a hand-made batch): encoded every time
+    FAMILY.forward(teacher, batch, frozenset({"teacher_image_features"}), base_model=teacher)
+    assert sum(calls) == distinct + 4
+
+
 def test_vit_b32_one_flyp_and_one_starft_step() -> None:
     start = time.perf_counter()
     cfg = ClipModelConfig(name="ViT-B-32", img_size=64, classes=["bird", "tree"])
