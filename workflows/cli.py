@@ -126,10 +126,13 @@ data_app.command("synth")(
 @app.command("demo")
 def demo(
     config: Optional[Path] = _COMMON[0][3],  # noqa: UP045
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (default runs/demo[-METHOD])"),  # noqa: UP045
+    out: Optional[Path] = typer.Option(
+        None, "--out", "-o", help="Output folder (default runs/demo[-METHOD])"
+    ),  # noqa: UP045
     address: Optional[str] = _COMMON[2][3],  # noqa: UP045
     overrides: Optional[list[str]] = typer.Argument(  # noqa: UP045
-        None, help="[METHOD] then dotted overrides, e.g. `starft flyp.train.epochs=2` (METHOD: cft by default)"
+        None,
+        help="[METHOD] then dotted overrides, e.g. `starft flyp.train.epochs=2` (METHOD: cft by default)",
     ),
 ) -> None:
     """A method's whole flow on SpuriousWorld on this machine, nothing downloaded (a few minutes).
