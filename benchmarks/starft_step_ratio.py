@@ -5,9 +5,11 @@ loader, family ``clip``): FLYP = image + caption forward, symmetric contrastive 
 AdamW step; StarFT = the same plus the student's spurious-caption features (in the same text
 batch), the frozen teacher's image features and its spurious-caption features, the KL term.
 The teacher is a frozen copy of the initial model, as ``fit`` / the finetune job build it; its
-spurious-caption features come from the clip family's cache, which is warm after the first
-step (the warm-up steps), as in training where a run's captions are a finite set;
-``--cold-cache`` empties it before every StarFT step, to show what it saves.
+spurious-caption features and its image features come from the clip family's caches (captions
+by token tuple, images by the dataset's ``view_id``), which are warm after the first step (the
+warm-up steps), as in training from the second epoch on (a run's captions are a finite set, and
+its images are seen again every epoch); ``--cold-cache`` empties both before every StarFT step:
+the first epoch's cost, and what the caches save.
 
 The model is random-init (built offline); images are random tensors, captions are
 "a photo of a {class}." and the spurious captions are built-in templates picked per image id,
@@ -52,6 +54,7 @@ def _batch(cfg: ClipModelConfig, batch_size: int) -> dict:
         "spurious_tokens": tokenizer(spurious),
         "label": labels,
         "image_id": ids,
+        "view_id": ids,
     }
 
 
@@ -76,7 +79,7 @@ def main(argv: list[str] | None = None) -> float:
     parser.add_argument(
         "--cold-cache",
         action="store_true",
-        help="empty the teacher's caption cache before every StarFT step (what a step costs without it)",
+        help="empty the teacher caches (captions, image views) before every StarFT step: a first-epoch step",
     )
     args = parser.parse_args(argv)
     if args.threads > 0:
@@ -92,6 +95,7 @@ def main(argv: list[str] | None = None) -> float:
         for name in ("flyp", "starft"):
             if args.cold_cache:
                 teacher.__dict__.pop("_unspur_text_cache", None)
+                teacher.__dict__.pop("_unspur_image_cache", None)
             seconds = _step_seconds(model, teacher, batch, name, optimizer)
             if i >= max(args.warmup, 1):
                 times[name].append(seconds)
