@@ -39,6 +39,7 @@ JOBS: dict[str, tuple[str, str]] = {
     "finetune": ("finetune", "Fine-tune a classifier on Ray Train (erm, cft, robustvit)."),
     "sweep": ("sweep", "Sweep loss weights with Ray Tune over Ray Train."),
     "evaluate": ("evaluate", "Accuracy, per-group / worst-group accuracy and relevance alignment."),
+    "adapt": ("adapt", "SEraser: test-time prompt tuning of a CLIP model per image, on Ray Data."),
     "run": ("pipeline", "The whole CFT pipeline from one YAML: concepts -> masks -> finetune -> evaluate."),
 }
 

@@ -58,6 +58,7 @@ JOBS: dict[str, str] = {
     "finetune": "unspur.workflows.finetune.job",
     "sweep": "unspur.workflows.sweep.job",
     "evaluate": "unspur.workflows.evaluate.job",
+    "adapt": "unspur.workflows.adapt.job",
 }
 
 
