@@ -40,7 +40,7 @@ JOBS: dict[str, tuple[str, str]] = {
     "sweep": ("sweep", "Sweep loss weights with Ray Tune over Ray Train."),
     "evaluate": ("evaluate", "Accuracy, per-group / worst-group accuracy and relevance alignment."),
     "adapt": ("adapt", "SEraser: test-time prompt tuning of a CLIP model per image, on Ray Data."),
-    "run": ("pipeline", "The whole CFT pipeline from one YAML: concepts -> masks -> finetune -> evaluate."),
+    "run": ("pipeline", "A whole pipeline from one YAML: concepts -> masks -> finetune / adapt -> evaluate."),
 }
 
 #: options every job command takes (the job's own argparse in workflows/job.py reads the same)
@@ -127,23 +127,31 @@ data_app.command("synth")(
 @app.command("demo")
 def demo(
     config: Optional[Path] = _COMMON[0][3],  # noqa: UP045
-    out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="Output folder"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (default runs/demo[-NAME])"),  # noqa: UP045
     address: Optional[str] = _COMMON[2][3],  # noqa: UP045
-    overrides: Optional[list[str]] = typer.Argument(None, help="Dotted overrides, e.g. cft.train.epochs=4"),  # noqa: UP045
+    overrides: Optional[list[str]] = typer.Argument(  # noqa: UP045
+        None, help="[cft|seraser] then dotted overrides, e.g. cft.train.epochs=4"
+    ),
 ) -> None:
-    """The whole CFT flow on SpuriousWorld on this machine, nothing downloaded (a few minutes).
+    """A whole method on SpuriousWorld on this machine, nothing downloaded (a few minutes).
 
-    Renders SpuriousWorld, proposes concepts offline (WordNet), grounds them with the dataset's
-    part masks, trains a shortcut-reliant base model, fixes it with CFT, trains the ERM control,
-    evaluates all three and writes report.md. Same arguments as `unspur run` (default --out
-    runs/demo); a rerun reuses finished stages.
+    `unspur demo` (or `unspur demo cft`): renders SpuriousWorld, proposes concepts offline (WordNet),
+    grounds them with the dataset's part masks, trains a shortcut-reliant base model, fixes it with
+    CFT, trains the ERM control, evaluates all three and writes report.md.
+    `unspur demo seraser`: the same data, concepts and masks, a FLYP-trained tiny CLIP, SEraser's
+    test-time prompt tuning on the test split, zero-shot vs tuned in report.md with examples.
+    Same arguments as `unspur run` (default --out runs/demo, runs/demo-seraser); a rerun reuses
+    finished stages.
     """
     from unspur.workflows.pipeline import main as pipeline_main
-    from unspur.workflows.pipeline.job import DEMO_CONFIG
+    from unspur.workflows.pipeline.job import DEMO_CONFIGS
 
+    rest = list(overrides or [])
+    name = rest.pop(0) if rest and rest[0] in DEMO_CONFIGS else "cft"
+    out = out or Path("runs/demo" if name == "cft" else f"runs/demo-{name}")
     argv = ["--out", str(out)] + (["--config", str(config)] if config else [])
-    argv += (["--address", address] if address else []) + list(overrides or [])
-    raise typer.Exit(pipeline_main(argv, defaults=DEMO_CONFIG))
+    argv += (["--address", address] if address else []) + rest
+    raise typer.Exit(pipeline_main(argv, defaults=DEMO_CONFIGS[name]))
 
 
 # --- cluster: Ray Jobs submission (workflows/cluster/submit.py) and the MLflow UI (workflows/cluster/ui.py) ---
