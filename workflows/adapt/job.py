@@ -271,7 +271,7 @@ def _execute(cfg: AdaptConfig, inputs: Inputs) -> tuple[dict[str, Any], set[str]
     return summary, plan.wanted
 
 
-def evaluate(pred: pd.DataFrame) -> dict[str, Any]:
+def compare(pred: pd.DataFrame) -> dict[str, Any]:
     """Zero-shot (``before``) vs tuned (``after``) metrics over the rows that are not errors, and
     the per-group table ``{group: {n, acc_before, acc}}``."""
     ok = pred[pred["status"] != "error"]
@@ -323,7 +323,7 @@ def run(cfg: AdaptConfig) -> dict[str, Any]:
     summary, wanted = _execute(cfg, inputs)
     pred = _store(cfg).read(ids=wanted).to_pandas()
     predictions = write_parquet_atomic(pred, out / "predictions.parquet")
-    result = {**summary, **evaluate(pred), "predictions": str(predictions.resolve())}
+    result = {**summary, **compare(pred), "predictions": str(predictions.resolve())}
     figure = None
     if cfg.examples:
         from unspur.workflows.adapt.report import examples_figure, pick_examples
