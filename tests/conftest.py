@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TIMM_FUSED_ATTN", "0")
@@ -53,6 +61,55 @@ def ray_local():
     DataContext.get_current().enable_progress_bars = False
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture
+def kill_half_way(ray_local) -> Callable[[list[str], Path, int], None]:
+    """``kill(argv, store, at_least)``: run ``unspur <argv>`` on the test cluster in a subprocess,
+    SIGKILL it once ``store`` holds ``at_least`` finished shards (``part-*.parquet``), then wait
+    until its actors have given their CPUs back."""
+
+    def kill(argv: list[str], store: Path, at_least: int, timeout: float = 180.0) -> None:
+        address = ray_local.get_runtime_context().gcs_address
+        env = {**os.environ, "RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "unspur.workflows.cli", *argv, "--address", address],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            deadline = time.monotonic() + timeout
+            while len(list(store.glob("part-*.parquet"))) < at_least:
+                if proc.poll() is not None:
+                    raise AssertionError(f"the job ended (rc {proc.returncode}) before it could be killed")
+                if time.monotonic() > deadline:
+                    raise AssertionError("no shards appeared in time")
+                time.sleep(0.02)
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+        deadline = time.monotonic() + 60
+        while ray_local.available_resources().get("CPU", 0.0) < 2.0 and time.monotonic() < deadline:
+            time.sleep(0.2)
+
+    return kill
+
+
+@pytest.fixture
+def tiny_clip():
+    """A random-init ``unspur-tiny-clip`` at 32 px over SpuriousWorld's four classes (seed 0) and
+    its tokenizer."""
+    import torch
+
+    from unspur.config import ClipModelConfig
+    from unspur.models.families import get_family
+
+    cfg = ClipModelConfig(img_size=32, classes=["bird", "airplane", "bicycle", "tree"])
+    family = get_family("clip")
+    torch.manual_seed(0)
+    return family.build(cfg).eval(), family.tokenizer(cfg)
 
 
 @pytest.fixture(scope="session")

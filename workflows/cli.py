@@ -39,7 +39,8 @@ JOBS: dict[str, tuple[str, str]] = {
     "finetune": ("finetune", "Fine-tune a classifier on Ray Train (erm, cft, robustvit)."),
     "sweep": ("sweep", "Sweep loss weights with Ray Tune over Ray Train."),
     "evaluate": ("evaluate", "Accuracy, per-group / worst-group accuracy and relevance alignment."),
-    "run": ("pipeline", "The whole CFT pipeline from one YAML: concepts -> masks -> finetune -> evaluate."),
+    "adapt": ("adapt", "SEraser: test-time prompt tuning of a CLIP model per image, on Ray Data."),
+    "run": ("pipeline", "A whole pipeline from one YAML: concepts -> masks -> finetune / adapt -> evaluate."),
 }
 
 #: options every job command takes (the job's own argparse in workflows/job.py reads the same)
@@ -126,9 +127,9 @@ data_app.command("synth")(
 @app.command("demo")
 def demo(
     config: Optional[Path] = _COMMON[0][3],  # noqa: UP045
-    out: Optional[Path] = typer.Option(
+    out: Optional[Path] = typer.Option(  # noqa: UP045
         None, "--out", "-o", help="Output folder (default runs/demo[-METHOD])"
-    ),  # noqa: UP045
+    ),
     address: Optional[str] = _COMMON[2][3],  # noqa: UP045
     overrides: Optional[list[str]] = typer.Argument(  # noqa: UP045
         None,
@@ -141,6 +142,8 @@ def demo(
     grounds them with the dataset's part masks, trains a shortcut-reliant base model, fixes it with
     CFT, trains the ERM control, evaluates all three and writes report.md. `unspur demo starft`
     pretrains a tiny CLIP, fine-tunes it with FLYP and with StarFT and compares them to zero-shot.
+    `unspur demo seraser`: the same data, concepts and masks, a FLYP-trained tiny CLIP, SEraser's
+    test-time prompt tuning on the test split, zero-shot vs tuned in report.md with examples.
     Each METHOD runs workflows/configs/METHOD_pipeline.yaml. Same arguments as `unspur run`
     (default --out runs/demo, runs/demo-METHOD for the others); a rerun reuses finished stages.
     """

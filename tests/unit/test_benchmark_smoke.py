@@ -1,4 +1,4 @@
-"""The effect benchmark runs on the current code (a tiny world, one epoch each): it cannot rot."""
+"""The benchmarks run on the current code (tiny sizes): they cannot rot."""
 
 from __future__ import annotations
 
@@ -9,18 +9,39 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_cft_effect_prints_its_result_line() -> None:
-    tiny = ["base.train.epochs=1", "cft.train.epochs=1", "base.data.spuriousworld.n_train=200"]
-    tiny += ["base.data.spuriousworld.n_val=40", "base.data.spuriousworld.n_test=40", "--threads", "1"]
+def _result_line(script: str, args: list[str]) -> dict[str, str]:
+    """Run ``benchmarks/<script>`` with ``args``; its last line's ``key=value`` items."""
     done = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "cft_effect.py"), "--seeds", "1", *tiny],
+        [sys.executable, str(ROOT / "benchmarks" / script), *args],
         capture_output=True,
         text=True,
         timeout=300,
         cwd=ROOT,
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    last = done.stdout.strip().splitlines()[-1]
-    keys = dict(item.split("=") for item in last.split())
+    return dict(item.split("=") for item in done.stdout.strip().splitlines()[-1].split())
+
+
+def test_cft_effect_prints_its_result_line() -> None:
+    tiny = ["base.train.epochs=1", "cft.train.epochs=1", "base.data.spuriousworld.n_train=200"]
+    tiny += ["base.data.spuriousworld.n_val=40", "base.data.spuriousworld.n_test=40", "--threads", "1"]
+    keys = _result_line("cft_effect.py", ["--seeds", "1", *tiny])
     assert {"acc_base", "wga_base", "acc_cft", "wga_cft", "acc_control", "wga_control"} <= set(keys)
     assert all(0.0 <= float(keys[k]) <= 1.0 for k in ("acc_base", "wga_cft", "acc_control"))
+
+
+def test_seraser_cache_prints_its_result_line() -> None:
+    tiny = [
+        "--model",
+        "unspur-tiny-clip",
+        "--img-size",
+        "32",
+        "--images",
+        "2",
+        "--steps",
+        "2",
+        "--threads",
+        "1",
+    ]
+    keys = _result_line("seraser_cache.py", tiny)
+    assert float(keys["speedup"]) > 0 and keys["same_predictions"] == "True"

@@ -6,11 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
-import signal
 import struct
-import subprocess
-import sys
-import time
 import zlib
 from collections import Counter
 from pathlib import Path
@@ -182,43 +178,11 @@ def test_bad_input_corpus_rows_in_equal_rows_out_plus_errors(ray_local, tmp_path
     assert summary["error"] == errors == 7 and summary["error_images"] == 4
 
 
-def _wait_for_shards(store: Path, proc: subprocess.Popen, at_least: int, timeout: float = 120.0) -> int:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        n = len(list(store.glob("part-*.parquet"))) if store.is_dir() else 0
-        if n >= at_least:
-            return n
-        if proc.poll() is not None:
-            raise AssertionError(f"the job ended (rc {proc.returncode}) before it could be killed")
-        time.sleep(0.02)
-    raise AssertionError("no shards appeared in time")
-
-
-def _wait_for_free_cpus(ray, cpus: float, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while ray.available_resources().get("CPU", 0.0) < cpus and time.monotonic() < deadline:
-        time.sleep(0.2)
-
-
-def test_sigkill_half_way_then_rerun_completes_without_duplicates(ray_local, tmp_path):
+def test_sigkill_half_way_then_rerun_completes_without_duplicates(kill_half_way, tmp_path):
     out = tmp_path / "run"
     overrides = ["synth.n_train=32", "compute.batch_size=2", "overlays=0", "track=false"]
     config = ["--config", str(CONFIGS / "masks_grounded_sam_tiny.yaml"), "--out", str(out)]
-    address = ray_local.get_runtime_context().gcs_address
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "unspur.workflows.cli", "masks", *config, "--address", address, *overrides],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        _wait_for_shards(out / "masks", proc, at_least=4)
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    _wait_for_free_cpus(ray_local, 2.0)
+    kill_half_way(["masks", *config, *overrides], out / "masks", at_least=4)
     killed = ShardStore(str(out / "masks")).done_ids()
     assert 0 < len(killed) < 32, len(killed)
 

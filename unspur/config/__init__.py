@@ -7,7 +7,7 @@ the key and what is allowed, before any compute starts.
 
 ``base`` (loading, overrides, errors), ``registered`` (fields naming registry entries), ``model``
 (the model section, per family), ``data``,
-``finetune``, ``concepts``, ``masks``, ``evaluate``, ``sweep``, ``pipeline``. Names are imported
+``finetune``, ``concepts``, ``masks``, ``evaluate``, ``adapt``, ``sweep``, ``pipeline``. Names are imported
 from their module on first use, so ``unspur.config.base`` can be imported by the modules that
 define registered configs (``unspur.data``, ``unspur.losses``) without an import cycle.
 """
@@ -18,6 +18,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from unspur.config.adapt import AdaptComputeConfig, AdaptConfig, SEraserConfig
     from unspur.config.base import (
         ConfigError,
         StrictModel,
@@ -59,6 +60,7 @@ if TYPE_CHECKING:
     from unspur.config.sweep import SweepConfig
 
 _MODULES = {
+    "adapt": ["AdaptComputeConfig", "AdaptConfig", "SEraserConfig"],
     "base": [
         "ConfigError",
         "StrictModel",
@@ -103,6 +105,8 @@ _MODULES = {
 _WHERE = {name: module for module, names in _MODULES.items() for name in names}
 
 __all__ = [
+    "AdaptComputeConfig",
+    "AdaptConfig",
     "CONCEPT_BACKENDS",
     "CONCEPT_KINDS",
     "MODEL_FAMILIES",
@@ -128,6 +132,7 @@ __all__ = [
     "PipelineConfig",
     "PipelineEvaluateConfig",
     "ReportConfig",
+    "SEraserConfig",
     "SegmenterConfig",
     "SpuriousWorldConfig",
     "StageSpec",

@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 __all__ = [
+    "ActorPoolConfig",
     "ActorResources",
     "ConfigError",
     "StrictModel",
@@ -50,6 +51,21 @@ class ActorResources(StrictModel):
     def _needs_a_resource(self) -> ActorResources:
         if self.num_cpus + self.num_gpus == 0:
             raise ValueError(f"an actor needs num_cpus or num_gpus > 0, got {self.num_cpus}, {self.num_gpus}")
+        return self
+
+
+class ActorPoolConfig(ActorResources):
+    """A Ray Data actor pool: ``min_actors``..``max_actors`` actors, each holding ``num_gpus`` /
+    ``num_cpus`` and taking ``batch_size`` rows per call."""
+
+    min_actors: int = Field(1, ge=1)
+    max_actors: int = Field(1, ge=1)
+    batch_size: int = Field(8, ge=1)
+
+    @model_validator(mode="after")
+    def _pool(self) -> ActorPoolConfig:
+        if self.max_actors < self.min_actors:
+            raise ValueError(f"need 1 <= min_actors <= max_actors, got {self.min_actors}, {self.max_actors}")
         return self
 
 

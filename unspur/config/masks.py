@@ -10,7 +10,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from unspur.config.base import ActorResources, StrictModel
+from unspur.config.base import ActorPoolConfig, StrictModel
 from unspur.config.registered import SectionedModel
 from unspur.data.spuriousworld import SpuriousWorldConfig
 from unspur.registry import Registry
@@ -44,20 +44,10 @@ class SegmenterConfig(SectionedModel):
     device: str = "auto"
 
 
-class MaskComputeConfig(ActorResources):
+class MaskComputeConfig(ActorPoolConfig):
     """Ray Data actor pool of the mask stage: ``min_actors``..``max_actors`` segmenter actors, each
     holding ``num_gpus`` / ``num_cpus`` (fractional allowed: keep num_cpus <= 0.5 on small CPU
     machines so reads are not starved) and taking ``batch_size`` images per call (one shard each)."""
-
-    min_actors: int = Field(1, ge=1)
-    max_actors: int = Field(1, ge=1)
-    batch_size: int = Field(8, ge=1)
-
-    @model_validator(mode="after")
-    def _check(self) -> MaskComputeConfig:
-        if self.min_actors < 1 or self.max_actors < self.min_actors:
-            raise ValueError(f"need 1 <= min_actors <= max_actors, got {self.min_actors}, {self.max_actors}")
-        return self
 
 
 class ConceptValidationConfig(StrictModel):

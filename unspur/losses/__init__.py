@@ -9,7 +9,8 @@ config class. The training loop calls ``spec(outputs, batch, cfg)``; the CLIP ob
 loop stays as it is. The loop also puts ``epoch`` and ``epochs`` into every batch, for weights on a
 schedule (StarFT's decay). To add a loss, add a file here that defines
 its config (``name: Literal["<name>"]`` + its weights) and decorates its function with
-:func:`register_loss`, and import it below.
+:func:`register_loss`, and import it below. ``seraser.py`` holds SEraser's test-time objective
+(prompt tuning per test image, :mod:`unspur.seraser`): not a training loss, so not in ``LOSSES``.
 """
 
 from __future__ import annotations

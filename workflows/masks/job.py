@@ -18,14 +18,13 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import ray
 
@@ -35,6 +34,7 @@ from unspur.config import MasksConfig, SegmenterConfig, dump_config
 from unspur.data.images import decode_rgb
 from unspur.io import write_json_atomic
 from unspur.masks import decode
+from unspur.workflows.image_table import RowPlan, plan_rows, read_rows, read_table, table_columns
 from unspur.workflows.job import main_for
 from unspur.workflows.masks.store import ShardStore, resolve_fs
 from unspur.workflows.synth.job import render_tables
@@ -107,7 +107,7 @@ def prepare(cfg: MasksConfig) -> Inputs:
         raise FileNotFoundError(
             f"image table {images} does not exist; set images to a Parquet file or folder"
         )
-    names = pads.dataset(path, filesystem=fs, format="parquet").schema.names
+    names = table_columns(images)
     missing = [c for c in ("image_id", "class_name") if c not in names]
     if missing or not ({"image", "path"} & set(names)):
         raise ValueError(f"image table {images} needs image_id, class_name and image or path; has {names}")
@@ -119,8 +119,7 @@ def prepare(cfg: MasksConfig) -> Inputs:
 
 
 def _table(inputs: Inputs, columns: list[str], flt: Any = None) -> pa.Table:
-    fs, path = resolve_fs(inputs.images)
-    return pads.dataset(path, filesystem=fs, format="parquet").to_table(columns=columns, filter=flt)
+    return read_table(inputs.images, columns, flt)
 
 
 # ----------------------------------------------------------------------------- one pass
@@ -128,17 +127,21 @@ def _table(inputs: Inputs, columns: list[str], flt: Any = None) -> pa.Table:
 
 @dataclass
 class MaskPass:
-    """One pipeline pass, planned on the driver: what to read, skip and where to write."""
+    """One pipeline pass, planned on the driver: the rows to read (:class:`RowPlan`), the
+    concepts to segment and the store to write."""
 
     inputs: Inputs
     concepts: dict[str, list[str]]
     store: str
-    splits: list[str] | None
-    keep: list[str] | None
-    skip: list[str]
-    firsts: pa.Table | None
-    counts: dict[str, int] = field(default_factory=dict)
-    wanted: set[str] = field(default_factory=set)
+    rows: RowPlan
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return self.rows.counts
+
+    @property
+    def wanted(self) -> set[str]:
+        return self.rows.wanted
 
 
 def plan_pass(
@@ -149,54 +152,10 @@ def plan_pass(
     keep: list[str] | None = None,
 ) -> MaskPass:
     """Scan ids (one column), find done and repeated ids; repeated ids are read once, first row wins."""
-    cols = ["image_id"] + (["split"] if splits is not None else [])
-    ids = _table(inputs, cols)
-    if splits is not None:
-        ids = ids.filter(pc.is_in(ids["split"], value_set=pa.array(splits, pa.string())))
-    if keep is not None:
-        ids = ids.filter(pc.is_in(ids["image_id"], value_set=pa.array(keep, pa.string())))
-    counts = Counter(ids.column("image_id").to_pylist())
     shards = ShardStore(store)
     shards.remove_partial()
-    done = shards.done_ids() & set(counts)
-    repeated = sorted(i for i, n in counts.items() if n > 1)
-    firsts = None
-    todo_repeated = [i for i in repeated if i not in done]
-    if todo_repeated:
-        rows = _table(inputs, inputs.columns, pc.field("image_id").isin(pa.array(todo_repeated, pa.string())))
-        if splits is not None:
-            rows = rows.filter(pc.is_in(rows["split"], value_set=pa.array(splits, pa.string())))
-        seen: set[str] = set()
-        first_idx = []
-        for i, image_id in enumerate(rows.column("image_id").to_pylist()):
-            if image_id not in seen:
-                seen.add(image_id)
-                first_idx.append(i)
-        firsts = rows.take(pa.array(first_idx, pa.int64()))
-    stats = {
-        "rows_in": int(ids.num_rows),
-        "unique_images": len(counts),
-        "duplicate_rows": int(ids.num_rows) - len(counts),
-        "already_done": len(done),
-        "to_do": len(counts) - len(done),
-    }
-    return MaskPass(
-        inputs, concepts, store, splits, keep, sorted(done | set(repeated)), firsts, stats, set(counts)
-    )
-
-
-def _strings(values: list[str] | None) -> pa.Array | None:
-    return None if values is None else pa.array(values, pa.string())
-
-
-def _select_rows(batch: pa.Table, skip: pa.Array, keep: pa.Array | None, splits: pa.Array | None) -> pa.Table:
-    """Ray Data filter: drop ids in ``skip``, keep only ``keep`` ids and ``splits`` (None = all)."""
-    mask = pc.invert(pc.is_in(batch["image_id"], value_set=skip))
-    if keep is not None:
-        mask = pc.and_(mask, pc.is_in(batch["image_id"], value_set=keep))
-    if splits is not None:
-        mask = pc.and_(mask, pc.is_in(batch["split"], value_set=splits))
-    return batch.filter(mask)
+    rows = plan_rows(inputs.images, inputs.columns, shards.done_ids(), splits, keep)
+    return MaskPass(inputs, concepts, store, rows)
 
 
 class MaskShardWriter:
@@ -231,18 +190,7 @@ def build(cfg: MasksConfig, mask_pass: MaskPass | None = None) -> ray.data.Datas
         inputs = prepare(cfg)
         mask_pass = plan_pass(inputs, inputs.concepts, str(Path(cfg.out) / "masks"), cfg.splits)
     inputs, c = mask_pass.inputs, cfg.compute
-    ds = ray.data.read_parquet(inputs.images).select_columns(inputs.columns)
-    ds = ds.map_batches(
-        _select_rows,
-        batch_format="pyarrow",
-        fn_kwargs={
-            "skip": _strings(mask_pass.skip),
-            "keep": _strings(mask_pass.keep),
-            "splits": _strings(mask_pass.splits),
-        },
-    )
-    if mask_pass.firsts is not None and mask_pass.firsts.num_rows:
-        ds = ds.union(ray.data.from_arrow(mask_pass.firsts.select(inputs.columns)))
+    ds = read_rows(mask_pass.rows)
     return ds.map_batches(
         MaskShardWriter,
         fn_constructor_kwargs={
@@ -284,8 +232,7 @@ def execute(cfg: MasksConfig, mask_pass: MaskPass) -> dict[str, Any]:
 
 
 def _object_masks(inputs: Inputs, ids: list[str]) -> dict[str, Any]:
-    fs, path = resolve_fs(inputs.images)
-    if "object_rle" not in pads.dataset(path, filesystem=fs, format="parquet").schema.names:
+    if "object_rle" not in table_columns(inputs.images):
         return {}
     table = _table(inputs, ["image_id", "object_rle"], pc.field("image_id").isin(pa.array(ids, pa.string())))
     return {

@@ -1,7 +1,8 @@
-"""The mask stage's Parquet shards: atomic writes, done ids for resuming, reads.
+"""Parquet shards of a per-image job (the mask stage's masks, SEraser's predictions): atomic
+writes, done ids for resuming, reads.
 
 A store is a folder (local path or a pyarrow filesystem URI such as ``s3://bucket/masks``) of
-``part-<uuid>.parquet`` shards, one per segmenter batch. On a local disk a shard is written to a
+``part-<uuid>.parquet`` shards, one per actor batch. On a local disk a shard is written to a
 hidden temporary name and renamed into place, so a killed job leaves complete shards or none (an
 object store's PUT is atomic by itself). A rerun reads the ``image_id`` column of the finished
 shards and skips those images: every (image, concept) is written exactly once.
@@ -51,25 +52,24 @@ def resolve_fs(uri: str) -> tuple[pafs.FileSystem, str]:
 
 
 class ShardStore:
-    """Mask shards under ``uri`` (created if missing)."""
+    """Shards of ``schema`` rows (default: mask rows) under ``uri`` (created if missing)."""
 
-    def __init__(self, uri: str) -> None:
+    def __init__(self, uri: str, schema: pa.Schema = MASK_SCHEMA) -> None:
         self.uri = uri
+        self.schema = schema
         self.fs, self.root = resolve_fs(uri)
         self.fs.create_dir(self.root, recursive=True)
         self.atomic_rename = isinstance(self.fs, pafs.LocalFileSystem)
 
     def write(self, columns: Mapping[str, Sequence[Any]] | pa.Table) -> str:
-        """Write one shard (a table or columns of :data:`MASK_SCHEMA`); returns its file name."""
+        """Write one shard (a table or columns of the store's schema); returns its file name."""
+        schema = self.schema
         table = (
             columns
             if isinstance(columns, pa.Table)
             else pa.table(
-                {
-                    name: pa.array(list(columns[name]), type=MASK_SCHEMA.field(name).type)
-                    for name in MASK_SCHEMA.names
-                },
-                schema=MASK_SCHEMA,
+                {name: pa.array(list(columns[name]), type=schema.field(name).type) for name in schema.names},
+                schema=schema,
             )
         )
         name = f"{_PREFIX}{uuid.uuid4().hex}.parquet"
@@ -102,12 +102,9 @@ class ShardStore:
         ids in ``ids``)."""
         files = self.files()
         if not files:
-            return (
-                MASK_SCHEMA.empty_table()
-                if columns is None
-                else MASK_SCHEMA.empty_table().select(list(columns))
-            )
-        data = pads.dataset(files, filesystem=self.fs, format="parquet", schema=MASK_SCHEMA)
+            empty = self.schema.empty_table()
+            return empty if columns is None else empty.select(list(columns))
+        data = pads.dataset(files, filesystem=self.fs, format="parquet", schema=self.schema)
         flt = None if ids is None else pc.field("image_id").isin(pa.array(sorted(set(ids)), type=pa.string()))
         table = data.to_table(columns=None if columns is None else list(columns), filter=flt)
         keys = [c for c in ("image_id", "concept") if c in table.column_names]  # not shard-name order

@@ -10,6 +10,14 @@ the held-out split (stages ``evaluate_<model>``), the comparison table is printe
     -> cft (few-shot, from base) [+ control: ERM on the very same few images]
     [+ sweep: Ray Tune over cft's loss weights, best model kept] -> evaluate -> report.md
 
+``workflows/configs/seraser_pipeline.yaml`` is SEraser's (``unspur demo seraser``):
+
+    data -> concepts -> masks (held-out splits) -> model (FLYP CLIP) -> adapt (test-time prompt
+    tuning on the test split) -> evaluate (zero-shot model vs adapt's tuned predictions) -> report.md
+
+A model of ``evaluate.models`` is a stage that trains one (evaluated here) or a stage that writes
+predictions of ``evaluate.split`` itself (``adapt``: its result's ``evaluation`` is used).
+
 Every stage writes into ``<out>/<stage>`` and finishes by writing ``stage.json`` (a digest of
 its config and of every stage before it, and its result). A rerun skips a stage whose
 ``stage.json`` matches that digest (a changed stage clears its stale output and reruns, and so
@@ -63,6 +71,7 @@ JOBS: dict[str, str] = {
     "finetune": "unspur.workflows.finetune.job",
     "sweep": "unspur.workflows.sweep.job",
     "evaluate": "unspur.workflows.evaluate.job",
+    "adapt": "unspur.workflows.adapt.job",
 }
 
 
@@ -142,9 +151,13 @@ def _evaluations(
         if name in disabled:
             continue
         where = f"pipeline evaluate of {name!r}"
+        if "model" not in outputs[name] and "predictions" in outputs[name]:
+            _check_split(name, outputs[name], ev.split, where)
+            continue  # a predicting stage (adapt): its own result holds the evaluation
         if "model" not in outputs[name]:
             raise ConfigError(
-                f"{where}: stage {name!r} trains no model (its outputs: {sorted(outputs[name])})"
+                f"{where}: stage {name!r} trains no model and writes no predictions "
+                f"(its outputs: {sorted(outputs[name])})"
             )
         try:
             images, masks = resolve([ev.images, ev.masks], outputs, where)
@@ -156,6 +169,16 @@ def _evaluations(
         )
         stages.append(_stage(f"evaluate_{name}", module, data, where))
     return stages
+
+
+def _check_split(name: str, outputs: dict[str, Any], split: str, where: str) -> None:
+    """A predicting stage is compared with the evaluated models: it must predict the same split."""
+    own = outputs["config"].get("split")
+    if own != split:
+        raise ConfigError(
+            f"{where}: stage {name!r} predicts split {own!r} but evaluate.split is {split!r}; "
+            "set both to the same split"
+        )
 
 
 def _mark_needs(cfg: PipelineConfig, stages: list[Stage]) -> None:
@@ -234,7 +257,7 @@ def _run(cfg: PipelineConfig, stages: list[Stage], out: Path, log: Callable[[str
             results[stage.name], was_reused = _execute(stage, cfg.reuse, log)
             if was_reused:
                 reused.append(stage.name)
-        evaluations = {m: results[f"evaluate_{m}"] for m in cfg.evaluate.models if f"evaluate_{m}" in results}
+        evaluations = {m: r for m in cfg.evaluate.models if (r := _evaluation(results, m)) is not None}
         tracking.log_metrics(
             {
                 f"{m}.{k}": v
@@ -256,6 +279,13 @@ def _run(cfg: PipelineConfig, stages: list[Stage], out: Path, log: Callable[[str
             m: {k: r.get(k) for k in ("acc", "wga", "align_mass_in")} for m, r in evaluations.items()
         },
     }
+
+
+def _evaluation(results: dict[str, dict[str, Any]], name: str) -> dict[str, Any] | None:
+    """Model ``name``'s held-out metrics: its evaluate stage's, or a predicting stage's own."""
+    if f"evaluate_{name}" in results:
+        return results[f"evaluate_{name}"]
+    return (results.get(name) or {}).get("evaluation")
 
 
 def build(cfg: PipelineConfig) -> list[Stage]:

@@ -71,6 +71,14 @@ def _selection(result: Any) -> str:
     return f" (weights of epoch {result['selected_epoch'] + 1} of {result['epochs']}, best {metric} on val)"
 
 
+def _figure(figures: Path, source: str | None, name: str, heading: str, caption: str) -> list[str]:
+    """Copy a stage's figure into ``figures/name`` and return its report section (none if absent)."""
+    if not source or not Path(source).is_file():
+        return []
+    shutil.copyfile(source, figures / name)
+    return ["", f"## {heading}", "", caption, "", f"![{name}](figures/{name})"]
+
+
 def write_report(
     out: Path, cfg: BaseModel, results: dict[str, dict[str, Any]], evaluations: dict[str, dict[str, Any]]
 ) -> Path:
@@ -95,18 +103,22 @@ def write_report(
         "",
     ] + _group_table(evaluations)
     for name in evaluations:
-        figure = (results.get(name) or {}).get("figure")
-        if figure and Path(figure).is_file():
-            target = figures / f"{name}_relevance_before_after.png"
-            shutil.copyfile(figure, target)
-            lines += [
-                "",
-                f"## Relevance maps: starting model (before) vs {name} (after)",
-                "",
-                "Columns: image, object/concept mask, relevance before, relevance after (validation images).",
-                "",
-                f"![{name}](figures/{target.name})",
-            ]
+        result = results.get(name) or {}
+        lines += _figure(
+            figures,
+            result.get("figure"),
+            f"{name}_relevance_before_after.png",
+            f"Relevance maps: starting model (before) vs {name} (after)",
+            "Columns: image, object/concept mask, relevance before, relevance after (validation images).",
+        )
+        lines += _figure(
+            figures,
+            result.get("examples"),
+            f"{name}_examples.png",
+            f"Before / after examples: {cfg.evaluate.models.get(name, name)}",
+            "Rows: test images (those whose prediction changed first). Columns: image, foreground "
+            "view, background view; each titled with the label and the zero-shot and tuned predictions.",
+        )
     lines += ["", "## Stages", ""] + [
         f"- `{name}`: `{out / name}`{_selection(result)}"
         for name, result in results.items()
