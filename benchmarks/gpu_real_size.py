@@ -12,8 +12,11 @@ What it measures (one ``key=value`` line per figure; medians after warm-up, seed
 - ``cft_step``: one CFT and one ERM train step of timm ``vit_base_patch16_224`` (fused
   attention off, as unspur builds it) at batch 32 through ``unspur.training.train_one_epoch``,
   interleaved as in ``benchmarks/cft_step_ratio.py`` (target: ratio <= 1.5), plus images/s;
-- FLYP, StarFT (in unspur, not yet in this script), SEraser and RaVL: printed as ``skipped`` with the
-  reason, never as numbers;
+- ``flyp`` / ``starft``: one FLYP and one StarFT train step of CLIP ``ViT-B-32`` (open_clip, 224 px)
+  at batch 256 through ``unspur.training.train_one_epoch`` (family ``clip``), interleaved; StarFT's
+  frozen teacher with warm caches (spurious captions, image views), as from a run's second epoch
+  on; images/s and the StarFT/FLYP ratio (``benchmarks/starft_step_ratio.py`` on a CPU);
+- SEraser and RaVL: printed as ``skipped`` with the reason, never as numbers;
 - peak GPU memory of each (``torch.cuda.max_memory_allocated``, reset before each measured call;
   ``n/a`` on a CPU).
 
@@ -26,7 +29,8 @@ vocabulary. Random-init detector logits are saturated (probabilities from 1e-20 
 real-size thresholds are 0.999: about the top 1% of queries pass, a handful of boxes per concept
 as with a trained detector; the box counts are printed (``sam_concepts_boxes_*``).
 
-Imports beyond the standard library: torch, numpy, PIL, transformers, timm, yaml, safetensors and
+Imports beyond the standard library: torch, numpy, PIL, transformers, timm, yaml, safetensors,
+open_clip (the flyp / starft figures) and
 unspur (``unspur.config``, ``unspur.losses``, ``unspur.models``, ``unspur.training``,
 ``unspur.actors.segmenters``, ``unspur.actors.grounded_sam``, ``unspur.actors.segmenter_models``),
 which need pydantic, segment-anything and pycocotools. No ray, mlflow, pandas or pyarrow.
@@ -40,9 +44,10 @@ network access, in the repository root, download these wheels for cp312 manylinu
     python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \\
         --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \\
         -d .whl segment-anything==1.0 pycocotools==2.0.11 pydantic==2.14.4 pydantic-core==2.50.5 \\
-        annotated-types==0.8.0 typing-inspection==0.4.5 typing-extensions==4.16.0
+        annotated-types==0.8.0 typing-inspection==0.4.5 typing-extensions==4.16.0 \\
+        open_clip_torch==3.3.0 ftfy==6.3.1 wcwidth==0.9.4
 
-(about 3.3 MB in all); copy the repository (with ``.whl/``) to the GPU machine, then there, in its root:
+(about 5 MB in all; open_clip also needs regex and huggingface_hub, which transformers brings); copy the repository (with ``.whl/``) to the GPU machine, then there, in its root:
 
     python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
     PYTHONPATH=/tmp/site:. PYTHONUNBUFFERED=1 python3 benchmarks/gpu_real_size.py
@@ -91,17 +96,9 @@ CONCEPTS16 = [
 FIGURES = ("sam_encode", "sam_concepts", "grounded_sam", "cft_step", "flyp", "starft", "seraser", "ravl")
 #: figures whose code is not in unspur yet: the key printed and why
 NOT_YET = {
-    "flyp": (
-        "flyp_step",
-        "FLYP (CLIP ViT-B-32 at batch 256) is not implemented in this script yet (CPU: benchmarks/starft_step_ratio.py)",
-    ),
-    "starft": (
-        "starft_step",
-        "StarFT (ViT-B-32 at batch 256) is not implemented in this script yet (CPU: benchmarks/starft_step_ratio.py)",
-    ),
     "seraser": (
         "seraser_cached_vs_naive",
-        "SEraser's prompt tuner (cached fg/bg features vs re-encoding) is not implemented in unspur yet",
+        "SEraser's cached vs naive prompt tuning is not in this script yet (CPU: benchmarks/seraser_cache.py)",
     ),
     "ravl": ("ravl_regions_per_s", "RaVL's region embedder is not implemented in unspur yet"),
 }
@@ -112,6 +109,9 @@ class Sizes:
     """The models and the amount of work of one mode (real size or ``--tiny``)."""
 
     sam: str  # "vit_h" or "tiny"
+    clip: str  # the CLIP architecture of the flyp / starft figures
+    clip_img: int
+    clip_batch: int
     detector: str  # "grounding_dino_tiny" (random init) or "tiny"
     classifier: str
     num_classes: int
@@ -127,9 +127,9 @@ class Sizes:
     batches: tuple[int, ...]
 
 
-REAL = Sizes("vit_h", "grounding_dino_tiny", "vit_base_patch16_224", 1000, 224, 32, (480, 640), (0.999, 0.999), 4,
+REAL = Sizes("vit_h", "ViT-B-32", 224, 256, "grounding_dino_tiny", "vit_base_patch16_224", 1000, 224, 32, (480, 640), (0.999, 0.999), 4,
              warmup=3, repeats=10, concept_images=4, actor_concepts=16, batches=(1, 4, 16))  # fmt: skip
-TINY = Sizes("tiny", "tiny", "vit_tiny_synth", 4, 64, 4, (48, 64), (0.35, 0.25), 2,
+TINY = Sizes("tiny", "unspur-tiny-clip", 32, 4, "tiny", "vit_tiny_synth", 4, 64, 4, (48, 64), (0.35, 0.25), 2,
              warmup=0, repeats=1, concept_images=1, actor_concepts=4, batches=(1, 4, 16))  # fmt: skip
 
 
@@ -378,6 +378,51 @@ def fig_cft_step(sizes: Sizes, meter: Meter, device: torch.device) -> None:
     emit("cft_erm_ratio", res["cft"][0] / res["erm"][0])
 
 
+def fig_clip_steps(sizes: Sizes, meter: Meter, device: torch.device) -> None:
+    """FLYP and StarFT train steps of one CLIP model on one batch, interleaved."""
+    import copy
+
+    from unspur.config import ClipModelConfig, TrainConfig
+    from unspur.losses import LOSSES, get_loss
+    from unspur.models.families import get_family
+    from unspur.training import make_optimizer, train_one_epoch
+
+    classes = ["bird", "airplane", "bicycle", "tree"]
+    family = get_family("clip")
+    cfg = ClipModelConfig(name=sizes.clip, img_size=sizes.clip_img, classes=classes)
+    model = family.build(cfg).to(device)
+    teacher = copy.deepcopy(model).eval().requires_grad_(False)
+    optimizer = make_optimizer(model, TrainConfig(lr=1e-5))
+    tokenizer = family.tokenizer(cfg)
+    n = sizes.clip_batch
+    names = [classes[i % len(classes)] for i in range(n)]
+    ids = [f"bench-{i}" for i in range(n)]
+    batch = {
+        "image": torch.randn(n, 3, sizes.clip_img, sizes.clip_img),
+        "label": torch.arange(n) % len(classes),
+        "tokens": tokenizer([f"a photo of a {c}." for c in names]),
+        "spurious_tokens": tokenizer(
+            [f"a photo of a {c} on {('water', 'grass')[i % 2]}." for i, c in enumerate(names)]
+        ),
+        "image_id": ids,
+        "view_id": ids,
+    }
+
+    def step(name: str) -> Callable[[], Any]:
+        spec = get_loss(name)
+        loss_cfg = LOSSES.entry(name).config(**({"decay": "none"} if name == "starft" else {}))
+        return lambda: train_one_epoch(
+            model, [batch], spec, loss_cfg, optimizer, base_model=teacher, family="clip", epoch=0, epochs=1
+        )
+
+    res = meter.run({"flyp": step("flyp"), "starft": step("starft")}, max(sizes.warmup, 1), sizes.repeats)
+    for name, (seconds, peak) in res.items():
+        emit(f"{name}_step_ms", seconds * 1e3)
+        emit(f"{name}_img_per_s", n / seconds)
+        emit(f"{name}_step_peak_mem_gb", peak)
+    emit("starft_flyp_ratio", res["starft"][0] / res["flyp"][0])
+
+
 # ----------------------------------------------------------------------------- entry
 
 
@@ -422,6 +467,11 @@ def main(argv: list[str] | None = None) -> None:
             continue
         if fig == "cft_step":
             fig_cft_step(sizes, meter, device)
+            continue
+        if fig == "starft" and "flyp" in figures:
+            continue  # timed together with flyp
+        if fig in ("flyp", "starft"):
+            fig_clip_steps(sizes, meter, device)
             continue
         if seg is None:
             start = time.perf_counter()
