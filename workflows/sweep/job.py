@@ -400,11 +400,11 @@ def run(cfg: SweepConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     plan = prepare(cfg)
     cfg = plan.cfg
     _state(plan)  # a changed config is refused before Ray starts
+    ft = cfg.finetune.model_copy(update={"out": cfg.out, "init_from": None})
+    tables = finetune.prepare(finetune.resolve(ft))  # so are missing or unusable images
     _start_ray()
     _check_stoppable(plan)
     init_from, base_summary = _train_base(plan)
-    ft = cfg.finetune.model_copy(update={"out": cfg.out, "init_from": None})
-    tables = finetune.prepare(finetune.resolve(ft))
     setup = _setup(plan, tables, init_from)
     tuner, parent, resumed = _tuner(plan, setup, callbacks)
     if base_summary:
