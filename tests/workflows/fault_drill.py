@@ -2,7 +2,7 @@
 
 Starts a local Ray of 2 CPUs WITH its dashboard (the State API lists actors through it), runs
 ``unspur finetune`` twice with the same seed: uninterrupted into ``<root>/plain``, then into
-``<root>/killed`` while a thread waits for the first checkpoint of that run and SIGKILLs the process
+``<root>/killed`` while a thread waits for the second checkpoint of that run and SIGKILLs the process
 of one Ray Train worker (``RayTrainWorker`` actor, pid from ``ray.util.state.list_actors``) in the
 middle of the next epoch. Ray Train restarts the worker group from the last checkpoint
 (``run.max_failures``). Writes ``<root>/drill.json``: both exit codes and what was killed when.
@@ -32,7 +32,8 @@ def _checkpoints(storage: Path) -> list[Path]:
 
 def kill_a_worker(storage: Path, record: dict[str, Any], address: str, timeout: float = 600.0) -> None:
     """Find the run's live Ray Train workers through the State API (while epoch 0 runs), wait for
-    its first checkpoint, let the next epoch start, then SIGKILL one worker's process; ``record``
+    its second checkpoint on disk (a folder can be on disk before Ray Train registers it: a kill
+    right after the first one restarted a busy run from scratch), let the next epoch start, then SIGKILL one worker's process; ``record``
     gets the pid, the time and the checkpoints on disk at that moment."""
     from ray.util.state import list_actors
 
@@ -48,7 +49,7 @@ def kill_a_worker(storage: Path, record: dict[str, Any], address: str, timeout: 
             detail=True,
             timeout=60,
         )
-    while not _checkpoints(storage):
+    while len(_checkpoints(storage)) < 2:  # epoch 1 written: epoch 0's checkpoint is registered
         if time.monotonic() > deadline:
             record["error"] = "no checkpoint before the timeout"
             return
