@@ -30,25 +30,28 @@ def _checkpoints(storage: Path) -> list[Path]:
     return sorted(storage.glob("checkpoint_*/extra.json"))
 
 
-def kill_a_worker(storage: Path, record: dict[str, Any], address: str, timeout: float = 600.0) -> None:
+def _train_workers(address: str, alive: bool = True) -> list[Any]:
+    from ray.util.state import list_actors
+
+    filters = [("class_name", "=", "RayTrainWorker")] + ([("state", "=", "ALIVE")] if alive else [])
+    return list_actors(address=address, filters=filters, detail=True, timeout=60, limit=1000)
+
+
+def kill_a_worker(
+    storage: Path, record: dict[str, Any], address: str, earlier: set[str], timeout: float = 600.0
+) -> None:
     """Find the run's live Ray Train workers through the State API (while epoch 0 runs), wait for
     its second checkpoint on disk (a folder can be on disk before Ray Train registers it: a kill
     right after the first one restarted a busy run from scratch), let the next epoch start, then SIGKILL one worker's process; ``record``
-    gets the pid, the time and the checkpoints on disk at that moment."""
-    from ray.util.state import list_actors
-
+    gets the pid, the time and the checkpoints on disk at that moment. ``earlier``: actor ids of
+    the workers of runs before this one (a finished run's workers may still be alive)."""
     deadline = time.monotonic() + timeout
     workers: list[Any] = []
     while len(workers) < 2:
         if time.monotonic() > deadline:
             record["error"] = f"{len(workers)} live RayTrainWorker actors before the timeout"
             return
-        workers = list_actors(
-            address=address,
-            filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")],
-            detail=True,
-            timeout=60,
-        )
+        workers = [a for a in _train_workers(address) if a.actor_id not in earlier]
     while len(_checkpoints(storage)) < 2:  # epoch 1 written: epoch 0's checkpoint is registered
         if time.monotonic() > deadline:
             record["error"] = "no checkpoint before the timeout"
@@ -76,8 +79,11 @@ def main(argv: list[str]) -> int:
     drill["plain_s"] = round(time.perf_counter() - start, 1)
     record: dict[str, Any] = {"delay_s": 0.5}
     address = ray.get_runtime_context().gcs_address
+    earlier = {a.actor_id for a in _train_workers(address, alive=False)}
     killer = threading.Thread(
-        target=kill_a_worker, args=(root / "killed" / "checkpoints" / "drill", record, address), daemon=True
+        target=kill_a_worker,
+        args=(root / "killed" / "checkpoints" / "drill", record, address, earlier),
+        daemon=True,
     )
     killer.start()
     start = time.perf_counter()
