@@ -49,6 +49,7 @@ def _trained(summary: dict) -> list[dict]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)  # two trainings and a restart; on a machine this busy, more than 600 s
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_a_killed_worker_costs_one_restart_and_changes_no_number(tmp_path: Path, family: str) -> None:
     env = {
