@@ -4,6 +4,12 @@ The tracking URI is ``MLFLOW_TRACKING_URI`` when set, else ``sqlite:///<out>/mlf
 3.x refuses file stores such as ``./mlruns``). Experiments created here keep their artifacts in
 ``<out>/mlartifacts``, not in the current directory. Nested runs (a sweep's trials, a pipeline's
 stages) pass ``parent_run_id``.
+
+Several jobs may share one sqlite file: MLflow creates (migrates) a new database on first use, and
+four processes doing that at once left it broken (``table _alembic_tmp_tags already exists``: every
+run of all four lost, measured). So the first touch of a sqlite store and the get-or-create of an
+experiment run under an exclusive lock on ``<db>.lock`` (:func:`store_lock`, ``flock``: one
+machine; on a shared cluster use a tracking server). See RELIABILITY.md for the measured figures.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ __all__ = [
     "metric_items",
     "param_items",
     "start_run",
+    "store_lock",
     "tracking_uri",
 ]
 
@@ -92,14 +99,42 @@ def _artifact_root(uri: str) -> Path | None:
     return Path(uri[len(prefix) :]).parent / "mlartifacts" if uri.startswith(prefix) else None
 
 
+@contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """Inside: this process alone, among those on this machine that use the same lock, creates or
+    migrates the sqlite store at ``uri`` and creates experiments in it (an exclusive ``flock`` on
+    ``<db>.lock``). Nothing for other stores: a tracking server serialises its own writes."""
+    prefix = "sqlite:///"
+    if not uri.startswith(prefix):
+        yield
+        return
+    import fcntl
+
+    database = Path(uri[len(prefix) :])
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{database}.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def _experiment_id(name: str, artifacts: Path | None) -> str:
     import mlflow
+    from mlflow.exceptions import MlflowException
 
     exp = mlflow.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
     location = artifacts.resolve().as_uri() if artifacts is not None else None
-    return mlflow.create_experiment(name, artifact_location=location)
+    try:
+        return mlflow.create_experiment(name, artifact_location=location)
+    except MlflowException:  # another job created it first (a tracking server takes no file lock)
+        exp = mlflow.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
 
 
 @contextmanager
@@ -119,7 +154,8 @@ def start_run(
 
     uri = tracking_uri(out_dir)
     _set_uri(uri)
-    experiment_id = _experiment_id(experiment, _artifact_root(uri))
+    with store_lock(uri):  # the store's first use migrates it; experiments are created once
+        experiment_id = _experiment_id(experiment, _artifact_root(uri))
     nested = mlflow.active_run() is not None
     with mlflow.start_run(
         experiment_id=experiment_id,

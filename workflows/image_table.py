@@ -19,7 +19,7 @@ import ray
 
 from unspur.workflows.masks.store import resolve_fs
 
-__all__ = ["RowPlan", "plan_rows", "read_rows", "read_table", "table_columns"]
+__all__ = ["RowPlan", "plan_rows", "read_images", "read_rows", "read_table", "table_columns"]
 
 
 def table_columns(uri: str) -> list[str]:
@@ -106,9 +106,22 @@ def _select_rows(batch: pa.Table, skip: pa.Array, keep: pa.Array | None, splits:
     return batch.filter(mask)
 
 
+def read_images(images: str) -> ray.data.Dataset:
+    """The image table as a Dataset, through Ray Data's Parquet reader that lists files on the
+    driver. Ray 2.60's default reader lists them in a ``ListFiles`` task whose thread pool races
+    at shutdown (its completion thread enqueues stop markers after the pool was interrupted), so a
+    normal run could print an ``InterruptedError`` traceback from that task."""
+    context = ray.data.DataContext.get_current()
+    previous, context.use_datasource_v2 = context.use_datasource_v2, False
+    try:
+        return ray.data.read_parquet(images)
+    finally:
+        context.use_datasource_v2 = previous
+
+
 def read_rows(plan: RowPlan) -> ray.data.Dataset:
     """The unexecuted read of the rows ``plan`` leaves to do (``plan.columns``, each id once)."""
-    ds = ray.data.read_parquet(plan.images).select_columns(plan.columns)
+    ds = read_images(plan.images).select_columns(plan.columns)
     ds = ds.map_batches(
         _select_rows,
         batch_format="pyarrow",

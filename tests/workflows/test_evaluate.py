@@ -91,3 +91,25 @@ def test_bad_inputs_are_clear(ray_local, inputs, tmp_path, capsys):
         == 2
     )
     assert "nope" in capsys.readouterr().err
+
+
+def test_images_no_model_can_take_become_error_rows_with_the_rule(ray_local, inputs, tmp_path):
+    import io
+
+    from PIL import Image
+
+    root, images, _ = inputs
+    test = images[images.split == "test"].reset_index(drop=True)
+    for i, (h, w) in enumerate([(1, 1), (1, 4000)]):
+        buf = io.BytesIO()
+        Image.new("RGB", (w, h)).save(buf, format="PNG")
+        test.loc[i, "image"] = buf.getvalue()
+    test.to_parquet(tmp_path / "odd.parquet")
+    argv = ["--out", str(tmp_path), f"checkpoint={root / 'ckpt'}", f"images={tmp_path / 'odd.parquet'}"]
+    assert evaluate.main([*argv, "relevance=null", "track=false"]) == 0
+    pred = pd.read_parquet(tmp_path / "predictions.parquet").set_index("image_id")
+    result = json.loads((tmp_path / "metrics.json").read_text())
+    assert len(pred) == 32 and result["n_errors"] == 2 and result["n"] == 30  # rows in == rows out
+    assert "image is 1x1 px" in pred.loc[test.image_id[0], "error"]
+    assert "image is 1x4000 px" in pred.loc[test.image_id[1], "error"]
+    assert pred.loc[test.image_id[1], "pred"] == -1

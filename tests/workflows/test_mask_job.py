@@ -18,7 +18,9 @@ import pytest
 from PIL import Image
 
 from unspur.actors.ground_truth import match_part
+from unspur.data.adapters import DatasetError
 from unspur.masks import decode, encode
+from unspur.workflows.image_table import read_images
 from unspur.workflows.masks import job
 from unspur.workflows.masks.store import ShardStore
 
@@ -234,7 +236,7 @@ def test_prepare_reads_a_concept_bank_and_keeps_the_configured_kinds(tmp_path):
     both = job.prepare(MasksConfig(**base, kinds=["important", "around"]))
     assert both.concepts == {"bird": ["beak", "water"]}
     assert both.columns == ["image_id", "class_name", "image"]
-    with pytest.raises(FileNotFoundError, match="image table"):
+    with pytest.raises(DatasetError, match="image table"):
         job.prepare(MasksConfig(**{**base, "images": str(tmp_path / "missing.parquet")}))
 
 
@@ -250,3 +252,14 @@ def test_prepare_reads_a_concept_bank_and_keeps_the_configured_kinds(tmp_path):
 def test_bad_configs_are_refused_before_any_compute(tmp_path, capsys, overrides, needle):
     assert job.main(["--out", str(tmp_path), f"images={tmp_path / 'x.parquet'}", *overrides]) == 2
     assert needle in capsys.readouterr().err
+
+
+def test_the_image_table_is_listed_on_the_driver_not_in_a_listfiles_task(ray_local, tmp_path):
+    """Ray 2.60's default Parquet reader lists files in a ListFiles task whose thread pool can
+    print an InterruptedError traceback at its shutdown on a normal run; the masks and adapt jobs
+    read (workflows/image_table.py) with the reader that lists on the driver, and leaves Ray Data's default as it was."""
+    pq.write_table(pa.table({"image_id": ["a"], "class_name": ["bird"]}), tmp_path / "t.parquet")
+    before = ray_local.data.DataContext.get_current().use_datasource_v2
+    plan = read_images(str(tmp_path / "t.parquet"))._logical_plan.dag.dag_str
+    assert "ListFiles" not in plan and "ReadParquet" in plan
+    assert ray_local.data.DataContext.get_current().use_datasource_v2 == before

@@ -9,6 +9,7 @@ import os
 import signal
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 from ray import tune
@@ -243,20 +244,26 @@ def test_more_concurrent_trials_than_the_cluster_fits_is_refused(ray_local, tmp_
 
 
 def test_trial_metrics_and_best_trial_rules() -> None:
-    import pandas as pd
-
     from unspur.tune_spaces import load_space
     from unspur.workflows.sweep.report import best_trial
     from unspur.workflows.sweep.trial import trial_metrics
 
-    report = {"epoch": 0, "eval/wga": 0.5, "eval/per_group/bird/water": 1.0, "train/loss": 2.0, "lr": 1e-4}
+    report = {
+        "epoch": 2,
+        "eval/wga": 0.5,
+        "eval/per_group/bird/water": 1.0,
+        "kept/wga": 0.75,  # an earlier epoch was better: the trial keeps (and is judged by) that one
+        "train/loss": 2.0,
+        "lr": 1e-4,
+    }
     assert trial_metrics(report, "val") == {
-        "epoch": 0,
-        "val_wga": 0.5,
-        "val_per_group/bird/water": 1.0,
+        "epoch": 2,
+        "val_epoch_wga": 0.5,
+        "val_epoch_per_group/bird/water": 1.0,
+        "val_wga": 0.75,
         "train_loss": 2.0,
         "lr": 1e-4,
-        "epochs_done": 1,
+        "epochs_done": 3,
     }
     space = load_space("cft")
     rows = [
@@ -274,3 +281,27 @@ def test_trial_metrics_and_best_trial_rules() -> None:
     assert best_trial(table, space)["trial_id"] == "done"  # last metric first, then epochs; failed left out
     assert best_trial(table[table["trial_id"] != "done"], space)["trial_id"] == "stopped"
     assert best_trial(table[table["status"] == "failed"], space) is None
+
+
+def test_asha_ranks_trials_by_the_model_they_keep_and_a_stopped_trial_leaves_it(
+    ray_local, tmp_path: Path
+) -> None:
+    """With run.select best_wga a trial reports its best epoch so far; whatever ASHA does, every
+    trial leaves the model its last report describes, and the best trial's lands in best_model."""
+    from unspur.models import read_extra
+    from unspur.workflows.sweep.report import trial_model
+
+    space = _space(
+        tmp_path, {"train.lr": {"type": "grid", "values": [1e-4, 3e-3, 3e-2, 3e-1]}}, scheduler="asha"
+    )
+    changes = {"train.epochs": 4, "run.select": "best_wga"}
+    cfg = load_config(SweepConfig, _config(tmp_path, space, max_concurrent_trials=2, finetune=changes))
+    summary = sweep.run(cfg.model_copy(update={"out": str(tmp_path / "out")}))
+    table = pd.read_csv(tmp_path / "out" / "trials.csv")
+    assert len(table) == 4 and summary["failed"] == 0
+    for row in table.itertuples():
+        kept = trial_model(tmp_path / "out" / "trials" / row.trial_id)
+        assert kept is not None, f"trial {row.trial_id} ({row.status}) left no model"
+        assert read_extra(kept)["eval"]["wga"] == pytest.approx(row.val_wga)
+    best = read_extra(summary["best_model"])["eval"]["wga"]
+    assert best == pytest.approx(table["val_wga"].max()) == pytest.approx(summary["best"]["val_wga"])

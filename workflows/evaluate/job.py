@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +22,9 @@ import ray
 
 from unspur.actors.classifier import ClassifierPredictor
 from unspur.config import EvaluateConfig
-from unspur.data.adapters import DatasetError, LoadedDataset, load_dataset
+from unspur.data.adapters import LoadedDataset, load_dataset
 from unspur.metrics import summarize
-from unspur.workflows.job import main_for
+from unspur.workflows.job import init_ray, main_for
 
 __all__ = [
     "outputs",
@@ -148,11 +147,13 @@ def _track(cfg: EvaluateConfig, result: dict[str, Any]) -> None:
 
 
 def run(cfg: EvaluateConfig) -> dict[str, Any]:
-    """Load, infer on Ray Data, compute and write the metrics; returns them."""
+    """Check the checkpoint and the dataset, then (joining or starting Ray) infer on Ray Data,
+    compute and write the metrics; returns them."""
     from unspur.models import checkpoint_model_config
 
-    checkpoint_model_config(cfg.checkpoint)  # a missing / foreign checkpoint fails here, not in an actor
+    checkpoint_model_config(cfg.checkpoint)  # a missing / foreign checkpoint fails here, before Ray
     data = load_inputs(cfg)
+    init_ray()
     pred = build(cfg, data).to_pandas().sort_values("image_id", kind="stable").reset_index(drop=True)
     if len(pred) != len(data.images):  # rows in == rows out (+ error rows, counted inside)
         raise RuntimeError(f"inference returned {len(pred)} rows for {len(data.images)} images")
@@ -179,14 +180,9 @@ def _json_default(value: Any) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the job; a dataset or checkpoint the user got wrong is a one-line error (exit code 2)."""
-    from unspur.models import CheckpointError
-
-    try:
-        return main_for("evaluate", EvaluateConfig, run, argv)
-    except (DatasetError, CheckpointError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    """Run the job; a dataset or checkpoint the user got wrong is a one-line error (exit code 2),
+    printed before Ray starts."""
+    return main_for("evaluate", EvaluateConfig, run, argv, needs_ray=False)
 
 
 def outputs(cfg: EvaluateConfig) -> dict[str, Any]:

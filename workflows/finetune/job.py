@@ -21,15 +21,17 @@ from pathlib import Path
 from typing import Any
 
 from unspur.config import ConfigError, FinetuneConfig
+from unspur.data.adapters import DatasetError
+from unspur.data.images import size_problems
 from unspur.digest import config_digest
 from unspur.models.families import FAMILIES
 from unspur.relevance import RELEVANCE
-from unspur.workflows.finetune.loop import SUMMARY, run_loop, train_loop_per_worker
+from unspur.workflows.finetune.loop import SUMMARY, load_tables, run_loop, train_loop_per_worker
 from unspur.workflows.finetune.sessions import LocalSession
 from unspur.workflows.job import init_ray, main_for, user_errors
 from unspur.workflows.synth.job import render_tables
 
-__all__ = ["outputs", "CONFIG", "build", "main", "prepare", "resolve", "run", "table_paths"]
+__all__ = ["outputs", "CONFIG", "build", "check_images", "main", "prepare", "resolve", "run", "table_paths"]
 
 CONFIG = FinetuneConfig
 
@@ -91,11 +93,32 @@ def _render_spuriousworld(cfg: FinetuneConfig, tables: dict[str, Any]) -> None:
     render_tables(cfg.data.spuriousworld, Path(tables["images"][0]).parent, splits)
 
 
+def check_images(cfg: FinetuneConfig, tables: dict[str, Any]) -> None:
+    """Refuse (before Ray and before any model) an image table whose training or evaluation rows
+    hold an image that cannot be read or whose size :func:`unspur.data.images.check_size` refuses;
+    the message names up to five rows and what is allowed. Reads image headers only."""
+    for key, path in [*(("data.images", p) for p in tables["images"]), ("data.masks", tables.get("masks"))]:
+        if path and not Path(path).exists():
+            raise DatasetError(f"{key}: {path} does not exist; set {key} to a Parquet file or folder")
+    images, _ = load_tables({"images": tables["images"]})
+    if "split" in images.columns:
+        images = images[images["split"].isin({cfg.data.train_split, cfg.data.eval_split})]
+    n_bad, shown = size_problems(images)
+    if n_bad:
+        raise DatasetError(
+            f"{n_bad} of {len(images)} training/evaluation images in {', '.join(tables['images'])} "
+            "cannot be used: " + "; ".join(shown) + (" ..." if n_bad > len(shown) else "")
+        )
+
+
 def prepare(cfg: FinetuneConfig) -> dict[str, Any]:
-    """:func:`table_paths` of a resolved ``cfg``, rendering SpuriousWorld first if it is not cached."""
+    """:func:`table_paths` of a resolved ``cfg``, rendering SpuriousWorld first if it is not cached,
+    and checking the images of a given table (:func:`check_images`)."""
     tables = table_paths(cfg)
     if cfg.data.spuriousworld is not None:
         _render_spuriousworld(cfg, tables)
+    else:
+        check_images(cfg, tables)
     return tables
 
 

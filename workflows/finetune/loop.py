@@ -3,8 +3,9 @@
 One loop, two sessions: :class:`RaySession` (inside a TorchTrainer: DDP model, distributed
 sampler, ``ray.train.report`` checkpoints, ``ray.train.get_checkpoint`` on resume) and
 :class:`LocalSession` (``run.num_workers`` 0: plain model, checkpoints written to
-``storage_path/name/checkpoint_<epoch>``, the latest one picked up on rerun). Rank 0 evaluates,
-writes checkpoints (``model.safetensors`` + resolved ``config.yaml`` + ``train_state.pt``) and
+``storage_path/name/checkpoint_<epoch>``, the latest one picked up on rerun). Rank 0 evaluates (each
+evaluated epoch's record holds ``eval``, that epoch's metrics, and ``kept``, those of the weights
+``run.select`` keeps so far), writes checkpoints (``model.safetensors`` + resolved ``config.yaml`` + ``train_state.pt``) and
 logs to MLflow; every rank reports each epoch (Ray Train needs the same number of reports).
 """
 
@@ -244,6 +245,7 @@ def run_loop(cfg: FinetuneConfig, tables: dict[str, Any], session: Any) -> dict[
                     cfg,
                     extra={"epoch": epoch, "eval": record["eval"]},
                 )
+            record["kept"] = _kept(cfg, record)
         if rank0:
             _print_progress(cfg, record)
             history.append(record)
@@ -274,6 +276,15 @@ def _improves(cfg: FinetuneConfig, record: dict[str, Any]) -> bool:
     )
 
 
+def _kept(cfg: FinetuneConfig, record: dict[str, Any]) -> dict[str, Any]:
+    """The evaluation of the weights this run keeps so far: under ``run.select`` best_* those in
+    ``<out>/selected`` (the best epoch up to now), under ``last`` this epoch's. A sweep ranks and
+    stops trials on it, so a trial stopped early is judged by the model it leaves behind."""
+    if cfg.run.select == "last":
+        return record["eval"]
+    return read_extra(Path(cfg.out) / SELECTED).get("eval", record["eval"])
+
+
 def _selected(cfg: FinetuneConfig, model: nn.Module, history: list[dict]) -> tuple[int, dict | None]:
     """Load the ``run.select`` choice into ``model`` (if any); return its epoch and evaluation."""
     chosen = Path(cfg.out) / SELECTED
@@ -297,7 +308,9 @@ def _finish(
     figure, log, summarise."""
     out = Path(cfg.out)
     epoch, final = _selected(cfg, unwrap(model), history)
-    final_dir = save_checkpoint(out / "model", unwrap(model), cfg, extra={"epoch": epoch, "history": history})
+    final_dir = save_checkpoint(
+        out / "model", unwrap(model), cfg, extra={"epoch": epoch, "eval": final, "history": history}
+    )
     figure_path = None
     if cfg.run.figure_images > 0 and "relevance" in family_of(cfg.model).outputs:  # not for clip
         figure = relevance_figure(

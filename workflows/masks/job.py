@@ -31,15 +31,26 @@ import ray
 from unspur.actors.segmenters import SegmenterActor
 from unspur.concept_validation import concept_statistics, decide, select_validation_images, validated_bank
 from unspur.config import MasksConfig, SegmenterConfig, dump_config
+from unspur.data.adapters import DatasetError
 from unspur.data.images import decode_rgb
 from unspur.io import write_json_atomic
 from unspur.masks import decode
 from unspur.workflows.image_table import RowPlan, plan_rows, read_rows, read_table, table_columns
-from unspur.workflows.job import main_for
+from unspur.workflows.job import init_ray, main_for
 from unspur.workflows.masks.store import ShardStore, resolve_fs
 from unspur.workflows.synth.job import render_tables
 
-__all__ = ["outputs", "CONFIG", "MaskPass", "Inputs", "build", "main", "plan_pass", "prepare", "run"]
+__all__ = [
+    "outputs",
+    "CONFIG",
+    "MaskPass",
+    "Inputs",
+    "build",
+    "main",
+    "plan_pass",
+    "prepare",
+    "run",
+]
 
 CONFIG = MasksConfig
 VALIDATED_BANK = "concepts_validated.json"
@@ -104,15 +115,13 @@ def prepare(cfg: MasksConfig) -> Inputs:
         images = str(cfg.images)
     fs, path = resolve_fs(images)
     if fs.get_file_info(path).type == pafs.FileType.NotFound:
-        raise FileNotFoundError(
-            f"image table {images} does not exist; set images to a Parquet file or folder"
-        )
+        raise DatasetError(f"image table {images} does not exist; set images to a Parquet file or folder")
     names = table_columns(images)
     missing = [c for c in ("image_id", "class_name") if c not in names]
     if missing or not ({"image", "path"} & set(names)):
-        raise ValueError(f"image table {images} needs image_id, class_name and image or path; has {names}")
+        raise DatasetError(f"image table {images} needs image_id, class_name and image or path; has {names}")
     if cfg.splits is not None and "split" not in names:
-        raise ValueError(f"splits={cfg.splits} is set but image table {images} has no split column")
+        raise DatasetError(f"splits={cfg.splits} is set but image table {images} has no split column")
     columns = ["image_id", "class_name"] + [c for c in ("image", "path", "split") if c in names]
     bank = _bank_document(cfg)
     return Inputs(images, bank, _per_class(bank, list(cfg.kinds)), segmenter, columns)
@@ -356,11 +365,13 @@ def _track(cfg: MasksConfig, summary: dict[str, Any], figure: Any, bank_path: Pa
 
 
 def run(cfg: MasksConfig) -> dict[str, Any]:
-    """Validation (if enabled) then the main pass; writes summary.json and the overlay grid."""
+    """Check the inputs, then (joining or starting Ray) validation (if enabled) and the main pass;
+    writes summary.json and the overlay grid."""
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     dump_config(cfg, out / "config.yaml")
-    inputs = prepare(cfg)
+    inputs = prepare(cfg)  # a missing table or column is refused here, before Ray
+    init_ray()
     store = str(out / "masks")
     summary: dict[str, Any] = {"segmenter": inputs.segmenter.name}
     concepts = inputs.concepts
@@ -379,7 +390,7 @@ def run(cfg: MasksConfig) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     """``unspur masks --config FILE --out DIR [key.sub=value ...]``."""
-    return main_for("masks", MasksConfig, run, argv)
+    return main_for("masks", MasksConfig, run, argv, needs_ray=False)
 
 
 def outputs(cfg: MasksConfig) -> dict[str, Any]:

@@ -209,8 +209,8 @@ def _check_needs(stage: Stage) -> None:
         if isinstance(value, str) and value.startswith(str(stage.out)) and not Path(value).exists():
             raise ConfigError(
                 f"pipeline stage {stage.name!r} finished without its output {key!r} ({value}), which a "
-                f"later stage reads; see {stage.out} (a sweep whose trials were all stopped early has "
-                "no best model: rerun to resume it, or give its trials more epochs)"
+                f"later stage reads; see {stage.out} (a sweep interrupted before its trials "
+                "ended has no best model yet: rerun to resume it)"
             )
 
 

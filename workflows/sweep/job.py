@@ -6,8 +6,11 @@ the training config (``unspur.tune_spaces.validate_point``) and builds the Torch
 :mod:`unspur.workflows.finetune.job` with a ``TuneReportCallback``; the trial's driver holds no CPU (its
 workers do), so ``max_concurrent_trials`` is what the cluster's CPUs / GPUs fit. With
 ``finetune.run.num_workers: 0`` the driver trains in-process and holds the CPUs itself. Trials
-report the VALIDATION metrics of every epoch (``val_wga``, ``val_acc``, ... named after
-``finetune.data.eval_split``) and ``epochs_done``, ASHA's time axis. Before any Ray work the
+report the VALIDATION metrics of the model they keep after every epoch (``val_wga``, ``val_acc``,
+... named after ``finetune.data.eval_split``: with ``finetune.run.select`` best_* the best epoch so
+far, so ASHA judges a trial by the weights it leaves), the epoch's own (``val_epoch_wga``, ...) and
+``epochs_done``, ASHA's time axis. A trial ASHA stops still leaves that model (``trials/<id>/
+selected``); the best trial's model is copied to ``best_model``. Before any Ray work the
 config, the space and every point that will run (the grid, or the pre-drawn random samples; for
 Optuna the range ends and choices) are validated. Outputs under ``out``: ``trials/<trial id>/``
 (each trial's model and checkpoints), ``tune/<name>/`` (Tune state: rerun the same command to
@@ -37,6 +40,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from unspur import tracking
 from unspur.config import ConfigError, FinetuneConfig, SweepConfig
 from unspur.digest import config_digest
+from unspur.models.resume import TRAIN_STATE
 from unspur.tune_spaces import SearchSpace, grid_points, load_space, sample_point, validate_point
 from unspur.workflows.finetune import job as finetune
 from unspur.workflows.job import init_ray, main_for
@@ -47,6 +51,7 @@ from unspur.workflows.sweep.report import (
     best_trial,
     export_best,
     metric_plot,
+    trial_model,
     trial_table,
 )
 from unspur.workflows.sweep.resources import concurrency, trial_resources
@@ -400,11 +405,11 @@ def run(cfg: SweepConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     plan = prepare(cfg)
     cfg = plan.cfg
     _state(plan)  # a changed config is refused before Ray starts
+    ft = cfg.finetune.model_copy(update={"out": cfg.out, "init_from": None})
+    tables = finetune.prepare(finetune.resolve(ft))  # so are missing or unusable images
     _start_ray()
     _check_stoppable(plan)
     init_from, base_summary = _train_base(plan)
-    ft = cfg.finetune.model_copy(update={"out": cfg.out, "init_from": None})
-    tables = finetune.prepare(finetune.resolve(ft))
     setup = _setup(plan, tables, init_from)
     tuner, parent, resumed = _tuner(plan, setup, callbacks)
     if base_summary:
@@ -446,30 +451,27 @@ def _summarize(
     }
     best = best_trial(table, plan.space)
     if best is not None and not interrupted:
-        model = trials_dir / best["trial_id"] / "model"
+        # a trial the scheduler stopped early still leaves the model it was ranked by (trial_model)
+        model = trial_model(trials_dir / best["trial_id"])
         summary.update(
             {
                 "best": best,
                 "best_config": str(export_best(plan.cfg.finetune, best, out, init_from)),
-                "best_model": str(model) if model.is_dir() else None,
+                "best_trial_model": str(model) if model else None,
+                "best_model": str(_keep_model(model, out)) if model else None,
             }
         )
-        # a trial the scheduler stopped early saved no model: the best of those trained to the end
-        finished = table[[(trials_dir / str(t) / "model").is_dir() for t in table["trial_id"]]]
-        summary["best_finished"] = best_trial(finished, plan.space) if len(finished) else None
-        if summary["best_finished"] is not None:
-            summary["best_finished_model"] = str(_keep_model(trials_dir, summary["best_finished"], out))
     if plan.cfg.plot and len(table):
         summary["plot"] = str(out / "metric_vs_params.png")
     return summary, table
 
 
-def _keep_model(trials_dir: Path, best: dict[str, Any], out: Path) -> Path:
-    """Copy the model of ``best`` (a trial that trained to the end) to ``<out>/best_model``."""
+def _keep_model(model: Path, out: Path) -> Path:
+    """Copy the best trial's model (the weights only: no optimizer state) to ``<out>/best_model``."""
     target = out / "best_model"
     if target.exists():
         shutil.rmtree(target)
-    shutil.copytree(trials_dir / str(best["trial_id"]) / "model", target)
+    shutil.copytree(model, target, ignore=shutil.ignore_patterns(TRAIN_STATE))
     return target
 
 
@@ -487,8 +489,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def outputs(cfg: SweepConfig) -> dict[str, Any]:
-    """What a pipeline stage of this job offers later stages: ``model`` (the model of the best
-    trial that trained to the end) and ``best_config`` (its finetune config)."""
+    """What a pipeline stage of this job offers later stages: ``model`` (the model the best trial
+    left, even if the scheduler stopped it early) and ``best_config`` (its finetune config)."""
     out = Path(cfg.out).resolve()
     return {"model": str(out / "best_model"), "best_config": str(out / BEST_CONFIG)}
 

@@ -18,7 +18,7 @@ from unspur import tracking
 from unspur.config import FinetuneConfig, SweepConfig, dump_config, validate_config
 from unspur.tune_spaces import SearchSpace, validate_point
 
-__all__ = ["ParentRun", "best_trial", "export_best", "metric_plot", "trial_table"]
+__all__ = ["ParentRun", "best_trial", "export_best", "metric_plot", "trial_model", "trial_table"]
 
 BEST_CONFIG = "best_finetune.yaml"
 
@@ -73,6 +73,17 @@ def best_trial(table: pd.DataFrame, space: SearchSpace) -> dict[str, Any] | None
         "epochs": int(row["epochs"]),
         "status": str(row["status"]),
     }
+
+
+def trial_model(trial_dir: Path) -> Path | None:
+    """The model a trial leaves: ``model`` (it trained to the end), else ``selected`` (the best epoch
+    so far under ``run.select`` best_*, also left by a trial the scheduler stopped), else its newest
+    checkpoint (``run.select`` last); None if it saved nothing."""
+    for name in ("model", "selected"):
+        if (trial_dir / name / "config.yaml").is_file():
+            return trial_dir / name
+    saved = sorted(p.parent for p in trial_dir.glob("checkpoints/*/checkpoint_*/model.safetensors"))
+    return saved[-1] if saved else None
 
 
 def _plain(value: Any) -> Any:

@@ -24,13 +24,18 @@ __all__ = ["SweepReportCallback", "TuneSession", "run_trial", "trial_config", "t
 
 
 def trial_metrics(flat: Mapping[str, Any], split: str) -> dict[str, Any]:
-    """Finetune's epoch report (``eval/wga``, ``train/loss``, ``epoch`` 0-based) -> Tune's result
-    (``<split>_wga``, ``train_loss``, ``epochs_done`` = epochs finished)."""
+    """Finetune's epoch report (``kept/wga``, ``eval/wga``, ``train/loss``, ``epoch`` 0-based) ->
+    Tune's result (``<split>_wga``, ``<split>_epoch_wga``, ``train_loss``, ``epochs_done`` = epochs
+    finished). ``<split>_<name>`` is the metric of the model the trial keeps (its best epoch so far
+    under ``run.select`` best_*, else this epoch's): what Tune ranks and ASHA stops on, so a trial
+    that peaked early and then collapsed is judged by the weights it leaves."""
     out: dict[str, Any] = {}
     for key, value in flat.items():
         head, _, rest = key.partition("/")
-        if head == "eval" and rest:
+        if head == "kept" and rest:
             out[f"{split}_{rest}"] = value
+        elif head == "eval" and rest:
+            out[f"{split}_epoch_{rest}"] = value
         elif head == "train" and rest:
             out[f"train_{rest}"] = value
         else:

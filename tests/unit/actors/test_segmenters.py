@@ -307,3 +307,25 @@ def test_actor_cleans_concept_lists():
         {"bird": ["long beak", "Long  Beak", " ", "wing"]},
     )
     assert actor.concepts == {"bird": ["long beak", "wing"]}
+
+
+def test_images_too_small_or_too_thin_never_reach_the_segmenter():
+    """A 1x1 and a 1x4000 image used to fail inside grounded_sam's resizing; they are refused from
+    the image header with what is allowed, and the model never sees them."""
+    actor = SegmenterActor(_config("grounded_sam").model_dump(), {"bird": ["long beak", "wings"]})
+    seen: list[str] = []
+    set_image = actor.segmenter.set_image
+    actor.segmenter.set_image = lambda image, image_id="": (seen.append(image_id), set_image(image, image_id))
+    batch = {
+        "image_id": np.array(["dot", "strip", "fine"], dtype=object),
+        "class_name": np.array(["bird"] * 3, dtype=object),
+        "image": np.array([_png(_rgb(1, 1)), _png(_rgb(1, 4000)), _png(_rgb())], dtype=object),
+    }
+    rows = actor(batch)
+    assert seen == ["fine"]
+    status = dict(zip(zip(rows["image_id"], rows["concept"], strict=True), rows["status"], strict=True))
+    assert [status[("dot", c)] for c in ("long beak", "wings")] == ["error", "error"]
+    assert all(status[("fine", c)] != "error" for c in ("long beak", "wings"))
+    errors = dict(zip(rows["image_id"], rows["error"], strict=False))
+    assert "image is 1x1 px" in errors["dot"] and "image is 1x4000 px" in errors["strip"]
+    assert "both sides >= 8 px" in errors["strip"] and "grounded_sam failed" not in errors["strip"]

@@ -7,10 +7,11 @@ import struct
 import zlib
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
-from unspur.data.images import ImageError, decode_rgb
+from unspur.data.images import MAX_ASPECT, MIN_SIDE, ImageError, decode_rgb, image_size, size_problems
 from unspur.data.torch_dataset import load_image
 
 
@@ -86,7 +87,7 @@ def test_decode_rgb_rejects_truncated_and_bombs_with_pils_limit_on():
 
 
 def test_decode_rgb_reads_a_file_and_dataset_rows_use_the_same_decoder(tmp_path):
-    rgb = _rgb(6, 7)
+    rgb = _rgb(8, 9)
     path = tmp_path / "a.png"
     path.write_bytes(_png(rgb))
     assert np.array_equal(decode_rgb(None, str(path)), rgb)
@@ -96,3 +97,32 @@ def test_decode_rgb_reads_a_file_and_dataset_rows_use_the_same_decoder(tmp_path)
         load_image({"image_id": "b", "image": None, "path": float("nan")})
     with pytest.raises(ImageError, match="cannot read image file"):
         decode_rgb(None, str(tmp_path / "missing.png"))
+
+
+@pytest.mark.parametrize(
+    ("h", "w"), [(1, 1), (1, 4000), (4000, 1), (MIN_SIDE - 1, 64), (8, 8 * int(MAX_ASPECT) + 1)]
+)
+def test_sizes_outside_the_limits_are_refused_from_the_header_with_what_is_allowed(h, w):
+    data = _png(_rgb(h, w))
+    assert image_size(data) == (h, w)
+    with pytest.raises(ImageError, match=rf"image is {h}x{w} px.*both sides >= {MIN_SIDE} px.*16 times"):
+        decode_rgb(data)
+
+
+@pytest.mark.parametrize(
+    ("h", "w"), [(MIN_SIDE, MIN_SIDE), (8, 8 * int(MAX_ASPECT)), (8 * int(MAX_ASPECT), 8)]
+)
+def test_sizes_at_the_limits_decode(h, w):
+    assert decode_rgb(_png(_rgb(h, w))).shape == (h, w, 3)
+
+
+def test_size_problems_scans_a_table_and_names_the_rows():
+    rows = pd.DataFrame(
+        {
+            "image_id": ["ok", "dot", "strip", "junk"],
+            "image": [_png(_rgb(32, 32)), _png(_rgb(1, 1)), _png(_rgb(1, 4000)), b"junk"],
+        }
+    )
+    n_bad, shown = size_problems(rows, limit=2)
+    assert n_bad == 3 and len(shown) == 2
+    assert shown[0].startswith("dot: image is 1x1 px") and shown[1].startswith("strip: image is 1x4000 px")
