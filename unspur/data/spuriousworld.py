@@ -277,6 +277,9 @@ class SpuriousWorldConfig(StrictModel):
     ``caption_templates`` (``{cls}``: the class name) give an image's ``caption`` column and
     ``descriptive_templates`` (``{cls}``, ``{background}``) its ``caption_descriptive``; image
     ``index`` uses template ``index % len(templates)`` (no random draw: the images do not change).
+    ``background_phrases`` words a background in descriptive captions (``{background}``), e.g.
+    ``{sand: [sand, the beach, the desert]}``: phrase ``(index // len(templates)) % len(phrases)``;
+    a background not listed is written as its name. A broad caption set for pretraining.
     """
 
     image_size: int = Field(64, ge=16, description="pixels")
@@ -293,6 +296,7 @@ class SpuriousWorldConfig(StrictModel):
     blur: float = Field(0.0, ge=0.0, description="Gaussian blur sigma of the whole image, pixels")
     caption_templates: list[str] = ["a photo of a {cls}."]
     descriptive_templates: list[str] = ["a photo of a {cls} on {background}."]
+    background_phrases: dict[str, list[str]] = {}
     seed: int = 0
 
     @model_validator(mode="after")
@@ -308,6 +312,13 @@ class SpuriousWorldConfig(StrictModel):
                 raise ValueError(f"{name} must be a non-empty list without repeats, got {items}")
         check_templates("caption_templates", self.caption_templates, cls="bird")
         check_templates("descriptive_templates", self.descriptive_templates, cls="bird", background="water")
+        unknown = sorted(set(self.background_phrases) - set(BACKGROUNDS))
+        empty = sorted(b for b, phrases in self.background_phrases.items() if not phrases)
+        if unknown or empty:
+            raise ValueError(
+                f"background_phrases: {f'unknown backgrounds {unknown}' if unknown else f'no phrases for {empty}'}; "
+                f"keys are backgrounds ({sorted(BACKGROUNDS)}), each with a non-empty list of phrases"
+            )
         if len(self.backgrounds) < len(self.classes):
             raise ValueError(
                 f"need at least one background per class: {len(self.classes)} classes but only "
@@ -431,6 +442,11 @@ def _pick(templates: Sequence[str], index: int) -> str:
     return templates[index % len(templates)]
 
 
+def _background_phrase(cfg: SpuriousWorldConfig, background: str, index: int) -> str:
+    phrases = cfg.background_phrases.get(background)
+    return phrases[(index // len(cfg.descriptive_templates)) % len(phrases)] if phrases else background
+
+
 def sample_rows(cfg: SpuriousWorldConfig, split: str, index: int) -> tuple[dict, list[dict]]:
     """One image-table row and its part-mask rows (see the image and masks tables contract).
 
@@ -452,7 +468,7 @@ def sample_rows(cfg: SpuriousWorldConfig, split: str, index: int) -> tuple[dict,
         "split": split,
         "caption": _pick(cfg.caption_templates, index).format(cls=s.class_name),
         "caption_descriptive": _pick(cfg.descriptive_templates, index).format(
-            cls=s.class_name, background=s.background
+            cls=s.class_name, background=_background_phrase(cfg, s.background, index)
         ),
         "object_rle": encode(s.object_mask),
     }

@@ -157,6 +157,9 @@ def test_generate_tables_row_counts():
         ({"plate_margin": -1}, "plate_margin"),
         ({"color_jitter": -0.1}, "color_jitter"),
         ({"classes": ["bird", "bird"]}, "without repeats"),
+        ({"blur": -1.0}, "blur"),
+        ({"background_phrases": {"lava": ["hot rock"]}}, "unknown backgrounds"),
+        ({"background_phrases": {"sand": []}}, "no phrases"),
     ],
 )
 def test_config_errors_name_the_bad_key(bad, match):
@@ -187,3 +190,22 @@ def test_rows_carry_class_and_descriptive_captions() -> None:
     assert sample_rows(two, "train", 0)[0]["image"] == row["image"]  # captions never change the images
     with pytest.raises(ConfigError, match="descriptive_templates"):
         validate_config(SpuriousWorldConfig, {"descriptive_templates": ["a {cls} on {ground}"]})
+
+
+def test_background_phrases_word_the_background_and_blur_softens_the_image() -> None:
+    templates = ["a photo of a {cls} {background}.", "a {cls} {background}."]
+    phrases = {b: [f"on {b}", f"near {b}", f"by {b}"] for b in ("water", "grass", "sand", "snow")}
+    cfg = _cfg(image_size=32, rho=0.25, descriptive_templates=templates, background_phrases=phrases)
+    seen = {}
+    for index in range(24):
+        row, _ = sample_rows(cfg, "train", index)
+        phrase = phrases[row["background"]][(index // 2) % 3]
+        assert row["caption_descriptive"] == templates[index % 2].format(
+            cls=row["class_name"], background=phrase
+        )
+        seen.setdefault(row["background"], set()).add(phrase)
+    assert any(len(p) > 1 for p in seen.values())  # phrases vary along the index
+    sharp = render_sample(_cfg(image_size=32), "train", 0).image.astype(float)
+    soft = render_sample(_cfg(image_size=32, blur=1.5), "train", 0).image.astype(float)
+    assert np.abs(np.diff(soft, axis=1)).mean() < 0.7 * np.abs(np.diff(sharp, axis=1)).mean()
+    assert abs(soft.mean() - sharp.mean()) < 2.0  # blurred, not darkened
