@@ -2,7 +2,7 @@
 
 The recipe is the StarFT pipeline's (``workflows/configs/starft_pipeline.yaml``, what ``unspur
 demo starft`` runs): per seed, render the balanced lower-fidelity pretraining world and the biased
-fine-tuning world (both with ``seed`` = the run's seed), pretrain a tiny CLIP contrastively on the
+fine-tuning world (their ``seed`` plus the run's seed: seed 0 renders the pipeline's worlds), pretrain a tiny CLIP contrastively on the
 first (the zero-shot model), then from it (a) FLYP and (b) StarFT on the biased train split, with
 the same optimisation and ``run.select`` (chosen on the val split); (c) WiSE-FT = the weight-space
 average of the zero-shot and FLYP models (alpha 0.5). Every model is evaluated zero-shot on the
@@ -60,7 +60,9 @@ def recipe(path: Path, overrides: list[str]) -> dict[str, dict[str, Any]]:
 
 
 def _world(stage: dict[str, Any], seed: int) -> SpuriousWorldConfig:
-    return SpuriousWorldConfig(**{**stage["spuriousworld"], "seed": seed})
+    """The stage's world with its ``seed`` shifted by the run's (seed 0 = the pipeline's world)."""
+    world = stage["spuriousworld"]
+    return SpuriousWorldConfig(**{**world, "seed": world.get("seed", 0) + seed})
 
 
 def _dataset(df, model, cfg: ClipModelConfig, fields, caption: str = "caption", templates=None):

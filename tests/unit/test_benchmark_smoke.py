@@ -45,3 +45,14 @@ def test_seraser_cache_prints_its_result_line() -> None:
     ]
     keys = _result_line("seraser_cache.py", tiny)
     assert float(keys["speedup"]) > 0 and keys["same_predictions"] == "True"
+
+
+def test_starft_effect_prints_its_result_line() -> None:
+    tiny = [f"pretrain_data.spuriousworld.{k}={v}" for k, v in (("n_train", 64), ("image_size", 32))]
+    tiny += [f"data.spuriousworld.{k}={v}" for k, v in (("n_train", 64), ("n_val", 16), ("n_test", 16))]
+    tiny += ["data.spuriousworld.image_size=32", "pretrain.model.img_size=32", "pretrain.train.batch_size=32"]
+    tiny += ["pretrain.train.epochs=1", "flyp.train.epochs=2", "flyp.train.batch_size=16", "--threads", "1"]
+    keys = _result_line("starft_effect.py", ["--seeds", "1", "--split", "val", *tiny])
+    expected = {f"{m}_{n}" for n in ("zs", "flyp", "wise", "starft") for m in ("acc", "wga")}
+    assert set(keys) == expected
+    assert all(0.0 <= float(v) <= 1.0 for v in keys.values())
