@@ -40,6 +40,8 @@ JOBS: dict[str, tuple[str, str]] = {
     "sweep": ("sweep", "Sweep loss weights with Ray Tune over Ray Train."),
     "evaluate": ("evaluate", "Accuracy, per-group / worst-group accuracy and relevance alignment."),
     "adapt": ("adapt", "SEraser: test-time prompt tuning of a CLIP model per image, on Ray Data."),
+    "regions": ("regions", "RaVL: embed image regions (grid cells or masks) with a CLIP model, on Ray Data."),
+    "discover": ("discover", "RaVL: cluster region embeddings, rank spurious clusters by gap and influence."),
     "run": ("pipeline", "A whole pipeline from one YAML: concepts -> masks -> finetune / adapt -> evaluate."),
 }
 

@@ -1,14 +1,16 @@
-"""Reading the image table for a resumable per-image job (``unspur masks``, ``unspur adapt``).
+"""Reading the image table for a resumable per-image job (``unspur masks``, ``adapt``, ``regions``).
 
 The table is a Parquet file or folder (local or a pyarrow filesystem URI). :func:`plan_rows`
 scans the ``image_id`` column once, keeps the wanted splits / ids, leaves out the ids a previous
 run already wrote and reads each repeated id once (its first row); :func:`read_rows` then gives
-the unexecuted Ray Data read of what is left.
+the unexecuted Ray Data read of what is left; :func:`mask_index` and :func:`attach_masks` give
+each row its image's masks from a masks table (SEraser's views, RaVL's mask regions).
 """
 
 from __future__ import annotations
 
-from collections import Counter
+import json
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,9 +19,19 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import ray
 
+from unspur.config import ConfigError
 from unspur.workflows.masks.store import resolve_fs
 
-__all__ = ["RowPlan", "plan_rows", "read_images", "read_rows", "read_table", "table_columns"]
+__all__ = [
+    "RowPlan",
+    "attach_masks",
+    "mask_index",
+    "plan_rows",
+    "read_images",
+    "read_rows",
+    "read_table",
+    "table_columns",
+]
 
 
 def table_columns(uri: str) -> list[str]:
@@ -130,3 +142,50 @@ def read_rows(plan: RowPlan) -> ray.data.Dataset:
     if plan.firsts is not None and plan.firsts.num_rows:
         ds = ds.union(ray.data.from_arrow(plan.firsts.select(plan.columns)))
     return ds
+
+
+def mask_index(masks: str, ids: set[str]) -> pa.Table:
+    """Per image id of ``ids`` in the masks table: ``mask_rles`` (JSON list of its ok RLEs) and
+    ``mask_note`` (why it has none: all rows empty, or the rows' first error)."""
+    names = table_columns(masks)
+    if "image_id" not in names or "rle" not in names:
+        raise ConfigError(f"masks table {masks} needs image_id and rle columns; has {names}")
+    columns = ["image_id", "rle"] + [c for c in ("status", "error") if c in names]
+    rows = read_table(masks, columns, pc.field("image_id").isin(pa.array(sorted(ids), pa.string())))
+    rles: dict[str, list[Any]] = defaultdict(list)
+    empty: Counter[str] = Counter()
+    errors: dict[str, str] = {}
+    for row in rows.to_pylist():
+        status = row.get("status") or "ok"
+        if status == "ok" and row["rle"] is not None:
+            rles[row["image_id"]].append(row["rle"])
+        elif status == "error":
+            errors.setdefault(row["image_id"], row.get("error") or "error")
+        else:
+            empty[row["image_id"]] += 1
+    seen = sorted(set(rles) | set(empty) | set(errors))
+    notes = [
+        ""
+        if i in rles
+        else f"its mask rows failed ({errors[i]})"
+        if i in errors
+        else f"all {empty[i]} masks empty"
+        for i in seen
+    ]
+    return pa.table(
+        {
+            "image_id": pa.array(seen, pa.string()),
+            "mask_rles": pa.array([json.dumps(rles[i]) if i in rles else "" for i in seen], pa.string()),
+            "mask_note": pa.array(notes, pa.string()),
+        }
+    )
+
+
+def attach_masks(batch: pa.Table, index: pa.Table, source: str) -> pa.Table:
+    """Ray Data step: the batch's rows with ``mask_rles`` / ``mask_note`` (image absent: a note)."""
+    joined = batch.join(index, keys="image_id", join_type="left outer")
+    absent = pc.is_null(joined["mask_note"])
+    note = pc.if_else(absent, pa.scalar(f"no rows in the masks table {source}"), joined["mask_note"])
+    joined = joined.set_column(joined.schema.get_field_index("mask_note"), "mask_note", note)
+    rles = pc.fill_null(joined["mask_rles"], "")
+    return joined.set_column(joined.schema.get_field_index("mask_rles"), "mask_rles", rles)

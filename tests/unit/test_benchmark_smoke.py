@@ -56,3 +56,17 @@ def test_starft_effect_prints_its_result_line() -> None:
     expected = {f"{m}_{n}" for n in ("zs", "flyp", "wise", "starft") for m in ("acc", "wga")}
     assert set(keys) == expected
     assert all(0.0 <= float(v) <= 1.0 for v in keys.values())
+
+
+def test_ravl_discovery_prints_its_result_line() -> None:
+    tiny = ["--values", "0.9", "pretrain_data.digits_grid.n_train=128", "pretrain.train.epochs=1"]
+    tiny += ["data.digits_grid.n_train=96", "data.digits_grid.n_val=48", "data.digits_grid.n_test=48"]
+    keys = _result_line("ravl_discovery.py", [*tiny, "flyp.train.epochs=1"])
+    assert set(keys) == {"p10_v09", "p10_image_v09"} and all(0.0 <= float(v) <= 1.0 for v in keys.values())
+
+
+def test_ravl_mitigation_prints_its_result_line() -> None:
+    tiny = ["--seeds", "1", "pretrain_data.digits_grid.n_train=128", "pretrain.train.epochs=1"]
+    tiny += ["data.digits_grid.n_train=96", "data.digits_grid.n_val=48", "data.digits_grid.n_test=48"]
+    keys = _result_line("ravl_mitigation.py", [*tiny, "flyp.train.epochs=1"])
+    assert set(keys) == {"acc_ft", "wga_ft", "acc_ravl", "wga_ravl"}

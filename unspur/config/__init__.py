@@ -7,7 +7,7 @@ the key and what is allowed, before any compute starts.
 
 ``base`` (loading, overrides, errors), ``registered`` (fields naming registry entries), ``model``
 (the model section, per family), ``data``,
-``finetune``, ``concepts``, ``masks``, ``evaluate``, ``adapt``, ``sweep``, ``pipeline``. Names are imported
+``finetune``, ``concepts``, ``masks``, ``evaluate``, ``adapt``, ``regions``, ``sweep``, ``pipeline``. Names are imported
 from their module on first use, so ``unspur.config.base`` can be imported by the modules that
 define registered configs (``unspur.data``, ``unspur.losses``) without an import cycle.
 """
@@ -57,6 +57,7 @@ if TYPE_CHECKING:
     )
     from unspur.config.model import MODEL_FAMILIES, ClipModelConfig, ModelConfig
     from unspur.config.pipeline import PipelineConfig, PipelineEvaluateConfig, ReportConfig, StageSpec
+    from unspur.config.regions import DiscoverConfig, RegionComputeConfig, RegionsConfig, RegionSourceConfig
     from unspur.config.sweep import SweepConfig
 
 _MODULES = {
@@ -100,6 +101,7 @@ _MODULES = {
         "SegmenterConfig",
     ],
     "pipeline": ["PipelineConfig", "PipelineEvaluateConfig", "ReportConfig", "StageSpec"],
+    "regions": ["DiscoverConfig", "RegionComputeConfig", "RegionSourceConfig", "RegionsConfig"],
     "sweep": ["SweepConfig"],
 }
 _WHERE = {name: module for module, names in _MODULES.items() for name in names}
@@ -120,6 +122,7 @@ __all__ = [
     "ConceptsConfig",
     "ConfigError",
     "DigitsGridConfig",
+    "DiscoverConfig",
     "EvaluateConfig",
     "FewShotConfig",
     "FinetuneConfig",
@@ -131,6 +134,9 @@ __all__ = [
     "ModelConfig",
     "PipelineConfig",
     "PipelineEvaluateConfig",
+    "RegionComputeConfig",
+    "RegionSourceConfig",
+    "RegionsConfig",
     "ReportConfig",
     "SEraserConfig",
     "SegmenterConfig",

@@ -100,7 +100,9 @@ class FinetuneDataConfig(StrictModel):
     Without ``images``, ``spuriousworld`` is rendered into ``<out>/data`` (cached by config).
     ``eval_max_images`` caps the evaluation split (None = all of it). ``caption_column``: the
     image-table column holding each image's class caption (CLIP losses: FLYP, StarFT);
-    ``spurious``: StarFT's spurious captions (:class:`SpuriousCaptionConfig`).
+    ``spurious``: StarFT's spurious captions (:class:`SpuriousCaptionConfig`). ``regions``: the
+    region flags of ``unspur discover`` (``flags.parquet``), read by losses whose batch holds
+    region crops (``ravl``).
     """
 
     images: list[str] | None = None
@@ -112,6 +114,7 @@ class FinetuneDataConfig(StrictModel):
     loader_workers: int = Field(0, ge=0)
     caption_column: str = "caption"
     spurious: SpuriousCaptionConfig = Field(default_factory=SpuriousCaptionConfig)
+    regions: str | None = None
 
     @model_validator(mode="after")
     def _check(self) -> FinetuneDataConfig:
@@ -182,6 +185,11 @@ class FinetuneConfig(StrictModel):
 
     @model_validator(mode="after")
     def _check(self) -> FinetuneConfig:
+        if "regions" in LOSSES[self.loss.name].batch_keys and not self.data.regions:
+            raise ValueError(
+                f"loss {self.loss.name!r} reads region flags: set data.regions to the flags.parquet of "
+                "`unspur discover`"
+            )
         needs_masks = LOSSES[self.loss.name].needs_relevance
         if needs_masks and self.data.masks is None and self.data.spuriousworld is None:
             raise ValueError(

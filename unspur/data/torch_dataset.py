@@ -28,6 +28,7 @@ __all__ = [
     "FIELDS",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "REGION_FIELDS",
     "ImageMaskDataset",
     "few_shot",
     "load_image",
@@ -37,7 +38,20 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 _ASPECT_TOL = 0.02
 #: what an item can hold besides image_id and group
-FIELDS = ("image", "label", "mask", "has_mask", "tokens", "spurious_tokens")
+FIELDS = (
+    "image",
+    "label",
+    "mask",
+    "has_mask",
+    "tokens",
+    "spurious_tokens",
+    "regions",
+    "region_spurious",
+    "region_tied",
+    "region_valid",
+)
+#: the region entries (RaVL's region-aware loss); they need ``region_flags``
+REGION_FIELDS = ("regions", "region_spurious", "region_tied", "region_valid")
 #: what it holds unless asked otherwise (no caption tokens)
 DEFAULT_FIELDS = ("image", "label", "mask", "has_mask")
 
@@ -96,6 +110,13 @@ class ImageMaskDataset(Dataset):
     :data:`DEFAULT_FIELDS`); without ``mask`` and ``has_mask`` no mask is decoded; ``tokens``
     needs ``tokenizer`` and the caption column; ``spurious_tokens`` needs ``tokenizer``,
     ``spurious_templates`` and a ``class_name`` column.
+
+    Regions (RaVL's region-aware loss) need ``region_flags``, a table of ``image_id``,
+    ``region_id``, ``box`` ([x0, y0, x1, y1] in the stored image's pixels), ``spurious`` (bool)
+    and ``tied_class`` (int, -1 = none), e.g. ``unspur discover``'s ``flags.parquet``: ``regions``
+    (R, 3, S, S) the box crops (:func:`unspur.regions.region_tensor`; never flipped), ``region_spurious``
+    (R,) bool, ``region_tied`` (R,) int64, ``region_valid`` (R,) bool; R is the most regions any
+    image has, shorter lists padded with zero crops that are not valid.
     """
 
     def __init__(
@@ -111,6 +132,7 @@ class ImageMaskDataset(Dataset):
         tokenizer: Callable[[list[str]], torch.Tensor] | None = None,
         caption_column: str = "caption",
         spurious_templates: Sequence[str] | None = None,
+        region_flags: Any = None,
     ) -> None:
         if img_size <= 0:
             raise ValueError(f"img_size must be > 0, got {img_size}")
@@ -135,6 +157,11 @@ class ImageMaskDataset(Dataset):
                     "spurious captions fill the image table's class_name column into templates; "
                     f"the table lacks it (columns: {sorted(images_df.columns)})"
                 )
+        if set(REGION_FIELDS) & set(fields) and region_flags is None:
+            raise ValueError(
+                "the region fields need region_flags (image_id, region_id, box, spurious, tied_class: "
+                "the flags.parquet of `unspur discover`); set data.regions"
+            )
         missing = {"image_id", "label"} - set(images_df.columns)
         if missing:
             raise ValueError(f"image table lacks columns {sorted(missing)}; got {sorted(images_df.columns)}")
@@ -153,6 +180,8 @@ class ImageMaskDataset(Dataset):
         self._tokens: dict[str, torch.Tensor] = {}  # caption -> tokens: a run has few distinct captions
         self.errors: list[dict[str, str]] = []
         self._error_ids: set[str] = set()
+        self._regions, self.max_regions = _region_rows(region_flags)
+        self._sizes: dict[int, tuple[int, int]] = {}  # stored image size, to scale region boxes
 
     def spurious_caption(self, index: int) -> str:
         """Row ``index``'s spurious caption (its template by image id, its class filled in)."""
@@ -195,6 +224,7 @@ class ImageMaskDataset(Dataset):
         row = self.rows[index]
         image_id = str(row["image_id"])
         image = load_image(row)
+        self._sizes[index] = image.shape[:2]
         if image.shape[:2] != (self.img_size, self.img_size):
             from PIL import Image
 
@@ -214,6 +244,31 @@ class ImageMaskDataset(Dataset):
         if self._cache is not None:
             self._cache[index] = item
         return item
+
+    def _region_items(self, index: int, image: np.ndarray) -> dict[str, torch.Tensor]:
+        """The region entries of item ``index`` from its (S, S, 3) stored-then-resized image."""
+        from unspur.regions import Region, region_tensor
+
+        r_max = max(self.max_regions, 1)
+        crops = torch.zeros(r_max, 3, self.img_size, self.img_size)
+        spurious, tied = torch.zeros(r_max, dtype=torch.bool), torch.full((r_max,), -1, dtype=torch.int64)
+        valid = torch.zeros(r_max, dtype=torch.bool)
+        h, w = self._sizes.get(index, image.shape[:2])
+        sx, sy = self.img_size / w, self.img_size / h
+        mean, std = self.mean.flatten().tolist(), self.std.flatten().tolist()
+        for r, (box, is_spurious, tied_class) in enumerate(
+            self._regions.get(str(self.rows[index]["image_id"]), [])
+        ):
+            x0, y0, x1, y1 = box
+            scaled = (
+                int(x0 * sx),
+                int(y0 * sy),
+                max(int(x0 * sx) + 1, round(x1 * sx)),
+                max(int(y0 * sy) + 1, round(y1 * sy)),
+            )
+            crops[r] = region_tensor(image, Region(scaled), self.img_size, mean, std)
+            spurious[r], tied[r], valid[r] = is_spurious, tied_class, True
+        return {"regions": crops, "region_spurious": spurious, "region_tied": tied, "region_valid": valid}
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         image, mask, has_mask = self._load(index)
@@ -237,7 +292,24 @@ class ImageMaskDataset(Dataset):
             item["tokens"] = self._tokenize(str(row[self.caption_column]))
         if "spurious_tokens" in self.fields:
             item["spurious_tokens"] = self._tokenize(self.spurious_caption(index))
+        if "regions" in self.fields:
+            item.update(self._region_items(index, image))
         return {k: v for k, v in item.items() if k in self.fields or k in ("group", "image_id", "view_id")}
+
+
+def _region_rows(flags: Any) -> tuple[dict[str, list[tuple[tuple[int, ...], bool, int]]], int]:
+    """image_id -> [(box, spurious, tied_class)] by region id, and the most regions of an image."""
+    if flags is None:
+        return {}, 0
+    missing = {"image_id", "region_id", "box", "spurious", "tied_class"} - set(flags.columns)
+    if missing:
+        raise ValueError(f"region flags lack columns {sorted(missing)}; got {sorted(flags.columns)}")
+    by_id: dict[str, list[tuple[tuple[int, ...], bool, int]]] = defaultdict(list)
+    for row in flags.sort_values(["image_id", "region_id"]).itertuples(index=False):
+        by_id[str(row.image_id)].append(
+            (tuple(int(v) for v in row.box), bool(row.spurious), int(row.tied_class))
+        )
+    return dict(by_id), max((len(v) for v in by_id.values()), default=0)
 
 
 def few_shot(images_df: Any, per_class: int = 3, class_fraction: float = 0.5, seed: int = 0) -> Any:

@@ -5,7 +5,7 @@ with key ``loss`` plus every named term), the batch entries it reads (``batch_ke
 outputs it reads (``needs``: names of the model family's ``forward`` outputs) and ``inputs``,
 which binds the outputs and the batch to ``fn``'s arguments; ``LOSSES.entry(name).config`` is its
 config class. The training loop calls ``spec(outputs, batch, cfg)``; the CLIP objectives (``flyp``,
-``starft``) register ``batch_keys`` with caption tokens and their family's feature outputs, and the
+``starft``, ``ravl``) register ``batch_keys`` with caption tokens and their family's feature outputs, and the
 loop stays as it is. The loop also puts ``epoch`` and ``epochs`` into every batch, for weights on a
 schedule (StarFT's decay). To add a loss, add a file here that defines
 its config (``name: Literal["<name>"]`` + its weights) and decorates its function with
@@ -27,6 +27,7 @@ from unspur.losses.base import (
 from unspur.losses.cft import CftLossConfig, cft_loss
 from unspur.losses.erm import ErmLossConfig, erm_loss
 from unspur.losses.flyp import FlypLossConfig, flyp_loss
+from unspur.losses.ravl import RavlLossConfig, ravl_loss
 from unspur.losses.robustvit import RobustVitLossConfig, robustvit_loss
 from unspur.losses.starft import StarftLossConfig, starft_loss
 
@@ -38,6 +39,7 @@ __all__ = [
     "FlypLossConfig",
     "LossConfig",
     "LossSpec",
+    "RavlLossConfig",
     "RobustVitLossConfig",
     "StarftLossConfig",
     "cft_loss",
@@ -45,6 +47,7 @@ __all__ = [
     "erm_loss",
     "flyp_loss",
     "get_loss",
+    "ravl_loss",
     "register_loss",
     "robustvit_loss",
     "starft_loss",

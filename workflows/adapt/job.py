@@ -19,9 +19,8 @@ holds the config, the metrics, the per-group table and the figure.
 
 from __future__ import annotations
 
-import json
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +36,15 @@ from unspur.actors.prompt_tuner import PromptTunerActor
 from unspur.config import AdaptConfig, ConfigError, dump_config
 from unspur.io import write_json_atomic, write_parquet_atomic
 from unspur.metrics import summarize
-from unspur.workflows.image_table import RowPlan, plan_rows, read_rows, read_table, table_columns
+from unspur.workflows.image_table import (
+    RowPlan,
+    attach_masks,
+    mask_index,
+    plan_rows,
+    read_rows,
+    read_table,
+    table_columns,
+)
 from unspur.workflows.job import main_for
 from unspur.workflows.masks.store import ShardStore, resolve_fs
 
@@ -144,53 +151,6 @@ def prepare(cfg: AdaptConfig) -> Inputs:
     return Inputs(cfg.images, columns, cfg.masks, list(model_cfg.classes))
 
 
-def mask_index(masks: str, ids: set[str]) -> pa.Table:
-    """Per image id of ``ids`` in the masks table: ``mask_rles`` (JSON list of its ok RLEs) and
-    ``mask_note`` (why it has none: all rows empty, or the rows' first error)."""
-    names = table_columns(masks)
-    if "image_id" not in names or "rle" not in names:
-        raise ConfigError(f"masks table {masks} needs image_id and rle columns; has {names}")
-    columns = ["image_id", "rle"] + [c for c in ("status", "error") if c in names]
-    rows = read_table(masks, columns, pc.field("image_id").isin(pa.array(sorted(ids), pa.string())))
-    rles: dict[str, list[Any]] = defaultdict(list)
-    empty: Counter[str] = Counter()
-    errors: dict[str, str] = {}
-    for row in rows.to_pylist():
-        status = row.get("status") or "ok"
-        if status == "ok" and row["rle"] is not None:
-            rles[row["image_id"]].append(row["rle"])
-        elif status == "error":
-            errors.setdefault(row["image_id"], row.get("error") or "error")
-        else:
-            empty[row["image_id"]] += 1
-    seen = sorted(set(rles) | set(empty) | set(errors))
-    notes = [
-        ""
-        if i in rles
-        else f"its mask rows failed ({errors[i]})"
-        if i in errors
-        else f"all {empty[i]} masks empty"
-        for i in seen
-    ]
-    return pa.table(
-        {
-            "image_id": pa.array(seen, pa.string()),
-            "mask_rles": pa.array([json.dumps(rles[i]) if i in rles else "" for i in seen], pa.string()),
-            "mask_note": pa.array(notes, pa.string()),
-        }
-    )
-
-
-def _attach_masks(batch: pa.Table, index: pa.Table, source: str) -> pa.Table:
-    """Ray Data step: the batch's rows with ``mask_rles`` / ``mask_note`` (image absent: a note)."""
-    joined = batch.join(index, keys="image_id", join_type="left outer")
-    absent = pc.is_null(joined["mask_note"])
-    note = pc.if_else(absent, pa.scalar(f"no rows in the masks table {source}"), joined["mask_note"])
-    joined = joined.set_column(joined.schema.get_field_index("mask_note"), "mask_note", note)
-    rles = pc.fill_null(joined["mask_rles"], "")
-    return joined.set_column(joined.schema.get_field_index("mask_rles"), "mask_rles", rles)
-
-
 class PredictionShardWriter:
     """Prompt-tuner actor + shard writer: tunes a batch, writes it as one atomic shard, returns counts."""
 
@@ -229,7 +189,7 @@ def build(cfg: AdaptConfig, inputs: Inputs | None = None, plan: RowPlan | None =
     todo = plan.wanted - store.done_ids()
     c = cfg.compute
     ds = read_rows(plan).map_batches(
-        _attach_masks,
+        attach_masks,
         batch_format="pyarrow",
         fn_kwargs={"index": mask_index(inputs.masks, todo), "source": inputs.masks},
     )

@@ -114,6 +114,7 @@ def datasets(
         tokenizer=tokenizer,
         caption_column=cfg.data.caption_column,
         spurious_templates=templates,
+        region_flags=pd.read_parquet(cfg.data.regions) if "regions" in fields else None,
         **norm,
     )
     return (
@@ -167,7 +168,7 @@ def _print_progress(cfg: FinetuneConfig, record: dict[str, Any]) -> None:
     shown = [
         f"{k}={v:.4f}"
         for k, v in record["train"].items()
-        if k in ("loss", "ce", "align", "cls", "contrastive", "kl")
+        if k in ("loss", "ce", "align", "cls", "contrastive", "kl", "pull", "push")
     ]
     shown += [f"{k}={ev[k]:.3f}" for k in ("acc", "wga", "align_mass_in") if k in ev]
     print(

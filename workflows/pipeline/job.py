@@ -72,6 +72,8 @@ JOBS: dict[str, str] = {
     "sweep": "unspur.workflows.sweep.job",
     "evaluate": "unspur.workflows.evaluate.job",
     "adapt": "unspur.workflows.adapt.job",
+    "regions": "unspur.workflows.regions.job",
+    "discover": "unspur.workflows.discover.job",
 }
 
 

@@ -110,6 +110,10 @@ def _fake_output(name: str) -> torch.Tensor:
         return torch.rand(4, 8, 8)
     if name.endswith("logit_scale"):
         return torch.tensor(10.0)
+    if name == "region_features":  # 2 regions per image
+        return torch.nn.functional.normalize(torch.randn(4, 2, 5), dim=-1)
+    if name == "class_text_features":
+        return torch.nn.functional.normalize(torch.randn(3, 5), dim=-1)
     if name.endswith("features"):
         return torch.nn.functional.normalize(torch.randn(4, 5), dim=1)
     return torch.randn(4, 3)  # logits, base_logits
@@ -129,6 +133,9 @@ def test_registry_contract(name: str) -> None:
         "label": torch.tensor([0, 1, 2, 0]),
         "mask": (torch.rand(4, 8, 8) > 0.5).float(),
         "has_mask": torch.ones(4, dtype=torch.bool),
+        "region_spurious": torch.tensor([[True, False]] * 4),
+        "region_tied": torch.tensor([[0, -1]] * 4),
+        "region_valid": torch.ones(4, 2, dtype=torch.bool),
         "epoch": 0,
         "epochs": 2,
     }

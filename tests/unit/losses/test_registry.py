@@ -40,7 +40,7 @@ def test_registered_loss_loads_from_yaml(tmp_path, toy_loss):
 
 def test_unknown_loss_lists_registered(tmp_path, toy_loss):
     with pytest.raises(
-        ConfigError, match=r"unknown loss 'focal'; registered: cft, erm, flyp, robustvit, starft, toy"
+        ConfigError, match=r"unknown loss 'focal'; registered: cft, erm, flyp, ravl, robustvit, starft, toy"
     ):
         load_config(FinetuneConfig, None, ["loss.name=focal"])
     assert LossConfig(name="toy").weight == 1.0

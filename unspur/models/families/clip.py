@@ -10,6 +10,9 @@ Outputs of :meth:`ClipFamily.forward` (B = batch size, D = the embedding width):
   ``head`` = :func:`zero_shot_head` over the config's ``classes`` and ``templates``;
 - ``spurious_text_features`` (B, D): L2-normalised text embeddings of ``batch["spurious_tokens"]``
   (B, L), StarFT's spurious captions;
+- ``region_features`` (B, R, D): L2-normalised image embeddings of ``batch["regions"]``
+  (B, R, 3, S, S), each image's region crops (RaVL), encoded in the same image forward;
+- ``class_text_features`` (C, D): the zero-shot head (as for ``logits``) with gradient;
 - ``teacher_image_features``, ``teacher_spurious_text_features`` (B, D) and
   ``teacher_logit_scale`` (): the same from the frozen initial model (``base_model``), no grad.
 
@@ -172,6 +175,8 @@ class ClipFamily:
             "logit_scale",
             "logits",
             "spurious_text_features",
+            "region_features",
+            "class_text_features",
             *TEACHER_OUTPUTS,
         }
     )
@@ -228,20 +233,30 @@ class ClipFamily:
                 text.append(_tokens(batch, key, output))
                 spans[output] = slice(start, start + len(text[-1]))
         n_captions = sum(len(t) for t in text)
-        if "logits" in needs:
+        if needs & {"logits", "class_text_features"}:
             text.append(unwrap(model).zero_shot.prompt_tokens().to(batch["image"].device))
-        wants_image = bool(needs & {"image_features", "logits"})
-        res = model(batch["image"] if wants_image else None, torch.cat(text) if text else None)
+        images = batch["image"] if needs & {"image_features", "logits", "region_features"} else None
+        n_images = 0 if images is None else len(images)
+        if "region_features" in needs:  # regions ride in the same image forward (one DDP call)
+            regions = _tokens(batch, "regions", "region_features")
+            images = torch.cat([images, regions.flatten(0, 1)])
+        res = model(images, torch.cat(text) if text else None)
         out: Outputs = {}
         if "image_features" in needs:
-            out["image_features"] = res["image_features"]
+            out["image_features"] = res["image_features"][:n_images]
+        if "region_features" in needs:
+            out["region_features"] = res["image_features"][n_images:].view(*regions.shape[:2], -1)
         for output, span in spans.items():
             out[output] = res["text_features"][span]
         if "logit_scale" in needs:
             out["logit_scale"] = res["logit_scale"]
-        if "logits" in needs:
+        if needs & {"logits", "class_text_features"}:
             head = _class_means(res["text_features"][n_captions:], len(unwrap(model).zero_shot.classes))
-            out["logits"] = res["logit_scale"] * res["image_features"] @ head.T
+            out["class_text_features"] = head
+        if "logits" in needs:
+            out["logits"] = res["logit_scale"] * res["image_features"][:n_images] @ head.T
+        if "class_text_features" not in needs:
+            out.pop("class_text_features", None)
         if needs & set(TEACHER_OUTPUTS):
             if base_model is None:
                 raise ValueError(

@@ -1,0 +1,69 @@
+"""The region path of a RaVL step: dataset region crops from flags -> clip family region and
+class-text features in one forward -> the ravl loss, with gradients into the model."""
+
+from __future__ import annotations
+
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader
+
+from unspur.config import ClipModelConfig, DigitsGridConfig
+from unspur.data.digits_grid import DIGIT_NAMES, sample_rows
+from unspur.data.torch_dataset import ImageMaskDataset
+from unspur.losses import LOSSES, RavlLossConfig
+from unspur.models.families import get_family, input_norm
+from unspur.regions import grid_boxes
+
+GRID = DigitsGridConfig(image_size=32, digits=[0, 1], n_train=4, cramers_v=0.9)
+
+
+def test_region_crops_features_and_loss():
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    rows = [sample_rows(GRID, "train", i)[0] for i in range(4)]
+    images = pd.DataFrame(rows)
+    boxes = grid_boxes(32, 32, 2)
+    flags = pd.DataFrame(
+        [
+            {
+                "image_id": r["image_id"],
+                "region_id": q,
+                "box": list(boxes[q]),
+                "spurious": q == r["marker_region"],
+                "tied_class": 0 if q == r["marker_region"] else -1,
+            }
+            for r in rows[:3]  # the 4th image has no flags: its regions are padding
+            for q in range(4)
+        ]
+    )
+    cfg = ClipModelConfig(img_size=32, classes=[DIGIT_NAMES[d] for d in GRID.digits])
+    family = get_family("clip")
+    model = family.build(cfg)
+    spec = LOSSES["ravl"]
+    ds = ImageMaskDataset(
+        images,
+        None,
+        32,
+        fields=spec.batch_keys,
+        tokenizer=family.tokenizer(cfg),
+        region_flags=flags,
+        **input_norm(model),
+    )
+    item = ds[0]
+    assert item["regions"].shape == (4, 3, 32, 32) and item["region_valid"].all()
+    assert item["region_spurious"].tolist() == [q == rows[0]["marker_region"] for q in range(4)]
+    # a quadrant crop is that quadrant of the image, resized x2
+    quadrant = torch.nn.functional.interpolate(
+        item["image"][None, :, :16, :16], scale_factor=2, mode="bilinear"
+    )
+    assert torch.allclose(item["regions"][0], quadrant[0], atol=0.35)
+    assert not ds[3]["region_valid"].any()
+    batch = next(iter(DataLoader(ds, batch_size=4)))
+    out = family.forward(model, batch, spec.needs)
+    assert out["region_features"].shape == (4, 4, out["image_features"].shape[1])
+    assert out["class_text_features"].shape == (2, out["image_features"].shape[1])
+    assert out["image_features"].shape[0] == 4
+    terms = spec(out, batch, RavlLossConfig())
+    terms["loss"].backward()
+    assert all(torch.isfinite(v) for v in terms.values()) and terms["pull"] > 0
+    assert model.visual.proj.grad is not None

@@ -1,0 +1,67 @@
+"""Region crops against hand boxes; grid cells; mask boxes; ground-truth overlap."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from unspur.data.digits_grid import quadrant_boxes
+from unspur.regions import (
+    Region,
+    crop_region,
+    grid_boxes,
+    grid_regions,
+    mask_box,
+    mask_regions,
+    region_mask,
+    region_tensor,
+    truth_overlap,
+)
+
+
+def test_grid_boxes_by_hand():
+    assert grid_boxes(4, 6, 2) == [(0, 0, 3, 2), (3, 0, 6, 2), (0, 2, 3, 4), (3, 2, 6, 4)]
+    assert grid_boxes(9, 9, 3)[4] == (3, 3, 6, 6)
+    assert [list(b) for b in grid_boxes(64, 64, 2)] == quadrant_boxes(64)  # digits-grid's quadrants
+    assert [r.name for r in grid_regions(4, 4, 2)] == ["cell_0_0", "cell_0_1", "cell_1_0", "cell_1_1"]
+    with pytest.raises(ValueError, match="grid"):
+        grid_boxes(4, 4, 5)
+
+
+def test_crop_of_a_box_and_of_a_mask():
+    image = np.arange(6 * 8 * 3, dtype=np.uint8).reshape(6, 8, 3)
+    crop = crop_region(image, Region((2, 1, 5, 4)))
+    np.testing.assert_array_equal(crop, image[1:4, 2:5])
+    mask = np.zeros((6, 8), bool)
+    mask[1, 2] = mask[3, 4] = True
+    region = mask_regions([mask])[0]
+    assert region.box == (2, 1, 5, 4) and mask_box(mask) == (2, 1, 5, 4)
+    crop = crop_region(image, region)
+    expected = np.zeros((3, 3, 3), np.uint8)
+    expected[0, 0], expected[2, 2] = image[1, 2], image[3, 4]
+    np.testing.assert_array_equal(crop, expected)  # outside the mask zeroed
+
+
+def test_empty_masks_and_bad_boxes():
+    assert mask_box(np.zeros((4, 4), bool)) is None
+    assert mask_regions([np.zeros((4, 4), bool), np.ones((4, 4), bool)], min_pixels=2)[0].name == "mask_1"
+    with pytest.raises(ValueError, match="outside"):
+        crop_region(np.zeros((4, 4, 3), np.uint8), Region((2, 2, 6, 3)))
+
+
+def test_region_tensor_resizes_and_normalises():
+    image = np.full((8, 8, 3), 255, np.uint8)
+    x = region_tensor(image, Region((0, 0, 4, 4)), 16, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    assert x.shape == (3, 16, 16)
+    assert torch.allclose(x, torch.ones_like(x))
+
+
+def test_truth_overlap():
+    quadrant = region_mask(Region((0, 0, 4, 4)), (8, 8))
+    rect = np.zeros((8, 8), bool)
+    rect[1:3, 1:3] = True
+    assert truth_overlap(quadrant, rect) == 1.0  # the whole rectangle lies in the quadrant
+    rect[1:3, 3:5] = True
+    assert truth_overlap(quadrant, rect) == pytest.approx(6 / 8)  # columns 1..4: 6 of 8 pixels inside
+    assert truth_overlap(quadrant, np.zeros((8, 8), bool)) == 0.0
