@@ -17,7 +17,9 @@ Outputs of :meth:`ClipFamily.forward` (B = batch size, D = the embedding width):
   ``teacher_logit_scale`` (): the same from the frozen initial model (``base_model``), no grad.
 
 The trained model runs in one call per batch (through a DDP wrapper if any): caption tokens,
-spurious tokens and class prompts are concatenated into one text batch. The teacher is frozen,
+spurious tokens and class prompts are concatenated into one text batch, each distinct caption
+once (a batch of 256 class captions holds a handful of distinct ones; the features are gathered
+back per row, so gradients are those of the full batch). The teacher is frozen,
 so its spurious-caption features depend on the caption only: they are computed once per
 distinct caption and cached on the teacher module (``teacher._unspur_text_cache``: token tuple
 -> (D,) feature; a run's captions are a finite set, classes x templates); so are its image
@@ -240,7 +242,12 @@ class ClipFamily:
         if "region_features" in needs:  # regions ride in the same image forward (one DDP call)
             regions = _tokens(batch, "regions", "region_features")
             images = torch.cat([images, regions.flatten(0, 1)])
-        res = model(images, torch.cat(text) if text else None)
+        distinct, inverse = None, None
+        if text:  # each distinct caption encoded once (class captions and templates repeat in a batch)
+            distinct, inverse = torch.unique(torch.cat(text), dim=0, return_inverse=True)
+        res = model(images, distinct)
+        if inverse is not None:
+            res = {**res, "text_features": res["text_features"][inverse]}
         out: Outputs = {}
         if "image_features" in needs:
             out["image_features"] = res["image_features"][:n_images]
