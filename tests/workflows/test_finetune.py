@@ -218,3 +218,13 @@ def test_select_keeps_the_starting_model_when_no_epoch_beats_it(tmp_path: Path) 
     resumed = json.loads((tmp_path / "finetune_summary.json").read_text())
     assert resumed["start_epochs"] == [0, 2] and resumed["selected_epoch"] == -1
     assert resumed["final"] == summary["initial"]
+
+
+def test_cft_trains_on_attnlrp_relevance(tmp_path: Path) -> None:
+    """``relevance: attnlrp`` end to end: CFT trains through it, evaluation and the figure use it."""
+    args = ["--out", str(tmp_path), *TINY, "loss.name=cft", "relevance=attnlrp", "train.epochs=1"]
+    assert job.main([*args, "run.track=false"]) == 0
+    summary = json.loads((tmp_path / "finetune_summary.json").read_text())
+    assert summary["history"][1]["train"]["align"] > 0 and "align_mass_in" in summary["final"]
+    assert (tmp_path / "relevance_before_after.png").stat().st_size > 1000
+    assert job.main(["--out", str(tmp_path / "x"), *TINY, "relevance=lrp"]) == 2  # unknown: one-line error

@@ -14,6 +14,10 @@ __all__ = ["print_table", "write_report", "HEADLINE"]
 HEADLINE = (("acc", "avg acc"), ("wga", "wga (worst-group acc)"), ("align_mass_in", "relevance in object"))
 
 
+#: how the report names a relevance method (``evaluate.relevance``)
+_METHOD_NAMES = {"rollout": "gradient-weighted attention rollout", "attnlrp": "AttnLRP"}
+
+
 def _fmt(value: Any) -> str:
     return f"{value:.3f}" if isinstance(value, (int, float)) else "-"
 
@@ -100,7 +104,8 @@ def write_report(
     lines += [
         "",
         "wga = worst-group accuracy; relevance in object = share of the relevance map "
-        "(gradient-weighted attention rollout) that falls on the object's pixels.",
+        f"({_METHOD_NAMES.get(cfg.evaluate.relevance, cfg.evaluate.relevance or 'not computed')}) that falls on "
+        "the object's pixels.",
         "",
         "## Accuracy per group",
         "",
