@@ -14,7 +14,22 @@ means over seeds:
 
     acc_base=.. wga_base=.. acc_cft=.. wga_cft=.. acc_control=.. wga_control=.. align_base=.. align_cft=..
 
+The CFT and control runs keep ``run.select``'s rule of ``unspur finetune``: the base (their
+starting model) is scored on val before the first epoch and returned unchanged when no epoch beats
+it (``kept_cft=-1`` on a seed's line).
+
+Across bias strengths and worlds: ``--rho 0.985,0.9,0.7`` (train co-occurrence strengths) and
+``--worlds K`` (world 0: the config's backgrounds; world k: a choice of 4 of the generator's 8
+backgrounds and a class-to-background assignment drawn from seed k) print, after each seed's
+line, one line of seed means per (world, rho)
+
+    world=.. rho=.. acc_base=.. wga_base=.. acc_cft=.. wga_cft=.. acc_control=.. wga_control=.. backgrounds=..
+
+and last ``worst_harm=.. worst_acc_drop=.. min_gain_biased=.. mean_gain_biased=.. n_biased=..``
+(see :func:`curve_summary`; "biased" lines are those whose base wga is <= 0.3).
+
     python benchmarks/cft_effect.py --seeds 3
+    python benchmarks/cft_effect.py --seeds 3 --worlds 4 --rho 0.985,0.95,0.9,0.8
     python benchmarks/cft_effect.py --seeds 1 --split val cft.run.select=last cft.train.lr=3e-4
 """
 
@@ -22,21 +37,24 @@ from __future__ import annotations
 
 import argparse
 import copy
+import math
 import statistics
 import time
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
 from unspur.config import FinetuneConfig, LossConfig, load_config
-from unspur.data.spuriousworld import generate_tables
+from unspur.data.spuriousworld import BACKGROUNDS, generate_tables
 from unspur.data.torch_dataset import ImageMaskDataset, few_shot
 from unspur.losses import get_loss
 from unspur.models import build_model
 from unspur.training import evaluate, fit, seed_everything, selection_score
 
 KEYS = ("acc_base", "wga_base", "acc_cft", "wga_cft", "acc_control", "wga_control", "align_base", "align_cft")
+CURVE_KEYS = KEYS[:6]
 
 
 def _split_overrides(items: list[str]) -> tuple[list[str], list[str]]:
@@ -53,19 +71,25 @@ def _loader(ds: ImageMaskDataset, batch_size: int, shuffle: bool) -> DataLoader:
     return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, drop_last=False)
 
 
-def _fit(model, ds, cfg: FinetuneConfig, loss_cfg, base_model, val_loader) -> None:
-    """``fit`` plus the config's ``run.select``: every ``eval_every`` epochs the model is scored on
-    the validation split and the best-scoring epoch's weights are kept (as ``unspur finetune`` does)."""
+def _fit(model, ds, cfg: FinetuneConfig, loss_cfg, base_model, val_loader) -> int:
+    """``fit`` plus the config's ``run.select``, as ``unspur finetune`` applies it: the starting
+    weights are scored on the validation split before the first epoch, then every ``eval_every``
+    epochs the model is; the best-scoring weights are kept, only a strictly better score replaces
+    them (so when no epoch beats the starting model it is returned unchanged). Returns the kept
+    epoch (-1: the starting model; the last epoch under ``run.select: last``)."""
     spec = get_loss(loss_cfg.name)
     use_base = base_model if loss_cfg.kl_weight > 0 else None
-    best: dict[str, Any] = {}
+    best: dict[str, Any] = {"epoch": cfg.train.epochs - 1}
+    if cfg.run.select != "last":
+        score = selection_score(cfg.run.select, evaluate(model, val_loader))
+        best.update(epoch=-1, score=score, state=copy.deepcopy(model.state_dict()))
 
     def keep_best(epoch: int, _terms: dict[str, float]) -> None:
         if cfg.run.select == "last" or ((epoch + 1) % cfg.run.eval_every and epoch + 1 < cfg.train.epochs):
             return
         score = selection_score(cfg.run.select, evaluate(model, val_loader))
-        if not best or score > best["score"]:
-            best.update(score=score, state=copy.deepcopy(model.state_dict()))
+        if score > best["score"]:
+            best.update(epoch=epoch, score=score, state=copy.deepcopy(model.state_dict()))
 
     fit(
         model,
@@ -77,16 +101,15 @@ def _fit(model, ds, cfg: FinetuneConfig, loss_cfg, base_model, val_loader) -> No
         relevance=cfg.relevance,
         on_epoch=keep_best,
     )
-    if best:
+    if "state" in best:
         model.load_state_dict(best["state"])
+    return int(best["epoch"])
 
 
-def _finetune(
-    model, sub, parts, cfg: FinetuneConfig, loss_cfg, base_model, img_size: int, val_loader
-) -> None:
+def _finetune(model, sub, parts, cfg: FinetuneConfig, loss_cfg, base_model, img_size: int, val_loader) -> int:
     seed_everything(cfg.train.seed)
     ds = ImageMaskDataset(sub, parts, img_size, train_aug=cfg.train.augment)
-    _fit(model, ds, cfg, loss_cfg, base_model, val_loader)
+    return _fit(model, ds, cfg, loss_cfg, base_model, val_loader)
 
 
 def run_seed(base_cfg: FinetuneConfig, cft_cfg: FinetuneConfig, seed: int, split: str) -> dict[str, Any]:
@@ -112,9 +135,9 @@ def run_seed(base_cfg: FinetuneConfig, cft_cfg: FinetuneConfig, seed: int, split
     cft_cfg = cft_cfg.model_copy(update={"train": cft_cfg.train.model_copy(update={"seed": seed})})
     cft_model, control = copy.deepcopy(base), copy.deepcopy(base)
     t1 = time.perf_counter()
-    _finetune(cft_model, sub, parts, cft_cfg, cft_cfg.loss, frozen, size, val_loader)
+    kept_cft = _finetune(cft_model, sub, parts, cft_cfg, cft_cfg.loss, frozen, size, val_loader)
     t_cft = time.perf_counter() - t1
-    _finetune(control, sub, parts, cft_cfg, LossConfig(name="erm"), None, size, val_loader)
+    kept_control = _finetune(control, sub, parts, cft_cfg, LossConfig(name="erm"), None, size, val_loader)
     rel = cft_cfg.relevance
     ev = {
         name: evaluate(m, eval_loader, with_relevance=name != "control", relevance=rel)
@@ -127,10 +150,99 @@ def run_seed(base_cfg: FinetuneConfig, cft_cfg: FinetuneConfig, seed: int, split
         t_cft=t_cft,
         t_total=time.perf_counter() - t0,
         n_fewshot=len(sub),
+        kept_cft=kept_cft,
+        kept_control=kept_control,
         worst_base=ev["base"]["worst_group"],
         worst_cft=ev["cft"]["worst_group"],
     )
     return out
+
+
+def world_backgrounds(world: int, default: list[str]) -> list[str]:
+    """The backgrounds of world ``world``, in class order (class i sits on entry i in train).
+
+    World 0 is ``default`` (the config's). World k > 0 is drawn from seed k: a random choice of
+    ``len(default)`` of the generator's backgrounds (``BACKGROUNDS``, 8) in random order, which is
+    at once the choice and the class-to-background assignment.
+    """
+    if world == 0:
+        return list(default)
+    names = sorted(BACKGROUNDS)
+    order = np.random.default_rng(world).permutation(len(names))[: len(default)]
+    return [names[i] for i in order]
+
+
+def curve_summary(lines: list[dict[str, float]], biased: float = 0.3) -> dict[str, float]:
+    """The last line of a curve over the (world, rho) lines (seed means each).
+
+    worst_harm: the largest drop of mean wga from base to CFT (0 if CFT never lowers it);
+    worst_acc_drop: the same for mean average accuracy; min/mean_gain_biased: the wga gain of CFT
+    over the lines whose base wga is <= ``biased`` (nan when there is none), n_biased their count.
+    """
+    gains = [r["wga_cft"] - r["wga_base"] for r in lines if r["wga_base"] <= biased]
+    return {
+        "worst_harm": max(0.0, *(r["wga_base"] - r["wga_cft"] for r in lines)),
+        "worst_acc_drop": max(0.0, *(r["acc_base"] - r["acc_cft"] for r in lines)),
+        "min_gain_biased": min(gains) if gains else math.nan,
+        "mean_gain_biased": statistics.fmean(gains) if gains else math.nan,
+        "n_biased": float(len(gains)),
+    }
+
+
+def _with_world(cfg: FinetuneConfig, world: int, rho: float | None) -> FinetuneConfig:
+    sw = cfg.data.spuriousworld
+    update: dict[str, Any] = {"backgrounds": world_backgrounds(world, sw.backgrounds)}
+    if rho is not None:
+        update["rho"] = rho
+    data = cfg.data.model_copy(update={"spuriousworld": sw.model_copy(update=update)})
+    return cfg.model_copy(update={"data": data})
+
+
+def _run_seeds(base_cfg: FinetuneConfig, cft_cfg: FinetuneConfig, seeds: int, split: str, prefix: str):
+    rows = []
+    for seed in range(seeds):
+        r = run_seed(base_cfg, cft_cfg, seed, split)
+        rows.append(r)
+        print(
+            f"{prefix}seed={seed} "
+            + " ".join(f"{k}={r[k]:.3f}" for k in KEYS)
+            + f" worst_base={r['worst_base']} worst_cft={r['worst_cft']} n_fewshot={r['n_fewshot']}"
+            + f" kept_cft={r['kept_cft']} kept_control={r['kept_control']}"
+            + f" t_base={r['t_base']:.0f}s t_cft={r['t_cft']:.0f}s t_total={r['t_total']:.0f}s",
+            flush=True,
+        )
+    return rows
+
+
+def _rhos(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--rho takes comma-separated numbers, got {text!r}") from None
+    if not values or not all(0.0 <= v <= 1.0 for v in values):
+        raise argparse.ArgumentTypeError(f"--rho values must lie in [0, 1], got {text!r}")
+    return values
+
+
+def _curve(args: argparse.Namespace, base_cfg: FinetuneConfig, cft_cfg: FinetuneConfig) -> dict[str, float]:
+    """One line per (world, rho) with the seed means, then the summary line (curve_summary)."""
+    lines = []
+    for world in range(args.worlds or 1):
+        for rho in args.rho or [None]:
+            cfg = _with_world(base_cfg, world, rho)
+            sw = cfg.data.spuriousworld
+            pairs = ",".join(f"{c}:{b}" for c, b in zip(sw.classes, sw.backgrounds, strict=False))
+            prefix = f"world={world} rho={sw.rho:g} "
+            rows = _run_seeds(cfg, cft_cfg, args.seeds, args.split, prefix)
+            means = {k: statistics.fmean(r[k] for r in rows) for k in KEYS}
+            lines.append(means)
+            print(
+                prefix + " ".join(f"{k}={means[k]:.3f}" for k in CURVE_KEYS) + f" backgrounds={pairs}",
+                flush=True,
+            )
+    summary = curve_summary(lines)
+    print(" ".join(f"{k}={v:.3f}" if k != "n_biased" else f"{k}={v:.0f}" for k, v in summary.items()))
+    return summary
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -140,10 +252,14 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--cft-config", default="workflows/configs/finetune_cft.yaml")
     parser.add_argument("--split", default="test", choices=("val", "test"))
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--rho", type=_rhos, help="train co-occurrence strengths, comma-separated (0.985,0.9)"
+    )
+    parser.add_argument("--worlds", type=int, help="worlds 0..K-1 (0: the config's backgrounds)")
     parser.add_argument("overrides", nargs="*", help="base.KEY=VALUE or cft.KEY=VALUE (dotted config keys)")
     args = parser.parse_args(argv)
-    if args.seeds < 1:
-        raise SystemExit("--seeds must be >= 1")
+    if args.seeds < 1 or (args.worlds is not None and args.worlds < 1):
+        raise SystemExit("--seeds and --worlds must be >= 1")
     torch.set_num_threads(args.threads)
     base_over, cft_over = _split_overrides(args.overrides)
     base_cfg = load_config(FinetuneConfig, args.base_config, base_over)
@@ -152,17 +268,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         raise SystemExit("run.select chooses epochs on the val split; evaluate on --split test")
     if base_cfg.data.spuriousworld is None:
         raise SystemExit(f"{args.base_config} must render SpuriousWorld (data.spuriousworld)")
-    rows = []
-    for seed in range(args.seeds):
-        r = run_seed(base_cfg, cft_cfg, seed, args.split)
-        rows.append(r)
-        print(
-            f"seed={seed} "
-            + " ".join(f"{k}={r[k]:.3f}" for k in KEYS)
-            + f" worst_base={r['worst_base']} worst_cft={r['worst_cft']} n_fewshot={r['n_fewshot']}"
-            + f" t_base={r['t_base']:.0f}s t_cft={r['t_cft']:.0f}s t_total={r['t_total']:.0f}s",
-            flush=True,
-        )
+    if args.worlds is not None or args.rho is not None:
+        return _curve(args, base_cfg, cft_cfg)
+    rows = _run_seeds(base_cfg, cft_cfg, args.seeds, args.split, "")
     means = {k: statistics.fmean(r[k] for r in rows) for k in KEYS}
     if args.seeds > 1:
         print("std " + " ".join(f"{k}={statistics.stdev(r[k] for r in rows):.3f}" for k in KEYS))

@@ -4,9 +4,13 @@ Both steps run the real training code (``unspur.training.train_one_epoch`` on a 
 loader): ERM = forward + CE + backward + AdamW step; CFT = forward with attention capture +
 ``autograd.grad`` to the attention maps + rollout + CFT loss + backward + AdamW step. Repeats
 are interleaved (ERM, CFT, ERM, CFT, ...) so machine load hits both alike; the median of each
-is reported. Last line: ``ratio=<median CFT step / median ERM step>``.
+is reported. ``--relevance`` names the relevance method(s) of the CFT step (comma-separated, a
+key of ``unspur.relevance.RELEVANCE``: rollout, attnlrp); with several, each is timed in the same
+interleaved rounds and gets its own ratio line. Last line: ``ratio=<median CFT step / median ERM
+step>`` of the last method named.
 
     python benchmarks/cft_step_ratio.py --model vit_tiny_synth --batch-size 16 --repeats 15
+    python benchmarks/cft_step_ratio.py --relevance rollout,attnlrp --repeats 15
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import torch
 from unspur.config import LossConfig, ModelConfig, TrainConfig
 from unspur.losses import get_loss
 from unspur.models import build_model
+from unspur.relevance import RELEVANCE
 from unspur.training import make_optimizer, seed_everything, train_one_epoch
 
 
@@ -36,10 +41,10 @@ def _batch(batch_size: int, img_size: int) -> dict:
     }
 
 
-def _step_seconds(model, batch, loss_name: str, optimizer) -> float:
+def _step_seconds(model, batch, loss_name: str, optimizer, relevance: str = "rollout") -> float:
     spec, cfg = get_loss(loss_name), LossConfig(name=loss_name)
     start = time.perf_counter()
-    train_one_epoch(model, [batch], spec, cfg, optimizer)
+    train_one_epoch(model, [batch], spec, cfg, optimizer, relevance=relevance)
     return time.perf_counter() - start
 
 
@@ -51,17 +56,25 @@ def main(argv: list[str] | None = None) -> float:
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    parser.add_argument(
+        "--relevance", default="rollout", help="relevance method(s) of the CFT step, comma-separated"
+    )
     args = parser.parse_args(argv)
+    methods = [m for m in args.relevance.split(",") if m]
+    unknown = sorted(set(methods) - set(RELEVANCE))
+    if unknown or not methods:
+        raise SystemExit(f"--relevance: unknown {unknown}; choose from {sorted(RELEVANCE)}")
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     seed_everything(0)
     model = build_model(ModelConfig(name=args.model, num_classes=4, img_size=args.img_size))
     optimizer = make_optimizer(model, TrainConfig(lr=1e-5))
     batch = _batch(args.batch_size, args.img_size)
-    times: dict[str, list[float]] = {"erm": [], "cft": []}
+    steps = [("erm", "erm", "rollout")] + [(f"cft_{m}", "cft", m) for m in methods]
+    times: dict[str, list[float]] = {name: [] for name, _, _ in steps}
     for i in range(args.warmup + args.repeats):
-        for name in ("erm", "cft"):
-            seconds = _step_seconds(model, batch, name, optimizer)
+        for name, loss, relevance in steps:
+            seconds = _step_seconds(model, batch, loss, optimizer, relevance)
             if i >= args.warmup:
                 times[name].append(seconds)
     med = {k: statistics.median(v) for k, v in times.items()}
@@ -69,10 +82,12 @@ def main(argv: list[str] | None = None) -> float:
         f"model={args.model} batch={args.batch_size} img={args.img_size} threads={torch.get_num_threads()} "
         f"repeats={args.repeats}"
     )
-    print(f"erm_step_ms={med['erm'] * 1e3:.1f} cft_step_ms={med['cft'] * 1e3:.1f}")
-    ratio = med["cft"] / med["erm"]
-    print(f"ratio={ratio:.2f}")
-    return ratio
+    print(" ".join(f"{name}_step_ms={med[name] * 1e3:.1f}" for name, _, _ in steps))
+    ratios = {m: med[f"cft_{m}"] / med["erm"] for m in methods}
+    for method in methods:
+        print(f"relevance={method} ratio={ratios[method]:.2f}")
+    print(f"ratio={ratios[methods[-1]]:.2f}")
+    return ratios[methods[-1]]
 
 
 if __name__ == "__main__":

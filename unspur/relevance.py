@@ -10,13 +10,16 @@ for models pooling tokens by their mean, the mean of R's patch rows), register t
 reshaped to the patch grid, bilinearly upsampled to the image and min-max normalised per image
 to [0, 1]. Phi stays differentiable w.r.t. the model parameters through A_l.
 
-AttnLRP (``lxt``) is not registered. lxt 2.1 does not import next to transformers 5.x
-(``lxt.efficient`` imports ``find_pruneable_heads_and_indices``, ``lxt.explicit.core`` imports
-``transformers.utils.fx``; both are gone), ships rule maps only for Hugging Face models and
-torchvision's ViT (none for timm), and its relevance is a rule-modified gradient: training on
-it needs a second, rule-patched forward plus ``create_graph`` (a double backward), since the
-patched gradients must not train the classification term. A prototype with lxt's rule
-functions hooked into timm blocks ran at 2.37x an ERM step (rollout: 1.13x in the same run).
+``attnlrp`` is AttnLRP (Achtibat et al. 2024), implemented in :mod:`unspur.attnlrp`: the model's own
+forward with hooks, then the AttnLRP rules (LN rule, identity rule, softmax rule, uniform rule for
+the attention matmuls, LRP-epsilon elsewhere) as an explicit backward from the target logit to the
+tokens entering the first block; Phi is the patch tokens' signed relevance, reshaped, upsampled and
+min-max normalised as above. It stays differentiable: a loss on Phi trains through the rule
+backward (second order, as a double backward).
+It is not taken from ``lxt``: lxt 2.1 does not import next to transformers 5.x (``lxt.efficient``
+imports ``find_pruneable_heads_and_indices``, ``lxt.explicit.core`` imports
+``transformers.utils.fx``; both are gone) and ships rule maps only for Hugging Face models and
+torchvision's ViT (none for timm).
 """
 
 from __future__ import annotations
@@ -27,9 +30,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from unspur.attnlrp import token_relevance
 from unspur.models.attention import capture_attention, num_prefix_tokens, patch_grid, unwrap
 
-__all__ = ["RELEVANCE", "minmax", "relevance_map", "rollout", "rollout_from_attention", "upsample"]
+__all__ = ["RELEVANCE", "attnlrp", "minmax", "relevance_map", "rollout", "rollout_from_attention", "upsample"]
 
 RelevanceFn = Callable[[nn.Module, torch.Tensor, torch.Tensor | None], tuple[torch.Tensor, torch.Tensor]]
 EPS = 1e-8
@@ -101,13 +105,24 @@ def _phi_from_rollout(
 ) -> torch.Tensor:
     n_prefix = num_prefix_tokens(model)
     patches = rollout_from_attention(attentions, [g.detach() for g in grads], n_prefix, _uses_cls_row(model))
+    return _phi_from_tokens(model, patches, size)
+
+
+def _phi_from_tokens(model: nn.Module, patches: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Per-patch relevance (B, P) -> Phi (B, H, W): patch grid, bilinear upsampling, min-max."""
     rows, cols = patch_grid(model)
     if patches.shape[1] != rows * cols:
         raise RuntimeError(f"{patches.shape[1]} patch tokens do not fill the {rows}x{cols} patch grid")
-    return minmax(upsample(patches.view(-1, rows, cols), size))
+    return minmax(upsample(patches.reshape(-1, rows, cols), size))
 
 
-RELEVANCE: dict[str, RelevanceFn] = {"rollout": rollout}
+def attnlrp(model: nn.Module, images: torch.Tensor, target: torch.Tensor | None = None):
+    """AttnLRP. images (B, 3, H, W) -> (logits (B, K), phi (B, H, W)); see :mod:`unspur.attnlrp`."""
+    logits, tokens = token_relevance(model, images, target)
+    return logits, _phi_from_tokens(model, tokens[:, num_prefix_tokens(model) :], tuple(images.shape[-2:]))
+
+
+RELEVANCE: dict[str, RelevanceFn] = {"rollout": rollout, "attnlrp": attnlrp}
 
 
 def relevance_map(

@@ -35,6 +35,7 @@ __all__ = [
     "make_optimizer",
     "make_scheduler",
     "seed_everything",
+    "selection_note",
     "selection_score",
     "set_norm_eval",
     "train_one_epoch",
@@ -266,6 +267,30 @@ def selection_score(select: str, evaluation: dict[str, Any]) -> tuple[float, flo
     (acc, wga) for best_acc (the second breaks ties, e.g. a worst group still at 0 early on)."""
     order = ("wga", "acc") if select == "best_wga" else ("acc", "wga")
     return tuple(float(evaluation[k]) for k in order)
+
+
+def selection_note(
+    select: str,
+    epoch: int,
+    epochs: int,
+    chosen: dict[str, Any] | None,
+    start: dict[str, Any] | None,
+    split: str,
+) -> str:
+    """One plain sentence on the weights ``run.select`` kept, for summaries, reports and MLflow.
+
+    ``epoch``: the kept epoch (0-based; -1 = the starting model, evaluated before the first epoch);
+    ``chosen`` / ``start``: the evaluations of the kept and the starting weights on ``split``.
+    """
+    if select == "last":
+        return f"weights of the last epoch ({epochs} of {epochs}); run.select is last"
+    metric = select.removeprefix("best_")
+    if epoch < 0:
+        value = f" {float(start[metric]):.3f}" if start else ""
+        return f"no epoch improved on the starting model's {split} {metric}{value}; kept it"
+    value = f" {float(chosen[metric]):.3f}" if chosen else ""
+    before = f" (starting model {float(start[metric]):.3f})" if start else ""
+    return f"epoch {epoch + 1} of {epochs} had the best {split} {metric}{value}{before}; kept it"
 
 
 def fit(

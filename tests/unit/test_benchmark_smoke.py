@@ -1,10 +1,16 @@
-"""The benchmarks run on the current code (tiny sizes): they cannot rot."""
+"""The benchmarks run on the current code (tiny sizes): they cannot rot.
+
+CFT's curve over worlds and bias strengths: the worlds drawn, the summary line, and a tiny run."""
 
 from __future__ import annotations
 
+import importlib.util
+import math
 import subprocess
 import sys
 from pathlib import Path
+
+from unspur.data.spuriousworld import BACKGROUNDS
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -70,3 +76,58 @@ def test_ravl_mitigation_prints_its_result_line() -> None:
     tiny += ["data.digits_grid.n_train=96", "data.digits_grid.n_val=48", "data.digits_grid.n_test=48"]
     keys = _result_line("ravl_mitigation.py", [*tiny, "flyp.train.epochs=1"])
     assert set(keys) == {"acc_ft", "wga_ft", "acc_ravl", "wga_ravl"}
+
+
+def _benchmark_module(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_worlds_draw_four_of_eight_backgrounds_and_world_zero_is_the_default() -> None:
+    bench = _benchmark_module("cft_effect")
+    default = ["water", "grass", "sand", "snow"]
+    assert bench.world_backgrounds(0, default) == default
+    worlds = [bench.world_backgrounds(k, default) for k in range(1, 6)]
+    assert all(len(set(w)) == 4 and set(w) <= set(BACKGROUNDS) for w in worlds)
+    assert len({tuple(w) for w in worlds}) == 5 and worlds[0] == bench.world_backgrounds(1, default)
+
+
+def test_curve_summary_takes_the_worst_line_and_the_biased_gains() -> None:
+    bench = _benchmark_module("cft_effect")
+    lines = [
+        {"acc_base": 0.8, "wga_base": 0.1, "acc_cft": 0.7, "wga_cft": 0.5},
+        {"acc_base": 0.8, "wga_base": 0.3, "acc_cft": 0.9, "wga_cft": 0.2},
+        {"acc_base": 0.9, "wga_base": 0.6, "acc_cft": 0.9, "wga_cft": 0.7},
+    ]
+    got = bench.curve_summary(lines)
+    assert math.isclose(got["worst_harm"], 0.1) and math.isclose(got["worst_acc_drop"], 0.1)
+    assert math.isclose(got["min_gain_biased"], -0.1) and math.isclose(got["mean_gain_biased"], 0.15)
+    assert got["n_biased"] == 2
+    clean = bench.curve_summary([{"acc_base": 0.8, "wga_base": 0.6, "acc_cft": 0.9, "wga_cft": 0.7}])
+    assert (
+        clean["worst_harm"] == 0.0 and clean["worst_acc_drop"] == 0.0 and math.isnan(clean["min_gain_biased"])
+    )
+
+
+def test_cft_effect_curve_prints_a_line_per_world_and_rho_then_the_summary() -> None:
+    tiny = ["base.train.epochs=1", "cft.train.epochs=1", "base.data.spuriousworld.n_train=160"]
+    tiny += ["cft.fewshot.per_class=8"]
+    tiny += ["base.data.spuriousworld.image_size=32", "base.model.img_size=32", "cft.model.img_size=32"]
+    tiny += ["base.data.spuriousworld.n_val=32", "base.data.spuriousworld.n_test=32", "--threads", "1"]
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "cft_effect.py"), "--worlds", "2", "--rho", "0.9", *tiny],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = done.stdout.strip().splitlines()
+    means = [line for line in out if line.startswith("world=") and " seed=" not in line]
+    assert [line.split()[:2] for line in means] == [["world=0", "rho=0.9"], ["world=1", "rho=0.9"]]
+    assert "backgrounds=bird:water," in means[0]
+    keys = dict(item.split("=") for item in out[-1].split())
+    assert {"worst_harm", "worst_acc_drop", "min_gain_biased", "mean_gain_biased"} <= set(keys)
+    assert float(keys["worst_harm"]) >= 0.0 and float(keys["worst_acc_drop"]) >= 0.0

@@ -12,11 +12,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from mlflow import MlflowClient
 
 from unspur.config import FinetuneConfig, load_config
 from unspur.losses import LOSSES
 from unspur.models import load_checkpoint
 from unspur.workflows.finetune import job
+from unspur.workflows.finetune.loop import initial_model
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = [
@@ -32,8 +34,6 @@ TINY = [
 
 
 def _mlflow_history(out: Path, run_id: str, key: str) -> list[int]:
-    from mlflow import MlflowClient
-
     client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
     return sorted(m.step for m in client.get_metric_history(run_id, key))
 
@@ -176,11 +176,10 @@ def test_select_saves_the_best_validation_epoch(tmp_path: Path) -> None:
     ]
     assert job.main(args) == 0
     summary = json.loads((tmp_path / "finetune_summary.json").read_text())
-    trained = [h for h in summary["history"] if h["epoch"] >= 0]
-    best = max(
-        trained, key=lambda h: (h["eval"]["acc"], h["eval"]["wga"], -h["epoch"])
-    )  # then the earlier epoch
+    # the starting model (epoch -1) is a candidate; ties go to the earlier epoch
+    best = max(summary["history"], key=lambda h: (h["eval"]["acc"], h["eval"]["wga"], -h["epoch"]))
     assert summary["select"] == "best_acc" and summary["selected_epoch"] == best["epoch"]
+    assert summary["kept_start"] == (best["epoch"] == -1) and summary["selection"].endswith("kept it")
     assert summary["final"] == best["eval"]
     for i, record in enumerate(trained):  # what a sweep trial reports: the best epoch so far
         so_far = max(trained[: i + 1], key=lambda h: (h["eval"]["acc"], h["eval"]["wga"], -h["epoch"]))
@@ -193,8 +192,42 @@ def test_select_saves_the_best_validation_epoch(tmp_path: Path) -> None:
     assert job.main([*(a for a in args if a != "train.epochs=4"), "train.epochs=6"]) == 0
     resumed = json.loads((tmp_path / "finetune_summary.json").read_text())
     assert resumed["start_epochs"] == [0, 4]
-    trained = [h for h in resumed["history"] if h["epoch"] >= 0]
-    best = max(trained, key=lambda h: (h["eval"]["acc"], h["eval"]["wga"], -h["epoch"]))
+    best = max(resumed["history"], key=lambda h: (h["eval"]["acc"], h["eval"]["wga"], -h["epoch"]))
     assert resumed["selected_epoch"] == best["epoch"] and resumed["final"] == best["eval"]
     # choosing an epoch on the test split is refused before training
     assert job.main(["--out", str(tmp_path / "t"), *TINY, "run.select=best_wga"]) == 2
+
+
+def test_select_keeps_the_starting_model_when_no_epoch_beats_it(tmp_path: Path) -> None:
+    """Do no harm: with a learning rate too small to change a prediction, no epoch beats the
+    starting model's val score (ties keep the earlier weights), so it is returned unchanged, and
+    the summary, the MLflow run and a resumed run say so."""
+    args = ["--out", str(tmp_path), *TINY, "data.spuriousworld.n_val=16", "data.eval_split=val"]
+    args += ["loss.name=erm", "train.lr=1e-12", "run.select=best_wga", "run.figure_images=0"]
+    assert job.main([*args, "train.epochs=2"]) == 0
+    summary = json.loads((tmp_path / "finetune_summary.json").read_text())
+    assert summary["selected_epoch"] == -1 and summary["kept_start"]
+    assert summary["final"] == summary["initial"]
+    wga = summary["initial"]["wga"]
+    assert summary["selection"] == f"no epoch improved on the starting model's val wga {wga:.3f}; kept it"
+    expected = initial_model(load_config(FinetuneConfig, None, list(TINY))).state_dict()
+    saved, _ = load_checkpoint(tmp_path / "model")
+    for name, tensor in saved.state_dict().items():
+        assert torch.equal(tensor, expected[name]), name
+    run = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(summary["mlflow_run_id"])
+    assert run.data.tags["selection"] == summary["selection"] and run.data.metrics["selected_epoch"] == -1
+    # resumed for one more epoch: compared against exactly the kept (starting) weights
+    assert job.main([*args, "train.epochs=3"]) == 0
+    resumed = json.loads((tmp_path / "finetune_summary.json").read_text())
+    assert resumed["start_epochs"] == [0, 2] and resumed["selected_epoch"] == -1
+    assert resumed["final"] == summary["initial"]
+
+
+def test_cft_trains_on_attnlrp_relevance(tmp_path: Path) -> None:
+    """``relevance: attnlrp`` end to end: CFT trains through it, evaluation and the figure use it."""
+    args = ["--out", str(tmp_path), *TINY, "loss.name=cft", "relevance=attnlrp", "train.epochs=1"]
+    assert job.main([*args, "run.track=false"]) == 0
+    summary = json.loads((tmp_path / "finetune_summary.json").read_text())
+    assert summary["history"][1]["train"]["align"] > 0 and "align_mass_in" in summary["final"]
+    assert (tmp_path / "relevance_before_after.png").stat().st_size > 1000
+    assert job.main(["--out", str(tmp_path / "x"), *TINY, "relevance=lrp"]) == 2  # unknown: one-line error

@@ -71,9 +71,12 @@ def test_pipeline_runs_every_stage_then_reuses_them(tmp_path: Path, ray_local, m
         ).is_file()
     report = (out / "report.md").read_text()
     assert "wga" in report and "figures/cft_relevance_before_after.png" in report
-    assert f"`cft`: `{out / 'cft'}` (weights of epoch 1 of 1, best wga on val)" in report
-    assert f"`control`: `{out / 'control'}` (weights of epoch 1 of 1, best wga on val)" in report
-    assert f"`base`: `{out / 'base'}`\n" in report  # the base keeps its last epoch
+    assert "## Weights kept by run.select" in report
+    for name in ("cft", "control"):  # the starting model (the base) is a candidate of run.select
+        summary = json.loads((out / name / "finetune_summary.json").read_text())
+        assert summary["selected_epoch"] in (-1, 0) and summary["selection"].endswith("; kept it")
+        assert f"- `{name}`: {summary['selection']}\n" in report
+    assert "- `base`: " not in report.split("## Weights kept by run.select")[1].split("##")[0]
     assert (out / "figures" / "cft_relevance_before_after.png").is_file()
     metrics = json.loads((out / "evaluate" / "cft" / "metrics.json").read_text())
     assert 0.0 <= metrics["wga"] <= metrics["acc"] <= 1.0

@@ -137,7 +137,9 @@ class FinetuneRunConfig(StrictModel):
     ``select`` picks the weights saved as ``<out>/model``: the last epoch's, or those of the
     evaluated epoch (every ``eval_every``) with the best worst-group (``best_wga``) or average
     (``best_acc``) accuracy on ``data.eval_split``, which must then be a validation split. The
-    starting weights are never a candidate; ties go to the other accuracy, then the earlier epoch.
+    starting weights are a candidate too (evaluated before the first epoch): when no epoch beats
+    them they are kept unchanged, so fine-tuning never returns a model worse on that split. Ties
+    go to the other accuracy, then the earlier epoch (the starting model first).
     """
 
     name: str = "finetune"

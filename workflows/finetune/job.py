@@ -204,6 +204,8 @@ BRIEF_KEYS = (
     "epochs",
     "select",
     "selected_epoch",
+    "kept_start",
+    "selection",
     "figure",
     "mlflow_run_id",
     "ray_checkpoint",

@@ -36,6 +36,7 @@ from unspur.training import (
     make_optimizer,
     make_scheduler,
     seed_everything,
+    selection_note,
     selection_score,
     train_one_epoch,
 )
@@ -214,6 +215,8 @@ def run_loop(cfg: FinetuneConfig, tables: dict[str, Any], session: Any) -> dict[
     if rank0 and start == 0:
         shutil.rmtree(Path(cfg.out) / SELECTED, ignore_errors=True)  # a stale choice of an earlier run
         history.append({"epoch": -1, "eval": _evaluate(cfg, model, eval_loader, with_rel)})
+        if cfg.run.select != "last":  # the starting model is a candidate: CFT never returns worse
+            _keep(cfg, model, history[-1])
         if tracker:
             tracker.log_epoch(history[-1], step=0)
     for epoch in range(start, cfg.train.epochs):
@@ -240,12 +243,7 @@ def run_loop(cfg: FinetuneConfig, tables: dict[str, Any], session: Any) -> dict[
         if rank0 and ((epoch + 1) % cfg.run.eval_every == 0 or last):
             record["eval"] = _evaluate(cfg, model, eval_loader, with_rel)
             if _improves(cfg, record):
-                save_checkpoint(
-                    Path(cfg.out) / SELECTED,
-                    unwrap(model),
-                    cfg,
-                    extra={"epoch": epoch, "eval": record["eval"]},
-                )
+                _keep(cfg, model, record)
             record["kept"] = _kept(cfg, record)
         if rank0:
             _print_progress(cfg, record)
@@ -266,9 +264,17 @@ def run_loop(cfg: FinetuneConfig, tables: dict[str, Any], session: Any) -> dict[
     return _finish(cfg, model, eval_ds, history, starts, tracker) if rank0 else None
 
 
+def _keep(cfg: FinetuneConfig, model: nn.Module, record: dict[str, Any]) -> None:
+    """Save ``model`` as the ``run.select`` choice so far, with its epoch (-1: the starting
+    model) and evaluation beside it."""
+    extra = {"epoch": record["epoch"], "eval": record["eval"]}
+    save_checkpoint(Path(cfg.out) / SELECTED, unwrap(model), cfg, extra=extra)
+
+
 def _improves(cfg: FinetuneConfig, record: dict[str, Any]) -> bool:
-    """Whether ``record``'s evaluation beats the weights kept so far under ``run.select`` (their
-    evaluation is stored beside them, so a resumed run compares against exactly those weights)."""
+    """Whether ``record``'s evaluation beats the weights kept so far under ``run.select`` (the
+    starting model first; their evaluation is stored beside them, so a resumed run compares against
+    exactly those weights). Only a strictly better score replaces them: ties keep the earlier."""
     if cfg.run.select == "last":
         return False
     kept = read_extra(Path(cfg.out) / SELECTED).get("eval")
@@ -325,16 +331,21 @@ def _finish(
 
         plt.close(figure)
     evals = [h for h in history if "eval" in h]
+    initial = evals[0]["eval"] if evals and evals[0]["epoch"] == -1 else None
+    note = selection_note(cfg.run.select, epoch, cfg.train.epochs, final, initial, cfg.data.eval_split)
+    print(f"[finetune {cfg.run.name}] {note}", flush=True)
     summary = {
         "checkpoint": str(final_dir),
         "run_name": cfg.run.name,
         "start_epochs": starts,
         "epochs_trained_this_run": cfg.train.epochs - starts[-1],
-        "initial": evals[0]["eval"] if evals and evals[0]["epoch"] == -1 else None,
+        "initial": initial,
         "final": final,
         "epochs": cfg.train.epochs,
         "select": cfg.run.select,
-        "selected_epoch": epoch,
+        "selected_epoch": epoch,  # -1: no epoch beat the starting model, which is kept unchanged
+        "kept_start": epoch < 0,
+        "selection": note,
         "num_threads": torch.get_num_threads(),  # same config + same count -> same numbers (README)
         "history": history,
         "figure": str(figure_path) if figure_path else None,

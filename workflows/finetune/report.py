@@ -57,8 +57,12 @@ class Tracker:
         self.client.log_figure(self.run_id, figure, artifact_file)
 
     def finish(self, model_dir: Path, summary: dict[str, Any]) -> None:
-        """Log the final model folder (safetensors + config) and the summary; end the run."""
+        """Log the final model folder (safetensors + config) and the summary, tag the run with which
+        weights were kept (``selection``: e.g. that no epoch beat the starting model); end the run."""
         self.client.log_artifacts(self.run_id, str(model_dir), "model")
+        if summary.get("selection"):
+            self.client.set_tag(self.run_id, "selection", summary["selection"])
+            self.client.log_metric(self.run_id, "selected_epoch", summary["selected_epoch"])
         self.client.log_dict(
             self.run_id, {k: v for k, v in summary.items() if k != "history"}, "finetune_summary.json"
         )

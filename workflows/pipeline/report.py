@@ -14,6 +14,10 @@ __all__ = ["print_table", "write_report", "HEADLINE"]
 HEADLINE = (("acc", "avg acc"), ("wga", "wga (worst-group acc)"), ("align_mass_in", "relevance in object"))
 
 
+#: how the report names a relevance method (``evaluate.relevance``)
+_METHOD_NAMES = {"rollout": "gradient-weighted attention rollout", "attnlrp": "AttnLRP"}
+
+
 def _fmt(value: Any) -> str:
     return f"{value:.3f}" if isinstance(value, (int, float)) else "-"
 
@@ -63,12 +67,22 @@ def _group_table(evaluations: dict[str, dict[str, Any]]) -> list[str]:
     return lines
 
 
-def _selection(result: Any) -> str:
-    """`` (epoch 12 of 75, best val wga)`` for a finetune stage whose weights were chosen by run.select."""
-    if not isinstance(result, dict) or result.get("select", "last") == "last":
-        return ""
-    metric = result["select"].removeprefix("best_")
-    return f" (weights of epoch {result['selected_epoch'] + 1} of {result['epochs']}, best {metric} on val)"
+def _selection_lines(results: dict[str, Any]) -> list[str]:
+    """A section naming the weights each finetune stage with ``run.select`` kept: ``epoch 12 of 75
+    had the best val wga ...; kept it`` or ``no epoch improved on the starting model's val wga
+    0.312; kept it`` (the starting model is a candidate, so a stage never returns a worse one)."""
+    lines = []
+    for name, result in results.items():
+        if not isinstance(result, dict) or result.get("select", "last") == "last":
+            continue
+        note = result.get("selection")
+        if not note:  # a summary written before the note existed
+            metric = result["select"].removeprefix("best_")
+            note = (
+                f"weights of epoch {result['selected_epoch'] + 1} of {result['epochs']}, best {metric} on val"
+            )
+        lines.append(f"- `{name}`: {note}")
+    return ["", "## Weights kept by run.select", "", *lines] if lines else []
 
 
 def _figure(figures: Path, source: str | None, name: str, heading: str, caption: str) -> list[str]:
@@ -94,10 +108,12 @@ def write_report(
         "",
     ]
     lines += _markdown_table(evaluations, cfg.evaluate.models)
+    lines += _selection_lines(results)
     lines += [
         "",
         "wga = worst-group accuracy; relevance in object = share of the relevance map "
-        "(gradient-weighted attention rollout) that falls on the object's pixels.",
+        f"({_METHOD_NAMES.get(cfg.evaluate.relevance, cfg.evaluate.relevance or 'not computed')}) that falls on "
+        "the object's pixels.",
         "",
         "## Accuracy per group",
         "",
@@ -120,9 +136,7 @@ def write_report(
             "view, background view; each titled with the label and the zero-shot and tuned predictions.",
         )
     lines += ["", "## Stages", ""] + [
-        f"- `{name}`: `{out / name}`{_selection(result)}"
-        for name, result in results.items()
-        if not name.startswith("eval")
+        f"- `{name}`: `{out / name}`" for name in results if not name.startswith("eval")
     ]
     lines += ["", "Open the tracked runs with `unspur ui --out " + str(out) + "`.", ""]
     path = out / "report.md"
