@@ -181,9 +181,11 @@ def test_select_saves_the_best_validation_epoch(tmp_path: Path) -> None:
     assert summary["select"] == "best_acc" and summary["selected_epoch"] == best["epoch"]
     assert summary["kept_start"] == (best["epoch"] == -1) and summary["selection"].endswith("kept it")
     assert summary["final"] == best["eval"]
-    for i, record in enumerate(trained):  # what a sweep trial reports: the best epoch so far
-        so_far = max(trained[: i + 1], key=lambda h: (h["eval"]["acc"], h["eval"]["wga"], -h["epoch"]))
-        assert record["kept"] == so_far["eval"]
+    history = summary["history"]  # what a sweep trial reports: the best so far, the start included
+    for i, record in enumerate(history):
+        if record["epoch"] >= 0:
+            so_far = max(history[: i + 1], key=lambda h: (h["eval"]["acc"], h["eval"]["wga"], -h["epoch"]))
+            assert record["kept"] == so_far["eval"]
     saved, _ = load_checkpoint(tmp_path / "model")
     chosen, _ = load_checkpoint(tmp_path / "selected")
     for (name, a), b in zip(saved.state_dict().items(), chosen.state_dict().values(), strict=True):
