@@ -150,7 +150,7 @@ def test_fields_hold_only_what_the_loss_reads_and_skip_mask_decoding(monkeypatch
 
     monkeypatch.setattr("unspur.data.torch_dataset.decode", no_decoding)
     item = ImageMaskDataset(_images(), masks, img_size=16, fields=("image", "label"))[0]
-    assert set(item) == {"image", "label", "group", "image_id"}
+    assert set(item) == {"image", "label", "group", "image_id", "view_id"}
     assert torch.equal(item["image"], full["image"]) and item["label"] == full["label"]
     with pytest.raises(ValueError, match="tokens"):
         ImageMaskDataset(_images(), masks, img_size=16, fields=("image", "tokens"))

@@ -141,7 +141,7 @@ def test_dataset_yields_caption_tokens(world) -> None:
     tokenizer = FAMILY.tokenizer(CFG)
     ds = ImageMaskDataset(images, img_size=32, fields=("image", "label", "tokens"), tokenizer=tokenizer)
     item = ds[0]
-    assert set(item) == {"image", "label", "tokens", "image_id", "group"}
+    assert set(item) == {"image", "label", "tokens", "image_id", "view_id", "group"}
     torch.testing.assert_close(item["tokens"], tokenizer([images.caption[0]])[0])
     assert "tokens" not in ImageMaskDataset(images, img_size=32)[0]  # default unchanged
     with pytest.raises(ValueError, match="tokenizer"):

@@ -44,7 +44,15 @@ CLIP = ClipModelConfig(img_size=SIZE, classes=["zero", "one", "two"])
 
 def _clip_batches() -> list[dict[str, Any]]:
     tokens = get_family("clip").tokenizer(CLIP)(["a photo of a zero.", "a one", "a two", "zero"])
-    return [{**batch, "tokens": tokens, "spurious_tokens": tokens.flip(0)} for batch in _timm_batches()]
+    return [
+        {
+            **batch,
+            "tokens": tokens,
+            "spurious_tokens": tokens.flip(0),
+            "regions": batch["image"][:, None].flip(-1),
+        }
+        for batch in _timm_batches()
+    ]
 
 
 #: per family: a tiny config and the batches it runs on (a new family adds its entry here)
@@ -73,8 +81,11 @@ def test_family_builds_runs_predicts_and_evaluates(name: str) -> None:
     batch = batches()[0]
     out = family.forward(model, batch, family.outputs, base_model=base)
     assert set(out) == set(family.outputs)
-    n_batch = len(batch["image_id"])  # per-image outputs, or scalars (a CLIP logit scale)
-    assert all(isinstance(v, torch.Tensor) and (v.ndim == 0 or v.shape[0] == n_batch) for v in out.values())
+    n_batch = len(batch["image_id"])  # per-image outputs, or scalars (a CLIP logit scale),
+    per_class = {"class_text_features"}  # or one row per class (the zero-shot head)
+    for key, v in out.items():
+        rows = len(cfg.classes) if key in per_class else n_batch
+        assert isinstance(v, torch.Tensor) and (v.ndim == 0 or v.shape[0] == rows), key
     assert set(family.forward(model, batch, frozenset({"logits"}))) == {"logits"}
 
     pred = family.predict(model, batches())
