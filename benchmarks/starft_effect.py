@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import argparse
 import copy
+import multiprocessing
 import statistics
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -149,13 +151,21 @@ def run_seed(stages: dict[str, dict[str, Any]], seed: int, split: str) -> dict[s
     return out
 
 
+def _run_seed(job: tuple[dict[str, dict[str, Any]], int, str, int]) -> dict[str, Any]:
+    """:func:`run_seed` in a worker process (``--workers``), with its own torch thread count."""
+    stages, seed, split, threads = job
+    torch.set_num_threads(threads)
+    return run_seed(stages, seed, split)
+
+
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=1, help="seeds 0..K-1; the last line averages them")
     parser.add_argument("--first-seed", type=int, default=0, help="seeds first..first+K-1")
     parser.add_argument("--pipeline", type=Path, default=PIPELINE)
     parser.add_argument("--split", default="test", choices=("val", "test"))
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads per seed")
+    parser.add_argument("--workers", type=int, default=1, help="seeds run in parallel processes")
     parser.add_argument("overrides", nargs="*", help="STAGE.KEY=VALUE (e.g. starft.loss.lam=10)")
     args = parser.parse_args(argv)
     if args.seeds < 1:
@@ -166,9 +176,15 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         stages[s].get("run", {}).get("select", "last") != "last" for s in ("flyp",)
     ):
         raise SystemExit("run.select chooses epochs on the val split; evaluate on --split test")
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+    if args.workers > 1:
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(args.workers, mp_context=context) as pool:
+            results = list(pool.map(_run_seed, [(stages, s, args.split, args.threads) for s in seeds]))
+    else:
+        results = [run_seed(stages, s, args.split) for s in seeds]
     rows = []
-    for seed in range(args.first_seed, args.first_seed + args.seeds):
-        r = run_seed(stages, seed, args.split)
+    for seed, r in zip(seeds, results, strict=True):
         rows.append(r)
         print(
             f"seed={seed} "
