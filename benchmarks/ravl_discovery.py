@@ -32,7 +32,12 @@ def _key(v: float) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--values", type=float, nargs="+", default=[0.7, 0.8, 0.9, 0.95, 0.99])
+    parser.add_argument(
+        "--values",
+        type=lambda text: [float(v) for v in text.split(",") if v.strip()],
+        default=[0.7, 0.8, 0.9, 0.95, 0.99],
+        help="comma list of Cramer's V (a space list would swallow the overrides after it)",
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("overrides", nargs="*", help="<stage>.<key>=<value> on ravl_pipeline.yaml")
