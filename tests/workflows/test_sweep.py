@@ -288,6 +288,42 @@ def test_trial_metrics_and_best_trial_rules() -> None:
     assert best_trial(table[table["status"] == "failed"], space) is None
 
 
+class _Trial:
+    """What Ray's MLflowLoggerCallback reads of a Tune trial: its name and its config."""
+
+    def __init__(self, name: str, config: dict) -> None:
+        self.name, self.config = name, config
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def test_a_restarted_trial_reopens_its_child_run(tmp_path: Path) -> None:
+    """Two loggers, as a killed driver and its restored successor: one child run per trial name,
+    metrics stepped by ``epochs_done`` (the restarted trial's Tune iteration starts again at 1)."""
+    from unspur.workflows.sweep.runs import TrialRunLogger
+
+    client = _client(tmp_path)
+    parent = client.create_run(client.create_experiment("sweep")).info.run_id
+    tags = {"mlflow.parentRunId": parent, "job": "sweep_trial"}
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    first, again = (TrialRunLogger(tracking_uri=uri, experiment_name="sweep", tags=tags) for _ in range(2))
+    first.setup()
+    killed, other = _Trial("trial_a", {"train.lr": 0.1}), _Trial("trial_b", {"train.lr": 0.2})
+    first.log_trial_start(killed)
+    first.log_trial_result(1, killed, {"val_wga": 0.5, "epochs_done": 1, "training_iteration": 1})
+    again.setup()  # the restored driver: nothing in memory
+    for trial in (killed, other):
+        again.log_trial_start(trial)
+        again.log_trial_result(1, trial, {"val_wga": 0.6, "epochs_done": 2, "training_iteration": 1})
+        again.log_trial_end(trial)
+    _, _, children = _runs(tmp_path)
+    assert sorted(c.data.tags["trial_name"] for c in children) == ["trial_a", "trial_b"]
+    assert {c.info.status for c in children} == {"FINISHED"}
+    run_a = next(c for c in children if c.data.tags["trial_name"] == "trial_a").info.run_id
+    assert [m.step for m in client.get_metric_history(run_a, "val_wga")] == [1, 2]
+
+
 def test_asha_ranks_trials_by_the_model_they_keep_and_a_stopped_trial_leaves_it(
     ray_local, tmp_path: Path
 ) -> None:
