@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from unspur.config import ModelConfig, SpuriousWorldConfig
+from unspur.config import ClipModelConfig, ModelConfig, SpuriousWorldConfig
 from unspur.data.spuriousworld import generate_tables
 from unspur.models import build_model, save_checkpoint
+from unspur.workflows.adapt import job as adapt
 from unspur.workflows.evaluate import job as evaluate
 from unspur.workflows.finetune import job as finetune
 from unspur.workflows.masks import job as masks
@@ -65,6 +66,33 @@ def test_evaluate_refuses_a_missing_checkpoint_before_ray(no_ray, tables, tmp_pa
     argv = ["--out", str(tmp_path), f"checkpoint={root / 'ckpt'}", f"images={root / 'nope.parquet'}"]
     assert evaluate.main(argv) == 2
     assert "nope.parquet" in capsys.readouterr().err
+
+
+def test_adapt_refuses_a_missing_or_wrong_checkpoint_and_missing_tables_before_ray(
+    no_ray, tables, tmp_path, capsys
+):
+    from unspur.models.families import get_family
+
+    root, _ = tables
+    clip_cfg = ClipModelConfig(img_size=32, classes=SpuriousWorldConfig().classes)
+    save_checkpoint(tmp_path / "clip", get_family("clip").build(clip_cfg), clip_cfg)
+    good = [f"images={root / 'good.parquet'}", f"masks={root / 'parts.parquet'}"]
+    cases = [
+        (["checkpoint=/missing", *good], "/missing"),
+        ([f"checkpoint={root / 'ckpt'}", *good], "must be a clip-family model"),
+        (
+            [f"checkpoint={tmp_path / 'clip'}", f"images={root / 'nope.parquet'}", good[1]],
+            "nope.parquet does not exist",
+        ),
+        (
+            [f"checkpoint={tmp_path / 'clip'}", good[0], f"masks={root / 'nope.parquet'}"],
+            "nope.parquet does not exist",
+        ),
+    ]
+    for args, message in cases:
+        assert adapt.main(["--out", str(tmp_path / "run"), *args, "track=false"]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
 
 
 def test_masks_refuses_a_missing_table_before_ray(no_ray, tmp_path, capsys):

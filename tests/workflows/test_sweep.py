@@ -1,12 +1,16 @@
 """``unspur sweep`` on the local Ray: Ray Train trials with MLflow parent/child runs and the best
 config exported; in-process trials interrupted, resumed without re-running finished trials, and a
-failing trial recorded; bad spaces and resource requests refused before any trial runs."""
+failing trial recorded; bad spaces and resource requests refused before any trial runs. The fault
+drill: the driver of ``unspur sweep`` SIGKILLed while a trial trains, then the same command again."""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -17,6 +21,7 @@ from ray import tune
 from unspur.config import ConfigError, FinetuneConfig, SweepConfig, load_config
 from unspur.workflows.sweep import job as sweep
 
+REPO = Path(__file__).resolve().parents[2]
 TINY_FINETUNE = {
     "data": {
         "spuriousworld": {"image_size": 32, "n_train": 16, "n_val": 16, "n_test": 1},
@@ -177,7 +182,7 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials_and_records
     ],
 )
 def test_bad_space_fails_before_any_ray_work(tmp_path: Path, monkeypatch, capsys, param, message) -> None:
-    monkeypatch.setattr(sweep, "_start_ray", lambda: pytest.fail("Ray was started for an invalid sweep"))
+    monkeypatch.setattr(sweep, "_start_ray", lambda *_: pytest.fail("Ray was started for an invalid sweep"))
     search = "grid" if next(iter(param.values()))["type"] == "grid" else "random"
     cfg = _config(tmp_path, _space(tmp_path, param, search=search))
     assert sweep.main(["--config", str(cfg), "--out", str(tmp_path / "out")]) == 2
@@ -283,6 +288,42 @@ def test_trial_metrics_and_best_trial_rules() -> None:
     assert best_trial(table[table["status"] == "failed"], space) is None
 
 
+class _Trial:
+    """What Ray's MLflowLoggerCallback reads of a Tune trial: its name and its config."""
+
+    def __init__(self, name: str, config: dict) -> None:
+        self.name, self.config = name, config
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def test_a_restarted_trial_reopens_its_child_run(tmp_path: Path) -> None:
+    """Two loggers, as a killed driver and its restored successor: one child run per trial name,
+    metrics stepped by ``epochs_done`` (the restarted trial's Tune iteration starts again at 1)."""
+    from unspur.workflows.sweep.runs import TrialRunLogger
+
+    client = _client(tmp_path)
+    parent = client.create_run(client.create_experiment("sweep")).info.run_id
+    tags = {"mlflow.parentRunId": parent, "job": "sweep_trial"}
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    first, again = (TrialRunLogger(tracking_uri=uri, experiment_name="sweep", tags=tags) for _ in range(2))
+    first.setup()
+    killed, other = _Trial("trial_a", {"train.lr": 0.1}), _Trial("trial_b", {"train.lr": 0.2})
+    first.log_trial_start(killed)
+    first.log_trial_result(1, killed, {"val_wga": 0.5, "epochs_done": 1, "training_iteration": 1})
+    again.setup()  # the restored driver: nothing in memory
+    for trial in (killed, other):
+        again.log_trial_start(trial)
+        again.log_trial_result(1, trial, {"val_wga": 0.6, "epochs_done": 2, "training_iteration": 1})
+        again.log_trial_end(trial)
+    _, _, children = _runs(tmp_path)
+    assert sorted(c.data.tags["trial_name"] for c in children) == ["trial_a", "trial_b"]
+    assert {c.info.status for c in children} == {"FINISHED"}
+    run_a = next(c for c in children if c.data.tags["trial_name"] == "trial_a").info.run_id
+    assert [m.step for m in client.get_metric_history(run_a, "val_wga")] == [1, 2]
+
+
 def test_asha_ranks_trials_by_the_model_they_keep_and_a_stopped_trial_leaves_it(
     ray_local, tmp_path: Path
 ) -> None:
@@ -305,3 +346,100 @@ def test_asha_ranks_trials_by_the_model_they_keep_and_a_stopped_trial_leaves_it(
         assert read_extra(kept)["eval"]["wga"] == pytest.approx(row.val_wga)
     best = read_extra(summary["best_model"])["eval"]["wga"]
     assert best == pytest.approx(table["val_wga"].max()) == pytest.approx(summary["best"]["val_wga"])
+
+
+def _mid_run(trials: Path) -> tuple[list[str], dict[str, list[str]]]:
+    """(trials finished, {trial still training: its checkpoints}) as on disk now."""
+    finished = sorted(p.parent.name for p in trials.glob("*/finetune_summary.json"))
+    training = {
+        d.name: sorted(p.parent.name for p in d.glob("checkpoints/*/checkpoint_*/train_state.pt"))
+        for d in trials.iterdir()
+        if d.is_dir() and d.name not in finished
+    }
+    return finished, {k: v for k, v in training.items() if v}
+
+
+def _kill_mid_trial(command: list[str], env: dict, out: Path, log: Path, timeout: float = 600.0) -> dict:
+    """Start the sweep, SIGKILL its driver once a trial has finished and another has a checkpoint;
+    2 s later, list what is left of its process group (its own Ray's processes) and end it."""
+    start = time.perf_counter()
+    with log.open("w") as sink:
+        driver = subprocess.Popen(
+            command, cwd=REPO, env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    record: dict = {}
+    try:
+        while driver.poll() is None and time.perf_counter() - start < timeout:
+            finished, training = _mid_run(out / "trials") if (out / "trials").is_dir() else ([], {})
+            if finished and training:
+                os.kill(driver.pid, signal.SIGKILL)
+                record = {"finished": finished, "training": training}
+                record["killed_after_s"] = round(time.perf_counter() - start, 1)
+                break
+            time.sleep(0.02)
+        driver.wait(timeout=60)
+    finally:
+        time.sleep(2)
+        left = subprocess.run(["pgrep", "-l", "-g", str(driver.pid)], capture_output=True, text=True)
+        record["survivors"] = sorted(line.split()[-1] for line in left.stdout.splitlines())
+        if record["survivors"]:
+            os.killpg(driver.pid, signal.SIGKILL)
+    return record
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+def test_a_sweep_whose_driver_is_killed_finishes_every_trial_once_with_one_child_run_each(
+    tmp_path: Path,
+) -> None:
+    """3 in-process trials one at a time (4 epochs of 64 images); the driver is SIGKILLed once a
+    trial has finished and the next has a checkpoint; the same command restores the sweep."""
+    lrs, epochs = [3.0e-4, 1.0e-3, 3.0e-3], 4
+    space = _space(tmp_path, {"train.lr": {"type": "grid", "values": lrs}})
+    world = {"image_size": 32, "n_train": 64, "n_val": 16, "n_test": 1}
+    changes = {"data.spuriousworld": world, "train.epochs": epochs}
+    cfg = _config(tmp_path, space, max_concurrent_trials=1, plot=False, finetune=changes)
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "unspur.workflows.cli", "sweep", "--config", str(cfg), "--out", str(out)]
+    # a busy machine: the driver's own Ray may take more than Ray's default 30 s to register its node
+    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_raylet_start_wait_time_s": "180"}
+    for name in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI"):
+        env.pop(name, None)
+    drill = _kill_mid_trial(command, env, out, tmp_path / "killed.log")
+    assert "killed_after_s" in drill, (tmp_path / "killed.log").read_text()[-3000:]
+    done, resumed = drill["finished"][0], next(iter(drill["training"]))
+    stamp = (out / "trials" / done / "finetune_summary.json").stat().st_mtime_ns
+
+    start = time.perf_counter()
+    again = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    drill["restored_s"] = round(time.perf_counter() - start, 1)
+    errors = [
+        line for line in (again.stdout + again.stderr).splitlines() if "Error" in line or "error:" in line
+    ]
+    assert again.returncode == 0, "\n".join(errors)[-3000:] or again.stderr[-3000:]
+    summary = json.loads((out / "sweep_summary.json").read_text())
+    assert summary["resumed"] and not summary["interrupted"] and summary["failed"] == 0
+    table = pd.read_csv(out / "trials.csv", dtype={"trial_id": str})
+    assert len(table) == len(lrs) and sorted(table["train.lr"]) == lrs  # every point, once
+    assert set(table["status"]) == {"complete"} and set(table["epochs"]) == {epochs}
+    # finished once: the trial done before the kill was not run again; the one killed mid-run
+    # resumed from its checkpoint instead of starting over
+    assert (out / "trials" / done / "finetune_summary.json").stat().st_mtime_ns == stamp
+    starts = json.loads((out / "trials" / resumed / "finetune_summary.json").read_text())["start_epochs"]
+    assert len(starts) == 2 and starts[0] == 0 and starts[1] >= 1, starts
+
+    client, parents, children = _runs(out)
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    names = sorted(c.data.tags["trial_name"] for c in children)
+    assert names == sorted(f"trial_{t}" for t in table["trial_id"])  # one child run per trial
+    assert {c.info.status for c in children} == {"FINISHED"}
+    lost = {}
+    for child in children:  # every epoch of every trial in its one run, but for the report in flight
+        name = child.data.tags["trial_name"]
+        steps = {m.step for m in client.get_metric_history(child.info.run_id, "val_wga")}
+        after = set(range(starts[1] + 1, epochs + 1)) if name == f"trial_{resumed}" else set()
+        assert after <= steps <= set(range(1, epochs + 1)), (name, steps)
+        lost[name] = sorted(set(range(1, epochs + 1)) - steps)
+        assert len(lost[name]) <= (name == f"trial_{resumed}"), (name, steps)
+    drill.update({"child_runs": len(children), "resumed_start_epochs": starts, "steps_lost": lost})
+    print("sweep drill:", json.dumps(drill))

@@ -45,7 +45,7 @@ from unspur.workflows.image_table import (
     read_table,
     table_columns,
 )
-from unspur.workflows.job import main_for
+from unspur.workflows.job import init_ray, main_for
 from unspur.workflows.masks.store import ShardStore, resolve_fs
 
 __all__ = [
@@ -218,6 +218,7 @@ def _execute(cfg: AdaptConfig, inputs: Inputs) -> tuple[dict[str, Any], set[str]
     seconds = 0.0
     start = time.perf_counter()
     if plan.counts["to_do"] > 0:
+        init_ray()  # only now: inputs checked (prepare), and a finished run needs no Ray
         for row in build(cfg, inputs, plan).iter_rows():
             totals.update({k: int(v) for k, v in row.items() if k != "seconds"})
             seconds += float(row["seconds"])
@@ -275,11 +276,12 @@ def _track(cfg: AdaptConfig, result: dict[str, Any], figure: Any) -> None:
 
 
 def run(cfg: AdaptConfig) -> dict[str, Any]:
-    """Tune every image not yet written, then write predictions.parquet, metrics.json, examples.png."""
+    """Check the checkpoint and both tables (before Ray starts), tune every image not yet written
+    (joining or starting Ray), then write predictions.parquet, metrics.json, examples.png."""
+    inputs = prepare(cfg)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     dump_config(cfg, out / "config.yaml")
-    inputs = prepare(cfg)
     summary, wanted = _execute(cfg, inputs)
     pred = _store(cfg).read(ids=wanted).to_pandas()
     predictions = write_parquet_atomic(pred, out / "predictions.parquet")
@@ -306,8 +308,9 @@ def run(cfg: AdaptConfig) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``unspur adapt --config FILE --out DIR [key.sub=value ...]``."""
-    return main_for("adapt", AdaptConfig, run, argv, check=prepare)
+    """``unspur adapt --config FILE --out DIR [key.sub=value ...]``; a checkpoint or table the user got
+    wrong is a one-line error (exit code 2) before Ray starts."""
+    return main_for("adapt", AdaptConfig, run, argv, needs_ray=False)
 
 
 def outputs(cfg: AdaptConfig) -> dict[str, Any]:

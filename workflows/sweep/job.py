@@ -16,7 +16,8 @@ Optuna the range ends and choices) are validated. Outputs under ``out``: ``trial
 (each trial's model and checkpoints), ``tune/<name>/`` (Tune state: rerun the same command to
 resume), ``trials.csv``, ``best_finetune.yaml`` (the best trial's config, for ``unspur finetune
 --config``), ``metric_vs_params.png``, ``sweep_summary.json``, and MLflow: one parent run, one
-child run per trial (failed trials show as FAILED, with an ``error`` tag).
+child run per trial, also when the sweep resumes (a restarted trial reopens its run; failed trials
+show as FAILED, with an ``error`` tag).
 
     unspur sweep --config workflows/configs/sweep_synth.yaml --space tune_spaces/cft.yaml \
         --samples 4 --out runs/sweep
@@ -257,14 +258,15 @@ def build(
     (each trial becomes its child run); ``callbacks``: extra Tune callbacks.
     """
     from ray import tune
-    from ray.air.integrations.mlflow import MLflowLoggerCallback
+
+    from unspur.workflows.sweep.runs import TrialRunLogger
 
     cfg, space = plan.cfg, plan.space
     loggers = []
     if parent_run_id is not None:
         tags = {"mlflow.parentRunId": parent_run_id, "job": "sweep_trial", "sweep": cfg.name}
         loggers.append(
-            MLflowLoggerCallback(
+            TrialRunLogger(
                 tracking_uri=tracking.tracking_uri(cfg.out), experiment_name=cfg.experiment, tags=tags
             )
         )
@@ -312,13 +314,18 @@ def _train_base(plan: Plan) -> tuple[str | None, dict[str, Any] | None]:
     return str(model_dir), finetune.run(base)
 
 
-def _start_ray() -> None:
-    """Join RAY_ADDRESS (or the Ray already running here), else start a local Ray WITH its dashboard:
-    Ray Train frees the workers of a trial the scheduler stopped through Ray's State API."""
+def _stops_train_workers(plan: Plan) -> bool:
+    """ASHA over Ray Train trials: a stopped trial's workers are freed through Ray's State API."""
+    return plan.cfg.finetune.run.num_workers > 0 and plan.space.scheduler.name == "asha"
+
+
+def _start_ray(plan: Plan) -> None:
+    """Join RAY_ADDRESS (or the Ray already running here), else start a local Ray, WITH its dashboard
+    when the sweep needs Ray's State API (:func:`_stops_train_workers`)."""
     import ray
 
     if not ray.is_initialized() and not os.environ.get("RAY_ADDRESS"):
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=True, log_to_driver=True)
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=_stops_train_workers(plan), log_to_driver=True)
     init_ray()
 
 
@@ -328,7 +335,7 @@ def _check_stoppable(plan: Plan) -> None:
     would wait for CPUs forever."""
     import ray
 
-    if plan.cfg.finetune.run.num_workers == 0 or plan.space.scheduler.name != "asha":
+    if not _stops_train_workers(plan):
         return
 
     @ray.remote(num_cpus=0)
@@ -407,7 +414,7 @@ def run(cfg: SweepConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     _state(plan)  # a changed config is refused before Ray starts
     ft = cfg.finetune.model_copy(update={"out": cfg.out, "init_from": None})
     tables = finetune.prepare(finetune.resolve(ft))  # so are missing or unusable images
-    _start_ray()
+    _start_ray(plan)
     _check_stoppable(plan)
     init_from, base_summary = _train_base(plan)
     setup = _setup(plan, tables, init_from)

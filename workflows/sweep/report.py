@@ -2,7 +2,8 @@
 
 MLflow: the sweep's parent run (the resolved sweep config as params, the space as an artifact) is
 created through :mod:`unspur.tracking` and then addressed by id, so a resumed sweep keeps logging
-into the same run; each trial's child run comes from Ray's ``MLflowLoggerCallback``.
+into the same run; each trial's child run comes from Ray's ``MLflowLoggerCallback`` (as
+:class:`~unspur.workflows.sweep.runs.TrialRunLogger`: reopened when the trial restarts).
 """
 
 from __future__ import annotations
@@ -179,7 +180,8 @@ class ParentRun:
         return self.client.search_runs([experiment], filter_string=query, max_results=10000)
 
     def end_stale_children(self) -> int:
-        """Mark child runs left RUNNING by an interrupted sweep as KILLED (their trials restart)."""
+        """Mark child runs left RUNNING by an interrupted sweep as KILLED; a trial that restarts
+        reopens its run (:class:`~unspur.workflows.sweep.runs.TrialRunLogger`)."""
         stale = self._children("attributes.status = 'RUNNING'")
         for child in stale:
             self.client.set_terminated(child.info.run_id, "KILLED")
