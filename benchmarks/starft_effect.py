@@ -23,95 +23,27 @@ from __future__ import annotations
 
 import argparse
 import copy
-import multiprocessing
 import statistics
 import time
-from concurrent.futures import ProcessPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
-from torch.utils.data import DataLoader
 
-from unspur.config import ClipModelConfig, PipelineConfig, SpuriousWorldConfig, TrainConfig
-from unspur.config.base import apply_overrides, parse_overrides
+from unspur.clip_testbed import evaluate_clip as _evaluate
+from unspur.clip_testbed import map_seeds, parse_seed_args, recipe
+from unspur.clip_testbed import stage_world as _world
+from unspur.clip_testbed import train_stage as _train
+from unspur.config import ClipModelConfig
+from unspur.config.base import apply_overrides
 from unspur.data.spuriousworld import generate_tables
-from unspur.data.torch_dataset import ImageMaskDataset
-from unspur.losses import LOSSES, get_loss
 from unspur.models.families import get_family
 from unspur.models.wise import wise_ft
 from unspur.spurious_templates import run_templates
-from unspur.training import evaluate, fit, seed_everything, selection_score
+from unspur.training import seed_everything
 
-PIPELINE = Path(__file__).parents[1] / "workflows" / "configs" / "starft_pipeline.yaml"
 MODELS = ("zs", "flyp", "wise", "starft")
 KEYS = tuple(f"{m}_{name}" for name in MODELS for m in ("acc", "wga"))
 FAMILY = get_family("clip")
-
-
-def recipe(path: Path, overrides: list[str]) -> dict[str, dict[str, Any]]:
-    """The pipeline's stage configs by stage name (``<stage>.key=value`` overrides applied)."""
-    raw = yaml.safe_load(path.read_text())
-    cfg = PipelineConfig.model_validate(apply_overrides(raw, parse_overrides(overrides)))
-    stages = {s.name: s.config for s in cfg.stages}
-    missing = {"pretrain_data", "data", "pretrain", "flyp", "starft"} - set(stages)
-    if missing:
-        raise SystemExit(f"{path} lacks the stages {sorted(missing)} this benchmark reads")
-    return stages
-
-
-def _world(stage: dict[str, Any], seed: int) -> SpuriousWorldConfig:
-    """The stage's world with its ``seed`` shifted by the run's (seed 0 = the pipeline's world)."""
-    world = stage["spuriousworld"]
-    return SpuriousWorldConfig(**{**world, "seed": world.get("seed", 0) + seed})
-
-
-def _dataset(df, model, cfg: ClipModelConfig, fields, caption: str = "caption", templates=None):
-    norm = model.pretrained_cfg
-    return ImageMaskDataset(
-        df,
-        None,
-        cfg.img_size,
-        mean=norm["mean"],
-        std=norm["std"],
-        fields=fields,
-        tokenizer=FAMILY.tokenizer(cfg),
-        caption_column=caption,
-        spurious_templates=templates,
-    )
-
-
-def _evaluate(model, df, cfg: ClipModelConfig) -> dict[str, Any]:
-    loader = DataLoader(_dataset(df, model, cfg, ("image", "label")), batch_size=256)
-    return evaluate(model, loader, family="clip")
-
-
-def _train(model, df, cfg, stage, seed, *, teacher=None, templates=None, val=None) -> int | None:
-    """Fit ``stage`` (its loss, train, run.select, data.caption_column) on ``df``; keeps the
-    best val epoch's weights when ``run.select`` says so. Returns the kept epoch (None = last)."""
-    loss_cfg = LOSSES.entry(stage["loss"]["name"]).config(**stage["loss"])
-    spec = get_loss(loss_cfg.name)
-    train = TrainConfig(**{**stage["train"], "seed": seed})
-    select = stage.get("run", {}).get("select", "last")
-    fields = tuple(k for k in spec.batch_keys if k != "label") + ("label",)
-    caption = stage.get("data", {}).get("caption_column", "caption")
-    ds = _dataset(df, model, cfg, fields, caption, templates)
-    seed_everything(seed)
-    loader = DataLoader(ds, batch_size=train.batch_size, shuffle=True, drop_last=True)
-    best: dict[str, Any] = {}
-
-    def keep_best(epoch: int, _terms: dict[str, float]) -> None:
-        if select == "last":
-            return
-        score = selection_score(select, _evaluate(model, val, cfg))
-        if not best or score > best["score"]:
-            best.update(score=score, state=copy.deepcopy(model.state_dict()), epoch=epoch)
-
-    fit(model, loader, spec, loss_cfg, train, base_model=teacher, on_epoch=keep_best, family="clip")
-    if best:
-        model.load_state_dict(best["state"])
-    return best.get("epoch")
 
 
 def run_seed(stages: dict[str, dict[str, Any]], seed: int, split: str) -> dict[str, Any]:
@@ -160,29 +92,14 @@ def _run_seed(job: tuple[dict[str, dict[str, Any]], int, str, int]) -> dict[str,
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, default=1, help="seeds 0..K-1; the last line averages them")
-    parser.add_argument("--first-seed", type=int, default=0, help="seeds first..first+K-1")
-    parser.add_argument("--pipeline", type=Path, default=PIPELINE)
-    parser.add_argument("--split", default="test", choices=("val", "test"))
-    parser.add_argument("--threads", type=int, default=2, help="torch threads per seed")
-    parser.add_argument("--workers", type=int, default=1, help="seeds run in parallel processes")
-    parser.add_argument("overrides", nargs="*", help="STAGE.KEY=VALUE (e.g. starft.loss.lam=10)")
-    args = parser.parse_args(argv)
-    if args.seeds < 1:
-        raise SystemExit("--seeds must be >= 1")
-    torch.set_num_threads(args.threads)
-    stages = recipe(args.pipeline, args.overrides)
+    args = parse_seed_args(parser, argv, "STAGE.KEY=VALUE (e.g. starft.loss.lam=10)")
+    stages = recipe(args.pipeline, args.overrides, ("pretrain_data", "data", "pretrain", "flyp", "starft"))
     if args.split == "val" and any(
         stages[s].get("run", {}).get("select", "last") != "last" for s in ("flyp",)
     ):
         raise SystemExit("run.select chooses epochs on the val split; evaluate on --split test")
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
-    if args.workers > 1:
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(args.workers, mp_context=context) as pool:
-            results = list(pool.map(_run_seed, [(stages, s, args.split, args.threads) for s in seeds]))
-    else:
-        results = [run_seed(stages, s, args.split) for s in seeds]
+    results = map_seeds(_run_seed, [(stages, s, args.split, args.threads) for s in seeds], args.workers)
     rows = []
     for seed, r in zip(seeds, results, strict=True):
         rows.append(r)

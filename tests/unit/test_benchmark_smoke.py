@@ -15,8 +15,8 @@ from unspur.data.spuriousworld import BACKGROUNDS
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _result_line(script: str, args: list[str]) -> dict[str, str]:
-    """Run ``benchmarks/<script>`` with ``args``; its last line's ``key=value`` items."""
+def _output(script: str, args: list[str]) -> list[str]:
+    """Run ``benchmarks/<script>`` with ``args``; its stdout lines."""
     done = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / script), *args],
         capture_output=True,
@@ -25,7 +25,12 @@ def _result_line(script: str, args: list[str]) -> dict[str, str]:
         cwd=ROOT,
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    return dict(item.split("=") for item in done.stdout.strip().splitlines()[-1].split())
+    return done.stdout.strip().splitlines()
+
+
+def _result_line(script: str, args: list[str]) -> dict[str, str]:
+    """Run ``benchmarks/<script>`` with ``args``; its last line's ``key=value`` items."""
+    return dict(item.split("=") for item in _output(script, args)[-1].split())
 
 
 def test_cft_effect_prints_its_result_line() -> None:
@@ -62,6 +67,21 @@ def test_starft_effect_prints_its_result_line() -> None:
     expected = {f"{m}_{n}" for n in ("zs", "flyp", "wise", "starft") for m in ("acc", "wga")}
     assert set(keys) == expected
     assert all(0.0 <= float(v) <= 1.0 for v in keys.values())
+
+
+def test_seraser_effect_prints_both_models_lines() -> None:
+    tiny = [f"pretrain_data.spuriousworld.{k}={v}" for k, v in (("n_train", 64), ("image_size", 32))]
+    tiny += [f"data.spuriousworld.{k}={v}" for k, v in (("n_train", 64), ("n_val", 16), ("n_test", 16))]
+    tiny += ["data.spuriousworld.image_size=32", "pretrain.model.img_size=32", "pretrain.train.batch_size=32"]
+    tiny += ["pretrain.train.epochs=1", "flyp.train.epochs=1", "flyp.train.batch_size=16", "seraser.steps=2"]
+    lines = _output(
+        "seraser_effect.py", ["--seeds", "1", "--split", "val", "--fill", "grey", "--threads", "1", *tiny]
+    )
+    assert lines[0].startswith("fill=grey steps=2")
+    web, last = (dict(item.split("=") for item in line.split()) for line in lines[-2:])
+    assert web.pop("model") == "web_pretrained"
+    assert set(web) == set(last) == {"acc_model", "wga_model", "acc_seraser", "wga_seraser"}
+    assert all(0.0 <= float(v) <= 1.0 for v in (*web.values(), *last.values()))
 
 
 def test_ravl_discovery_prints_its_result_line() -> None:

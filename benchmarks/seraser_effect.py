@@ -1,0 +1,169 @@
+"""Does SEraser keep a CLIP model off SpuriousWorld's shortcut? zero-shot head vs SEraser's tuned prompt.
+
+The test bed is the StarFT pipeline's (``workflows/configs/starft_pipeline.yaml``, run in this
+process by :mod:`unspur.clip_testbed`, no Ray). Per seed (worlds' ``seed`` plus the run's), two
+models, each frozen and evaluated on the fine-tuning world's balanced eval split (test by default)
+with its own zero-shot head and with SEraser (:class:`unspur.seraser.PromptTuner`: per image a
+fresh prompt context tuned on the foreground / background views of the image's object mask, the
+``object_rle`` of the rendered table, i.e. the union of its part masks):
+
+(b) a tiny CLIP pretrained the way web data is captioned: the pipeline's ``pretrain`` stage on its
+    ``pretrain_data`` world with rho 0.9 (class i mostly on background i) and captions naming only
+    the object (``caption_column: caption``); zero-shot.
+(a) the pipeline's pretrained model FLYP-fine-tuned on the biased train split (the shortcut).
+
+Lines: per seed and model, then (b)'s means over seeds (``model=web_pretrained ...``), then (a)'s
+means as the last line:
+
+    acc_model=.. wga_model=.. acc_seraser=.. wga_seraser=..
+
+Overrides: ``<stage>.<key>=<value>`` address the pipeline's stages (applied to both models'
+recipes, after (b)'s own), ``seraser.<key>=<value>`` the :class:`unspur.config.SEraserConfig`:
+
+    python benchmarks/seraser_effect.py --seeds 3 --fill grey
+    python benchmarks/seraser_effect.py --seeds 1 --split val seraser.steps=40 flyp.train.epochs=2
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from typing import Any
+
+import pandas as pd
+import torch
+
+from unspur.clip_testbed import map_seeds, parse_seed_args, recipe, stage_world, train_stage
+from unspur.config import ClipModelConfig, SEraserConfig
+from unspur.config.base import apply_overrides, parse_overrides
+from unspur.data.spuriousworld import generate_tables
+from unspur.data.torch_dataset import ImageMaskDataset
+from unspur.metrics import summarize
+from unspur.models.families import get_family
+from unspur.seraser import PromptTuner
+from unspur.training import seed_everything
+
+#: (b): the pretraining world's classes sit on their backgrounds as in web data, captions name only the object
+WEB_PRETRAINING = ("pretrain_data.spuriousworld.rho=0.9", "pretrain.data.caption_column=caption")
+STAGES = ("pretrain_data", "data", "pretrain", "flyp")
+MODELS = {"b": "web_pretrained", "a": "flyp"}
+KEYS = ("acc_model", "wga_model", "acc_seraser", "wga_seraser")
+FAMILY = get_family("clip")
+
+
+def seraser_eval(model, df: pd.DataFrame, cfg: ClipModelConfig, seraser: SEraserConfig) -> dict[str, Any]:
+    """SEraser on every row of ``df`` (masks: its ``object_rle``) -> the zero-shot head's and the
+    tuned prompt's accuracies, how many predictions tuning changed, the mean objective at the
+    first and the last step."""
+    masks = pd.DataFrame({"image_id": df["image_id"], "concept": "object", "rle": df["object_rle"]})
+    data = ImageMaskDataset(df, masks, cfg.img_size, mean=(0.0,) * 3, std=(1.0,) * 3, cache=False)
+    tuner = PromptTuner(model, FAMILY.tokenizer(cfg), cfg.classes, seraser, model.zero_shot.templates)
+    before, after, loss = [], [], []
+    for start in range(0, len(data), seraser.episodes):
+        items = [data[i] for i in range(start, min(start + seraser.episodes, len(data)))]
+        result = tuner.run(
+            torch.stack([it["image"] for it in items]),
+            torch.stack([it["mask"] > 0.5 for it in items]),
+            [it["image_id"] for it in items],
+        )
+        before.append(result.zero_shot.argmax(1))
+        after.append(result.tuned.argmax(1))
+        loss.append(torch.stack([result.loss_start, result.loss_end], 1))
+    labels, groups = df["label"].to_numpy(), df["group"].astype(str).to_numpy()
+    pred_model, pred_seraser = torch.cat(before).numpy(), torch.cat(after).numpy()
+    model_m, seraser_m = summarize(pred_model, labels, groups), summarize(pred_seraser, labels, groups)
+    losses = torch.cat(loss).nanmean(0)
+    return {
+        "acc_model": model_m["acc"],
+        "wga_model": model_m["wga"],
+        "acc_seraser": seraser_m["acc"],
+        "wga_seraser": seraser_m["wga"],
+        "worst_model": model_m["worst_group"],
+        "worst_seraser": seraser_m["worst_group"],
+        "changed": int((pred_model != pred_seraser).sum()),
+        "loss_start": float(losses[0]),
+        "loss_end": float(losses[1]),
+    }
+
+
+def _pretrained(stages: dict[str, dict[str, Any]], seed: int, classes: list[str]):
+    """The pipeline's pretrain stage on its pretrain_data world (seed-shifted) -> (model, config)."""
+    cfg = ClipModelConfig(**{**stages["pretrain"]["model"], "classes": classes})
+    pre_images, _ = generate_tables(stage_world(stages["pretrain_data"], seed), splits=("train",))
+    seed_everything(seed)
+    model = FAMILY.build(cfg)
+    train_stage(model, pre_images, cfg, stages["pretrain"], seed)
+    return model, cfg
+
+
+def run_seed(
+    recipes: dict[str, dict[str, dict[str, Any]]], seraser: SEraserConfig, seed: int, split: str
+) -> dict[str, dict[str, Any]]:
+    """One seed: (b) the web-like pretrained model zero-shot, (a) the pipeline's pretrained model
+    after FLYP; each evaluated with its zero-shot head and with SEraser on the eval split."""
+    world = stage_world(recipes["a"]["data"], seed)
+    images, _ = generate_tables(world, splits=tuple(dict.fromkeys(("train", "val", split))))
+    train, val, test = (images[images["split"] == s] for s in ("train", "val", split))
+    out: dict[str, dict[str, Any]] = {}
+    for name in ("b", "a"):
+        stages = recipes[name]
+        t0 = time.perf_counter()
+        model, cfg = _pretrained(stages, seed, list(world.classes))
+        epoch = train_stage(model, train, cfg, stages["flyp"], seed, val=val) if name == "a" else None
+        t1 = time.perf_counter()
+        out[name] = {**seraser_eval(model, test, cfg, seraser), "epoch": epoch}
+        out[name].update(t_train=t1 - t0, t_seraser=time.perf_counter() - t1)
+    return out
+
+
+def _run_seed(job: tuple[Any, SEraserConfig, int, str, int]) -> dict[str, dict[str, Any]]:
+    """:func:`run_seed` in a worker process (``--workers``), with its own torch thread count."""
+    recipes, seraser, seed, split, threads = job
+    torch.set_num_threads(threads)
+    return run_seed(recipes, seraser, seed, split)
+
+
+def _line(r: dict[str, Any]) -> str:
+    return " ".join(f"{k}={r[k]:.3f}" for k in KEYS)
+
+
+def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--fill", default="black", choices=("black", "grey", "mean", "blur"))
+    args = parse_seed_args(parser, argv, "STAGE.KEY=VALUE or seraser.KEY=VALUE")
+    ours = [o for o in args.overrides if o.startswith("seraser.")]
+    stage_overrides = [o for o in args.overrides if not o.startswith("seraser.")]
+    seraser_raw = apply_overrides({"fill": args.fill}, parse_overrides([o[len("seraser.") :] for o in ours]))
+    seraser = SEraserConfig.model_validate(seraser_raw)
+    recipes = {
+        "a": recipe(args.pipeline, stage_overrides, STAGES),
+        "b": recipe(args.pipeline, [*WEB_PRETRAINING, *stage_overrides], STAGES),
+    }
+    if args.split == "val" and recipes["a"]["flyp"].get("run", {}).get("select", "last") != "last":
+        raise SystemExit("run.select chooses epochs on the val split; evaluate on --split test")
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+    jobs = [(recipes, seraser, s, args.split, args.threads) for s in seeds]
+    results = map_seeds(_run_seed, jobs, args.workers)
+    print(f"fill={seraser.fill} steps={seraser.steps} lr={seraser.lr} split={args.split}", flush=True)
+    for seed, r in zip(seeds, results, strict=True):
+        for name in ("b", "a"):
+            m = r[name]
+            print(
+                f"seed={seed} model={MODELS[name]} {_line(m)} worst_model={m['worst_model']} "
+                f"worst_seraser={m['worst_seraser']} changed={m['changed']} loss_start={m['loss_start']:.3f} "
+                f"loss_end={m['loss_end']:.3f} t_train={m['t_train']:.0f}s t_seraser={m['t_seraser']:.0f}s",
+                flush=True,
+            )
+    means = {name: {k: statistics.fmean(r[name][k] for r in results) for k in KEYS} for name in ("b", "a")}
+    if args.seeds > 1:
+        for name in ("b", "a"):
+            stds = " ".join(f"{k}={statistics.stdev(r[name][k] for r in results):.3f}" for k in KEYS)
+            print(f"std model={MODELS[name]} {stds}")
+    print(f"model={MODELS['b']} {_line(means['b'])}")
+    print(_line(means["a"]))
+    return means
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,143 @@
+"""The calibrated CLIP test bed of the StarFT pipeline, run in one process (no Ray).
+
+``workflows/configs/starft_pipeline.yaml`` renders a broad pretraining world and a biased
+fine-tuning world, pretrains a tiny CLIP contrastively on the first and fine-tunes it on the
+second. The benchmarks that measure a method on that test bed (``benchmarks/starft_effect.py``,
+``benchmarks/seraser_effect.py``) read the pipeline's stage configs with :func:`recipe` and run
+its stages with the real training code: :func:`stage_world` (a stage's world, shifted by the
+run's seed), :func:`train_stage` (a finetune stage: its loss, train, ``run.select`` and caption
+column), :func:`evaluate_clip` (zero-shot average and worst-group accuracy) and :func:`map_seeds`
+(seeds in parallel processes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import multiprocessing
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import yaml
+from torch.utils.data import DataLoader
+
+from unspur.config import ClipModelConfig, PipelineConfig, SpuriousWorldConfig, TrainConfig
+from unspur.config.base import apply_overrides, parse_overrides
+from unspur.data.torch_dataset import ImageMaskDataset
+from unspur.losses import LOSSES, get_loss
+from unspur.models.families import get_family
+from unspur.training import evaluate, fit, seed_everything, selection_score
+
+__all__ = [
+    "STARFT_PIPELINE",
+    "clip_dataset",
+    "evaluate_clip",
+    "map_seeds",
+    "parse_seed_args",
+    "recipe",
+    "stage_world",
+    "train_stage",
+]
+
+#: the StarFT pipeline: the test bed's recipe
+STARFT_PIPELINE = Path(__file__).parents[1] / "workflows" / "configs" / "starft_pipeline.yaml"
+FAMILY = get_family("clip")
+
+
+def recipe(path: Path, overrides: Sequence[str], required: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """The pipeline's stage configs by stage name (``<stage>.key=value`` overrides applied); exits
+    with a message when a stage of ``required`` is missing."""
+    raw = yaml.safe_load(Path(path).read_text())
+    cfg = PipelineConfig.model_validate(apply_overrides(raw, parse_overrides(list(overrides))))
+    stages = {s.name: s.config for s in cfg.stages}
+    missing = set(required) - set(stages)
+    if missing:
+        raise SystemExit(f"{path} lacks the stages {sorted(missing)} this benchmark reads")
+    return stages
+
+
+def stage_world(stage: dict[str, Any], seed: int) -> SpuriousWorldConfig:
+    """The stage's world with its ``seed`` shifted by the run's (seed 0 = the pipeline's world)."""
+    world = stage["spuriousworld"]
+    return SpuriousWorldConfig(**{**world, "seed": world.get("seed", 0) + seed})
+
+
+def clip_dataset(df, model, cfg: ClipModelConfig, fields, caption: str = "caption", templates=None):
+    """``df``'s rows as the clip family's training / evaluation items (the model's input norm)."""
+    norm = model.pretrained_cfg
+    return ImageMaskDataset(
+        df,
+        None,
+        cfg.img_size,
+        mean=norm["mean"],
+        std=norm["std"],
+        fields=fields,
+        tokenizer=FAMILY.tokenizer(cfg),
+        caption_column=caption,
+        spurious_templates=templates,
+    )
+
+
+def evaluate_clip(model, df, cfg: ClipModelConfig) -> dict[str, Any]:
+    """Zero-shot evaluation of ``model`` on ``df`` (``acc``, ``wga``, ``worst_group``, ...)."""
+    loader = DataLoader(clip_dataset(df, model, cfg, ("image", "label")), batch_size=256)
+    return evaluate(model, loader, family="clip")
+
+
+def train_stage(model, df, cfg, stage, seed, *, teacher=None, templates=None, val=None) -> int | None:
+    """Fit ``stage`` (its loss, train, run.select, data.caption_column) on ``df``; keeps the
+    best val epoch's weights when ``run.select`` says so. Returns the kept epoch (None = last)."""
+    loss_cfg = LOSSES.entry(stage["loss"]["name"]).config(**stage["loss"])
+    spec = get_loss(loss_cfg.name)
+    train = TrainConfig(**{**stage["train"], "seed": seed})
+    select = stage.get("run", {}).get("select", "last")
+    fields = tuple(k for k in spec.batch_keys if k != "label") + ("label",)
+    caption = stage.get("data", {}).get("caption_column", "caption")
+    ds = clip_dataset(df, model, cfg, fields, caption, templates)
+    seed_everything(seed)
+    loader = DataLoader(ds, batch_size=train.batch_size, shuffle=True, drop_last=True)
+    best: dict[str, Any] = {}
+
+    def keep_best(epoch: int, _terms: dict[str, float]) -> None:
+        if select == "last":
+            return
+        score = selection_score(select, evaluate_clip(model, val, cfg))
+        if not best or score > best["score"]:
+            best.update(score=score, state=copy.deepcopy(model.state_dict()), epoch=epoch)
+
+    fit(model, loader, spec, loss_cfg, train, base_model=teacher, on_epoch=keep_best, family="clip")
+    if best:
+        model.load_state_dict(best["state"])
+    return best.get("epoch")
+
+
+def map_seeds(fn: Callable[[Any], Any], jobs: Sequence[Any], workers: int) -> list[Any]:
+    """``fn`` over ``jobs`` (one a seed): in this process, or in ``workers`` spawned processes
+    (``fn`` must then be importable: a module-level function of the script or of unspur)."""
+    if workers <= 1:
+        return [fn(job) for job in jobs]
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return list(pool.map(fn, jobs))
+
+
+def parse_seed_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None, overrides_help: str):
+    """Parse the test bed's common options (``--seeds --first-seed --pipeline --split --threads
+    --workers`` and the overrides) after ``parser``'s own; sets torch's thread count."""
+    import torch
+
+    parser.add_argument(
+        "--seeds", type=int, default=1, help="seeds first..first+K-1; the last line averages them"
+    )
+    parser.add_argument("--first-seed", type=int, default=0, help="the first seed")
+    parser.add_argument("--pipeline", type=Path, default=STARFT_PIPELINE)
+    parser.add_argument("--split", default="test", choices=("val", "test"))
+    parser.add_argument("--threads", type=int, default=2, help="torch threads per seed")
+    parser.add_argument("--workers", type=int, default=1, help="seeds run in parallel processes")
+    parser.add_argument("overrides", nargs="*", help=overrides_help)
+    args = parser.parse_args(argv)
+    if args.seeds < 1:
+        raise SystemExit("--seeds must be >= 1")
+    torch.set_num_threads(args.threads)
+    return args
