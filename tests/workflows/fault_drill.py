@@ -58,6 +58,10 @@ def kill_a_worker(
             return
         time.sleep(0.05)
     time.sleep(record["delay_s"])  # into the next epoch
+    live = [a for a in _train_workers(address) if a.actor_id not in earlier]
+    workers = (
+        live if len(live) >= 2 else workers
+    )  # the workers alive now (a worker group may have been replaced)
     victim = sorted(workers, key=lambda a: a.actor_id)[-1]
     record["checkpoint_epochs_at_kill"] = sorted(
         json.loads(p.read_text())["epoch"] for p in _checkpoints(storage)
