@@ -17,10 +17,15 @@ means as the last line:
 
     acc_model=.. wga_model=.. acc_seraser=.. wga_seraser=..
 
+``--fill black,grey,mean`` runs SEraser once per fill on the same trained models (how the removed
+region is filled, to be chosen on ``--split val``): the per-seed lines and the means carry
+``fill=..``, each fill's means are printed, and the last line is the first fill's.
+
 Overrides: ``<stage>.<key>=<value>`` address the pipeline's stages (applied to both models'
 recipes, after (b)'s own), ``seraser.<key>=<value>`` the :class:`unspur.config.SEraserConfig`:
 
     python benchmarks/seraser_effect.py --seeds 3 --fill grey
+    python benchmarks/seraser_effect.py --seeds 1 --split val --fill black,grey,mean
     python benchmarks/seraser_effect.py --seeds 1 --split val seraser.steps=40 flyp.train.epochs=2
 """
 
@@ -48,6 +53,7 @@ from unspur.training import seed_everything
 WEB_PRETRAINING = ("pretrain_data.spuriousworld.rho=0.9", "pretrain.data.caption_column=caption")
 STAGES = ("pretrain_data", "data", "pretrain", "flyp")
 MODELS = {"b": "web_pretrained", "a": "flyp"}
+FILLS = ("black", "grey", "mean", "blur")
 KEYS = ("acc_model", "wga_model", "acc_seraser", "wga_seraser")
 FAMILY = get_family("clip")
 
@@ -98,44 +104,56 @@ def _pretrained(stages: dict[str, dict[str, Any]], seed: int, classes: list[str]
 
 
 def run_seed(
-    recipes: dict[str, dict[str, dict[str, Any]]], seraser: SEraserConfig, seed: int, split: str
-) -> dict[str, dict[str, Any]]:
+    recipes: dict[str, dict[str, dict[str, Any]]], serasers: list[SEraserConfig], seed: int, split: str
+) -> dict[str, dict[str, dict[str, Any]]]:
     """One seed: (b) the web-like pretrained model zero-shot, (a) the pipeline's pretrained model
-    after FLYP; each evaluated with its zero-shot head and with SEraser on the eval split."""
+    after FLYP; each evaluated with its zero-shot head and with SEraser (each config of
+    ``serasers``, by fill) on the eval split -> ``{model: {fill: numbers}}``."""
     world = stage_world(recipes["a"]["data"], seed)
     images, _ = generate_tables(world, splits=tuple(dict.fromkeys(("train", "val", split))))
     train, val, test = (images[images["split"] == s] for s in ("train", "val", split))
-    out: dict[str, dict[str, Any]] = {}
+    out: dict[str, dict[str, dict[str, Any]]] = {}
     for name in ("b", "a"):
         stages = recipes[name]
         t0 = time.perf_counter()
         model, cfg = _pretrained(stages, seed, list(world.classes))
         epoch = train_stage(model, train, cfg, stages["flyp"], seed, val=val) if name == "a" else None
-        t1 = time.perf_counter()
-        out[name] = {**seraser_eval(model, test, cfg, seraser), "epoch": epoch}
-        out[name].update(t_train=t1 - t0, t_seraser=time.perf_counter() - t1)
+        t_train = time.perf_counter() - t0
+        out[name] = {}
+        for seraser in serasers:
+            t1 = time.perf_counter()
+            out[name][seraser.fill] = {**seraser_eval(model, test, cfg, seraser), "epoch": epoch}
+            out[name][seraser.fill].update(t_train=t_train, t_seraser=time.perf_counter() - t1)
     return out
 
 
-def _run_seed(job: tuple[Any, SEraserConfig, int, str, int]) -> dict[str, dict[str, Any]]:
+def _run_seed(job: tuple[Any, list[SEraserConfig], int, str, int]) -> dict[str, dict[str, dict[str, Any]]]:
     """:func:`run_seed` in a worker process (``--workers``), with its own torch thread count."""
-    recipes, seraser, seed, split, threads = job
+    recipes, serasers, seed, split, threads = job
     torch.set_num_threads(threads)
-    return run_seed(recipes, seraser, seed, split)
+    return run_seed(recipes, serasers, seed, split)
 
 
 def _line(r: dict[str, Any]) -> str:
     return " ".join(f"{k}={r[k]:.3f}" for k in KEYS)
 
 
+def _fills(text: str) -> list[str]:
+    fills = list(dict.fromkeys(f.strip() for f in text.split(",") if f.strip()))
+    bad = [f for f in fills if f not in FILLS]
+    if not fills or bad:
+        raise argparse.ArgumentTypeError(f"--fill takes a comma list of {', '.join(FILLS)}; got {text!r}")
+    return fills
+
+
 def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--fill", default="black", choices=("black", "grey", "mean", "blur"))
+    parser.add_argument("--fill", type=_fills, default=["black"], help=f"one or a comma list of {FILLS}")
     args = parse_seed_args(parser, argv, "STAGE.KEY=VALUE or seraser.KEY=VALUE")
     ours = [o for o in args.overrides if o.startswith("seraser.")]
     stage_overrides = [o for o in args.overrides if not o.startswith("seraser.")]
-    seraser_raw = apply_overrides({"fill": args.fill}, parse_overrides([o[len("seraser.") :] for o in ours]))
-    seraser = SEraserConfig.model_validate(seraser_raw)
+    seraser_raw = apply_overrides({}, parse_overrides([o[len("seraser.") :] for o in ours]))
+    serasers = [SEraserConfig.model_validate({**seraser_raw, "fill": fill}) for fill in args.fill]
     recipes = {
         "a": recipe(args.pipeline, stage_overrides, STAGES),
         "b": recipe(args.pipeline, [*WEB_PRETRAINING, *stage_overrides], STAGES),
@@ -143,26 +161,37 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     if args.split == "val" and recipes["a"]["flyp"].get("run", {}).get("select", "last") != "last":
         raise SystemExit("run.select chooses epochs on the val split; evaluate on --split test")
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
-    jobs = [(recipes, seraser, s, args.split, args.threads) for s in seeds]
+    jobs = [(recipes, serasers, s, args.split, args.threads) for s in seeds]
     results = map_seeds(_run_seed, jobs, args.workers)
-    print(f"fill={seraser.fill} steps={seraser.steps} lr={seraser.lr} split={args.split}", flush=True)
-    for seed, r in zip(seeds, results, strict=True):
-        for name in ("b", "a"):
-            m = r[name]
-            print(
-                f"seed={seed} model={MODELS[name]} {_line(m)} worst_model={m['worst_model']} "
-                f"worst_seraser={m['worst_seraser']} changed={m['changed']} loss_start={m['loss_start']:.3f} "
-                f"loss_end={m['loss_end']:.3f} t_train={m['t_train']:.0f}s t_seraser={m['t_seraser']:.0f}s",
-                flush=True,
-            )
-    means = {name: {k: statistics.fmean(r[name][k] for r in results) for k in KEYS} for name in ("b", "a")}
-    if args.seeds > 1:
-        for name in ("b", "a"):
-            stds = " ".join(f"{k}={statistics.stdev(r[name][k] for r in results):.3f}" for k in KEYS)
-            print(f"std model={MODELS[name]} {stds}")
-    print(f"model={MODELS['b']} {_line(means['b'])}")
-    print(_line(means["a"]))
-    return means
+    several = len(serasers) > 1
+    first = serasers[0]
+    print(f"fill={','.join(args.fill)} steps={first.steps} lr={first.lr} split={args.split}", flush=True)
+    for fill in args.fill:
+        tag = f"fill={fill} " if several else ""
+        for seed, r in zip(seeds, results, strict=True):
+            for name in ("b", "a"):
+                m = r[name][fill]
+                print(
+                    f"{tag}seed={seed} model={MODELS[name]} {_line(m)} worst_model={m['worst_model']} "
+                    f"worst_seraser={m['worst_seraser']} changed={m['changed']} loss_start={m['loss_start']:.3f} "
+                    f"loss_end={m['loss_end']:.3f} t_train={m['t_train']:.0f}s t_seraser={m['t_seraser']:.0f}s",
+                    flush=True,
+                )
+    means = {
+        fill: {name: {k: statistics.fmean(r[name][fill][k] for r in results) for k in KEYS} for name in MODELS}
+        for fill in args.fill
+    }
+    for fill in reversed(args.fill):  # the first fill's lines come last
+        tag = f"fill={fill} " if several else ""
+        if args.seeds > 1:
+            for name in ("b", "a"):
+                stds = " ".join(f"{k}={statistics.stdev(r[name][fill][k] for r in results):.3f}" for k in KEYS)
+                print(f"std {tag}model={MODELS[name]} {stds}")
+        print(f"{tag}model={MODELS['b']} {_line(means[fill]['b'])}")
+        if fill != args.fill[0]:
+            print(f"{tag}model={MODELS['a']} {_line(means[fill]['a'])}")
+    print(_line(means[args.fill[0]]["a"]))
+    return means[args.fill[0]]
 
 
 if __name__ == "__main__":

@@ -75,13 +75,19 @@ def test_seraser_effect_prints_both_models_lines() -> None:
     tiny += ["data.spuriousworld.image_size=32", "pretrain.model.img_size=32", "pretrain.train.batch_size=32"]
     tiny += ["pretrain.train.epochs=1", "flyp.train.epochs=1", "flyp.train.batch_size=16", "seraser.steps=2"]
     lines = _output(
-        "seraser_effect.py", ["--seeds", "1", "--split", "val", "--fill", "grey", "--threads", "1", *tiny]
+        "seraser_effect.py", ["--seeds", "1", "--split", "val", "--fill", "grey,black", "--threads", "1", *tiny]
     )
-    assert lines[0].startswith("fill=grey steps=2")
-    web, last = (dict(item.split("=") for item in line.split()) for line in lines[-2:])
-    assert web.pop("model") == "web_pretrained"
-    assert set(web) == set(last) == {"acc_model", "wga_model", "acc_seraser", "wga_seraser"}
-    assert all(0.0 <= float(v) <= 1.0 for v in (*web.values(), *last.values()))
+    assert lines[0].startswith("fill=grey,black steps=2")
+    parsed = [dict(item.split("=") for item in line.split()) for line in lines[1:]]
+    numbers = {"acc_model", "wga_model", "acc_seraser", "wga_seraser"}
+    per_fill = {(p["fill"], p["model"]) for p in parsed if "seed" in p}
+    assert per_fill == {(f, m) for f in ("grey", "black") for m in ("web_pretrained", "flyp")}
+    black_a, grey_web, last = parsed[-3], parsed[-2], parsed[-1]  # the first fill's lines come last
+    assert (black_a["fill"], black_a["model"]) == ("black", "flyp")
+    assert (grey_web.pop("fill"), grey_web.pop("model")) == ("grey", "web_pretrained")
+    assert set(grey_web) == set(last) == numbers
+    grey_a = next(p for p in parsed if p.get("fill") == "grey" and p["model"] == "flyp" and "seed" in p)
+    assert all(last[k] == f"{float(grey_a[k]):.3f}" for k in numbers)  # one seed: the mean is the seed's
 
 
 def test_ravl_discovery_prints_its_result_line() -> None:
