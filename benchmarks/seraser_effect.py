@@ -178,14 +178,18 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
                     flush=True,
                 )
     means = {
-        fill: {name: {k: statistics.fmean(r[name][fill][k] for r in results) for k in KEYS} for name in MODELS}
+        fill: {
+            name: {k: statistics.fmean(r[name][fill][k] for r in results) for k in KEYS} for name in MODELS
+        }
         for fill in args.fill
     }
     for fill in reversed(args.fill):  # the first fill's lines come last
         tag = f"fill={fill} " if several else ""
         if args.seeds > 1:
             for name in ("b", "a"):
-                stds = " ".join(f"{k}={statistics.stdev(r[name][fill][k] for r in results):.3f}" for k in KEYS)
+                stds = " ".join(
+                    f"{k}={statistics.stdev(r[name][fill][k] for r in results):.3f}" for k in KEYS
+                )
                 print(f"std {tag}model={MODELS[name]} {stds}")
         print(f"{tag}model={MODELS['b']} {_line(means[fill]['b'])}")
         if fill != args.fill[0]:

@@ -8,6 +8,9 @@ epoch and reports that model's val WGA to Tune (best so far), so ASHA ranks and 
 weights they leave, and a stopped trial still leaves them. FIFO (every grid point trained for all
 epochs), then ASHA (grace 1, reduction factor 2, on epochs) once per grid order (``--orders``: as
 given, reversed, rotated by half; ASHA's decisions depend on the order in which trials arrive).
+Under ASHA the sweep job starts a grid's points in an order shuffled by its seed (the space's
+``order`` unset; ``--order given`` runs them as listed): each of the three listed orders then starts
+in a different shuffled order, recorded per sweep (``start``).
 Trials run in-process (``finetune.run.num_workers: 0``), two at a time. From the trials' MLflow
 child runs (one time-stamped ``val_wga`` record per epoch) each ASHA sweep's epoch reports are put
 in time order; ASHA "reaches" the grid when a trial reports a kept model within ``--tolerance`` (1
@@ -77,12 +80,15 @@ BASE = {
 }
 
 
-def _space(path: Path, scheduler: str, aligns: list[float], lrs: list[float]) -> Path:
+def _space(
+    path: Path, scheduler: str, aligns: list[float], lrs: list[float], order: str | None = None
+) -> Path:
     path.write_text(
         yaml.safe_dump(
             {
                 "method": "cft",
                 "search": "grid",
+                "order": order,
                 "metric": "val_wga",
                 "mode": "max",
                 "scheduler": {"name": scheduler, "grace_period": 1, "reduction_factor": 2},
@@ -148,6 +154,7 @@ def _sweep(
     )
     start = time.perf_counter()
     summary = sweep.run(cfg)
+    summary["start_order"] = sweep.prepare(cfg).points
     return summary, time.perf_counter() - start
 
 
@@ -159,6 +166,12 @@ def main() -> None:
     parser.add_argument("--lrs", type=float, nargs="+", default=[3e-4, 6e-4, 1.5e-3, 3e-3])
     parser.add_argument("--orders", type=int, default=3, choices=[1, 2, 3])
     parser.add_argument("--tolerance", type=float, default=0.01)
+    parser.add_argument(
+        "--order",
+        choices=("shuffled", "given"),
+        default=None,
+        help="ASHA's grid start order (default: the job's)",
+    )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
 
@@ -186,7 +199,7 @@ def main() -> None:
         out = args.out / f"asha_{k}"
         asha, seconds = _sweep(
             out,
-            _space(args.out / f"asha_{k}.yaml", "asha", aligns, lrs),
+            _space(args.out / f"asha_{k}.yaml", "asha", aligns, lrs, args.order),
             args.epochs,
             None,
             grid["base_model"],
@@ -195,7 +208,8 @@ def main() -> None:
         reaches.append(reached / grid_epochs if reached is not None else math.inf)
         report["asha"].append(
             {
-                "first_trial": {"loss.lambda_align": aligns[0], "train.lr": lrs[0]},
+                "listed_first": {"loss.lambda_align": aligns[0], "train.lr": lrs[0]},
+                "start": [[p["loss.lambda_align"], p["train.lr"]] for p in asha["start_order"]],
                 "trial_epochs": asha["trial_epochs"],
                 "best_val_wga": asha["best"]["val_wga"],
                 "best_status": asha["best"]["status"],

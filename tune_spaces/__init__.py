@@ -4,6 +4,7 @@ A space file (e.g. ``tune_spaces/cft.yaml``)::
 
     method: cft                 # which finetune loss the space is for
     search: random              # grid | random | optuna
+    order: null                 # grid only: given | shuffled (null: shuffled under ASHA, else given)
     metric: val_wga             # reported by the finetune job; validation, never test
     mode: max
     scheduler: {name: asha, grace_period: 1, reduction_factor: 2}
@@ -104,8 +105,16 @@ class Scheduler(StrictModel):
 
 
 class SearchSpace(StrictModel):
+    """A sweep's space. ``order`` (grid only): the order the grid's points start in, ``given`` (the
+    cartesian product in key order) or ``shuffled`` (seeded by the sweep's seed). Unset: shuffled
+    under ASHA, given otherwise. ASHA judges a trial at a rung against the trials that reached the
+    rung before it, so a grid listed in order of quality (ascending learning rates that each beat
+    the last) stops nothing and costs what the full grid does; ASHA's savings assume trials arrive
+    in no particular order."""
+
     method: str
     search: Literal["grid", "random", "optuna"] = "random"
+    order: Literal["given", "shuffled"] | None = None
     metric: str = "val_wga"
     mode: Literal["max", "min"] = "max"
     scheduler: Scheduler = Scheduler()
@@ -119,9 +128,18 @@ class SearchSpace(StrictModel):
             raise ValueError(f"search: grid needs every param of type grid; not grid: {others}")
         if self.search != "grid" and grids:
             raise ValueError(f"params {grids} are of type grid but search is {self.search!r}; use choice")
+        if self.search != "grid" and self.order is not None:
+            raise ValueError(f"order applies to search: grid, not {self.search!r}; remove it")
         if self.metric.startswith("test"):
             raise ValueError(f"metric {self.metric!r} selects on test data; use a validation metric (val_*)")
         return self
+
+    @property
+    def grid_order(self) -> str | None:
+        """``given`` or ``shuffled`` for a grid (resolving an unset ``order``), None otherwise."""
+        if self.search != "grid":
+            return None
+        return self.order or ("shuffled" if self.scheduler.name == "asha" else "given")
 
 
 def load_space(path: str | Path, overrides: list[str] | None = None) -> SearchSpace:

@@ -75,7 +75,8 @@ def test_seraser_effect_prints_both_models_lines() -> None:
     tiny += ["data.spuriousworld.image_size=32", "pretrain.model.img_size=32", "pretrain.train.batch_size=32"]
     tiny += ["pretrain.train.epochs=1", "flyp.train.epochs=1", "flyp.train.batch_size=16", "seraser.steps=2"]
     lines = _output(
-        "seraser_effect.py", ["--seeds", "1", "--split", "val", "--fill", "grey,black", "--threads", "1", *tiny]
+        "seraser_effect.py",
+        ["--seeds", "1", "--split", "val", "--fill", "grey,black", "--threads", "1", *tiny],
     )
     assert lines[0].startswith("fill=grey,black steps=2")
     parsed = [dict(item.split("=") for item in line.split()) for line in lines[1:]]

@@ -72,3 +72,15 @@ def test_grid_points(tmp_path: Path):
     )
     points = grid_points(load_space(path))
     assert len(points) == 6 and {"train.lr": 0.2, "loss.lambda_cls": 3} in points
+
+
+def test_grid_order_is_shuffled_under_asha_unless_the_space_says_given(tmp_path: Path):
+    grid = "method: cft\nsearch: grid\nparams:\n  train.lr: {type: grid, values: [0.1, 0.2]}\n"
+    assert load_space(_write(tmp_path, grid + "scheduler: {name: asha}\n")).grid_order == "shuffled"
+    assert load_space(_write(tmp_path, grid + "scheduler: {name: fifo}\n")).grid_order == "given"
+    given = _write(tmp_path, grid + "order: given\nscheduler: {name: asha}\n")
+    assert load_space(given).grid_order == "given"
+    random_space = "method: cft\nparams:\n  train.lr: {type: choice, values: [0.1]}\n"
+    assert load_space(_write(tmp_path, random_space)).grid_order is None
+    with pytest.raises(ConfigError, match="order applies to search: grid"):
+        load_space(_write(tmp_path, random_space + "order: shuffled\n"))

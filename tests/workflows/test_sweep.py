@@ -218,6 +218,28 @@ def test_bad_config_is_refused(tmp_path: Path, capsys) -> None:
         )
 
 
+def test_an_asha_grid_starts_in_a_seeded_shuffled_order_and_a_fifo_grid_as_given(tmp_path: Path) -> None:
+    """ASHA judges a trial against those that reached its rung first: a grid listed in order of
+    quality would stop nothing, so under ASHA the grid's points start in an order drawn from the seed."""
+    lrs = {"train.lr": {"type": "grid", "values": [1e-4, 2e-4, 3e-4, 4e-4, 5e-4, 6e-4]}}
+    given = [{"train.lr": v} for v in lrs["train.lr"]["values"]]
+
+    def plan(scheduler: str, seed: int = 0, order: str | None = None):
+        space = yaml.safe_load(_space(tmp_path, lrs, scheduler=scheduler).read_text())
+        path = _write(tmp_path / f"space_{scheduler}_{order}.yaml", {**space, "order": order})
+        return sweep.prepare(load_config(SweepConfig, _config(tmp_path, path, seed=seed)))
+
+    fifo, asha = plan("fifo"), plan("asha")
+    assert fifo.points == given and fifo.expands_grid and fifo.tune_samples == 1
+    assert asha.points != given and sorted(asha.points, key=lambda p: p["train.lr"]) == given
+    assert not asha.expands_grid and asha.tune_samples == asha.n_trials == 6
+    assert plan("asha").points == asha.points and plan("asha", seed=1).points != asha.points
+    assert plan("asha", order="given").points == given and plan("fifo", order="shuffled").points != given
+    # Tune receives the listed points in that order, each fixing every param
+    search = sweep._search_alg(asha, 2)
+    assert [dict(p) for p in search._points_to_evaluate] == asha.points
+
+
 def test_concurrency_fits_trials_to_the_cluster() -> None:
     cpu2 = {"CPU": 2.0}
     driver, need = sweep.trial_resources(load_config(FinetuneConfig, None, ["run.num_workers=1"]))

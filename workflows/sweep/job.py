@@ -81,7 +81,9 @@ class Plan:
 
     cfg: SweepConfig
     space: SearchSpace
-    points: list[dict[str, Any]]  # grid: every point; random: the samples; optuna: probes only
+    points: list[
+        dict[str, Any]
+    ]  # grid: every point (in start order); random: the samples; optuna: probes only
     split: str  # the evaluation split the metric is computed on (validation)
     experiment_path: Path
 
@@ -90,9 +92,17 @@ class Plan:
         return self.cfg.num_samples if self.space.search == "optuna" else len(self.points)
 
     @property
+    def expands_grid(self) -> bool:
+        """Tune expands the grid itself (given order); a shuffled grid runs ``points`` as listed."""
+        return self.space.grid_order == "given"
+
+    @property
     def tune_samples(self) -> int:
-        """Tune's num_samples: Optuna draws them; the grid expands once; random runs its drawn points."""
-        return {"optuna": self.cfg.num_samples, "grid": 1}.get(self.space.search, len(self.points))
+        """Tune's num_samples: Optuna draws them; a grid in given order expands once; random and a
+        shuffled grid run their listed points."""
+        if self.space.search == "optuna":
+            return self.cfg.num_samples
+        return 1 if self.expands_grid else len(self.points)
 
     @property
     def digest(self) -> str:
@@ -157,6 +167,8 @@ def prepare(cfg: SweepConfig) -> Plan:
         )
     if space.search == "grid":
         points = grid_points(space)
+        if space.grid_order == "shuffled":
+            random.Random(cfg.seed).shuffle(points)
     elif space.search == "random":
         rng = random.Random(cfg.seed)
         points = [sample_point(space, rng) for _ in range(cfg.num_samples)]
@@ -176,11 +188,13 @@ def _trial_name(trial: Any) -> str:
 # --- Tune objects ---------------------------------------------------------------------------------
 
 
-def _domain(param: Any) -> Any:
+def _domain(param: Any, expand_grid: bool = True) -> Any:
+    """A param's Tune domain; a grid that is not expanded (shuffled: its points are listed) is a
+    choice that every listed point fixes."""
     from ray import tune
 
     if param.type == "grid":
-        return tune.grid_search(list(param.values))
+        return tune.grid_search(list(param.values)) if expand_grid else tune.choice(list(param.values))
     if param.type == "choice":
         return tune.choice(list(param.values))
     return {"uniform": tune.uniform, "loguniform": tune.loguniform, "randint": tune.randint}[param.type](
@@ -189,8 +203,9 @@ def _domain(param: Any) -> Any:
 
 
 def _search_alg(plan: Plan, max_concurrent: int) -> Any:
-    """Optuna (capped by a ConcurrencyLimiter), or Tune's variant generator over the grid / the
-    pre-drawn random points (it takes the cap itself: Tune ignores max_concurrent_trials for it)."""
+    """Optuna (capped by a ConcurrencyLimiter), or Tune's variant generator over the grid (given
+    order) / the listed points (random draws, a shuffled grid); it takes the cap itself: Tune
+    ignores max_concurrent_trials for it."""
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
@@ -198,7 +213,7 @@ def _search_alg(plan: Plan, max_concurrent: int) -> Any:
         from ray.tune.search.optuna import OptunaSearch
 
         return ConcurrencyLimiter(OptunaSearch(seed=plan.cfg.seed), max_concurrent=max_concurrent)
-    points = plan.points if plan.space.search == "random" else None
+    points = None if plan.expands_grid else plan.points
     return BasicVariantGenerator(
         points_to_evaluate=points, random_state=plan.cfg.seed, max_concurrent=max_concurrent
     )
@@ -272,7 +287,7 @@ def build(
         )
     return tune.Tuner(
         _trainable(plan, setup),
-        param_space={key: _domain(p) for key, p in space.params.items()},
+        param_space={key: _domain(p, plan.expands_grid) for key, p in space.params.items()},
         tune_config=tune.TuneConfig(
             metric=space.metric,
             mode=space.mode,
