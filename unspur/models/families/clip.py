@@ -117,38 +117,43 @@ def _tokens(batch: Batch, key: str, output: str) -> torch.Tensor:
     return batch[key]
 
 
+def _encode_once(
+    teacher: nn.Module, cache_name: str, keys: list[Any], rows: torch.Tensor, encode: Callable
+) -> torch.Tensor:
+    """(B, D) ``encode`` outputs for ``rows`` (B, ...), each distinct key encoded once per teacher
+    and kept on it (``teacher.<cache_name>``: only valid because the teacher never changes)."""
+    cache: dict[Any, torch.Tensor] = teacher.__dict__.setdefault(cache_name, {})
+    new = list(dict.fromkeys(k for k in keys if k not in cache))
+    if new:
+        first = {k: i for i, k in reversed(list(enumerate(keys)))}
+        features = encode(rows[[first[k] for k in new]])
+        cache.update(zip(new, features, strict=True))
+    return torch.stack([cache[k] for k in keys]).to(rows.device)
+
+
 @torch.no_grad()
 def cached_text_features(teacher: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
     """(B, L) tokens -> (B, D) L2-normalised text features of the frozen ``teacher``, each
-    distinct caption encoded once per teacher (cache: ``teacher._unspur_text_cache``, keyed by
-    the token tuple; only valid because the teacher never changes)."""
+    distinct caption (token tuple) encoded once per teacher (``teacher._unspur_text_cache``)."""
     bare = unwrap(teacher)
-    cache: dict[tuple[int, ...], torch.Tensor] = bare.__dict__.setdefault("_unspur_text_cache", {})
     keys = [tuple(row) for row in tokens.tolist()]
-    new = list(dict.fromkeys(k for k in keys if k not in cache))
-    if new:
-        features = bare.encode_text(
-            torch.tensor(new, dtype=tokens.dtype, device=tokens.device), normalize=True
-        )
-        cache.update(zip(new, features, strict=True))
-    return torch.stack([cache[k] for k in keys]).to(tokens.device)
+    return _encode_once(
+        bare, "_unspur_text_cache", keys, tokens, lambda t: bare.encode_text(t, normalize=True)
+    )
 
 
 @torch.no_grad()
 def cached_image_features(teacher: nn.Module, batch: Batch) -> torch.Tensor:
     """(B, D) L2-normalised image features of the frozen ``teacher`` for ``batch["image"]``, each
-    view (``batch["view_id"]``) encoded once per teacher (cache ``teacher._unspur_image_cache``);
+    view (``batch["view_id"]``) encoded once per teacher (``teacher._unspur_image_cache``);
     without view ids every image is encoded."""
     images = batch["image"]
     views = batch.get("view_id")
     if views is None:
         return teacher.encode_image(images, normalize=True)
-    cache: dict[str, torch.Tensor] = teacher.__dict__.setdefault("_unspur_image_cache", {})
-    new = [i for i, v in enumerate(views) if v not in cache]
-    if new:
-        features = teacher.encode_image(images[new], normalize=True)
-        cache.update(zip((views[i] for i in new), features, strict=True))
-    return torch.stack([cache[v] for v in views]).to(images.device)
+    return _encode_once(
+        teacher, "_unspur_image_cache", list(views), images, lambda x: teacher.encode_image(x, normalize=True)
+    )
 
 
 @torch.no_grad()
