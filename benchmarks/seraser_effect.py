@@ -34,12 +34,13 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import torch
 
-from unspur.clip_testbed import map_seeds, parse_seed_args, recipe, stage_world, train_stage
+from unspur.clip_testbed import map_seeds, parse_seed_args, pretrained_model, recipe, stage_world, train_stage
 from unspur.config import ClipModelConfig, SEraserConfig
 from unspur.config.base import apply_overrides, parse_overrides
 from unspur.data.spuriousworld import generate_tables
@@ -47,7 +48,6 @@ from unspur.data.torch_dataset import ImageMaskDataset
 from unspur.metrics import summarize
 from unspur.models.families import get_family
 from unspur.seraser import PromptTuner
-from unspur.training import seed_everything
 
 #: (b): the pretraining world's classes sit on their backgrounds as in web data, captions name only the object
 WEB_PRETRAINING = ("pretrain_data.spuriousworld.rho=0.9", "pretrain.data.caption_column=caption")
@@ -93,18 +93,12 @@ def seraser_eval(model, df: pd.DataFrame, cfg: ClipModelConfig, seraser: SEraser
     }
 
 
-def _pretrained(stages: dict[str, dict[str, Any]], seed: int, classes: list[str]):
-    """The pipeline's pretrain stage on its pretrain_data world (seed-shifted) -> (model, config)."""
-    cfg = ClipModelConfig(**{**stages["pretrain"]["model"], "classes": classes})
-    pre_images, _ = generate_tables(stage_world(stages["pretrain_data"], seed), splits=("train",))
-    seed_everything(seed)
-    model = FAMILY.build(cfg)
-    train_stage(model, pre_images, cfg, stages["pretrain"], seed)
-    return model, cfg
-
-
 def run_seed(
-    recipes: dict[str, dict[str, dict[str, Any]]], serasers: list[SEraserConfig], seed: int, split: str
+    recipes: dict[str, dict[str, dict[str, Any]]],
+    serasers: list[SEraserConfig],
+    seed: int,
+    split: str,
+    cache: Path | None = None,
 ) -> dict[str, dict[str, dict[str, Any]]]:
     """One seed: (b) the web-like pretrained model zero-shot, (a) the pipeline's pretrained model
     after FLYP; each evaluated with its zero-shot head and with SEraser (each config of
@@ -116,7 +110,7 @@ def run_seed(
     for name in ("b", "a"):
         stages = recipes[name]
         t0 = time.perf_counter()
-        model, cfg = _pretrained(stages, seed, list(world.classes))
+        model, cfg = pretrained_model(stages, seed, world.classes, cache)
         epoch = train_stage(model, train, cfg, stages["flyp"], seed, val=val) if name == "a" else None
         t_train = time.perf_counter() - t0
         out[name] = {}
@@ -127,11 +121,13 @@ def run_seed(
     return out
 
 
-def _run_seed(job: tuple[Any, list[SEraserConfig], int, str, int]) -> dict[str, dict[str, dict[str, Any]]]:
+def _run_seed(
+    job: tuple[Any, list[SEraserConfig], int, str, int, Path | None],
+) -> dict[str, dict[str, dict[str, Any]]]:
     """:func:`run_seed` in a worker process (``--workers``), with its own torch thread count."""
-    recipes, serasers, seed, split, threads = job
+    recipes, serasers, seed, split, threads, cache = job
     torch.set_num_threads(threads)
-    return run_seed(recipes, serasers, seed, split)
+    return run_seed(recipes, serasers, seed, split, cache)
 
 
 def _line(r: dict[str, Any]) -> str:
@@ -161,7 +157,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     if args.split == "val" and recipes["a"]["flyp"].get("run", {}).get("select", "last") != "last":
         raise SystemExit("run.select chooses epochs on the val split; evaluate on --split test")
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
-    jobs = [(recipes, serasers, s, args.split, args.threads) for s in seeds]
+    jobs = [(recipes, serasers, s, args.split, args.threads, args.cache) for s in seeds]
     results = map_seeds(_run_seed, jobs, args.workers)
     several = len(serasers) > 1
     first = serasers[0]

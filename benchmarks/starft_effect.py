@@ -25,39 +25,36 @@ import argparse
 import copy
 import statistics
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from unspur.clip_testbed import evaluate_clip as _evaluate
-from unspur.clip_testbed import map_seeds, parse_seed_args, recipe
+from unspur.clip_testbed import map_seeds, parse_seed_args, pretrained_model, recipe
 from unspur.clip_testbed import stage_world as _world
 from unspur.clip_testbed import train_stage as _train
-from unspur.config import ClipModelConfig
 from unspur.config.base import apply_overrides
 from unspur.data.spuriousworld import generate_tables
 from unspur.models.families import get_family
 from unspur.models.wise import wise_ft
 from unspur.spurious_templates import run_templates
-from unspur.training import seed_everything
 
 MODELS = ("zs", "flyp", "wise", "starft")
 KEYS = tuple(f"{m}_{name}" for name in MODELS for m in ("acc", "wga"))
 FAMILY = get_family("clip")
 
 
-def run_seed(stages: dict[str, dict[str, Any]], seed: int, split: str) -> dict[str, Any]:
-    """One seed: pretrain, FLYP, WiSE-FT, StarFT -> the eight numbers of the last line (+ timings)."""
+def run_seed(
+    stages: dict[str, dict[str, Any]], seed: int, split: str, cache: Path | None = None
+) -> dict[str, Any]:
+    """One seed: pretrain (or read it from ``cache``), FLYP, WiSE-FT, StarFT -> the eight numbers
+    of the last line (+ timings)."""
     t0 = time.perf_counter()
-    pre_world = _world(stages["pretrain_data"], seed)
     world = _world(stages["data"], seed)
-    cfg = ClipModelConfig(**{**stages["pretrain"]["model"], "classes": list(world.classes)})
-    pre_images, _ = generate_tables(pre_world, splits=("train",))
     images, _ = generate_tables(world, splits=tuple(dict.fromkeys(("train", "val", split))))
     train, val, test = (images[images["split"] == s] for s in ("train", "val", split))
-    seed_everything(seed)
-    model = FAMILY.build(cfg)
-    _train(model, pre_images, cfg, stages["pretrain"], seed)
+    model, cfg = pretrained_model(stages, seed, world.classes, cache)
     t_pre = time.perf_counter() - t0
     zero_shot = copy.deepcopy(model.state_dict())
     teacher = copy.deepcopy(model).eval().requires_grad_(False)
@@ -83,11 +80,11 @@ def run_seed(stages: dict[str, dict[str, Any]], seed: int, split: str) -> dict[s
     return out
 
 
-def _run_seed(job: tuple[dict[str, dict[str, Any]], int, str, int]) -> dict[str, Any]:
+def _run_seed(job: tuple[dict[str, dict[str, Any]], int, str, int, Path | None]) -> dict[str, Any]:
     """:func:`run_seed` in a worker process (``--workers``), with its own torch thread count."""
-    stages, seed, split, threads = job
+    stages, seed, split, threads, cache = job
     torch.set_num_threads(threads)
-    return run_seed(stages, seed, split)
+    return run_seed(stages, seed, split, cache)
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -99,7 +96,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     ):
         raise SystemExit("run.select chooses epochs on the val split; evaluate on --split test")
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
-    results = map_seeds(_run_seed, [(stages, s, args.split, args.threads) for s in seeds], args.workers)
+    jobs = [(stages, s, args.split, args.threads, args.cache) for s in seeds]
+    results = map_seeds(_run_seed, jobs, args.workers)
     rows = []
     for seed, r in zip(seeds, results, strict=True):
         rows.append(r)

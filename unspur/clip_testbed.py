@@ -6,25 +6,32 @@ second. The benchmarks that measure a method on that test bed (``benchmarks/star
 ``benchmarks/seraser_effect.py``) read the pipeline's stage configs with :func:`recipe` and run
 its stages with the real training code: :func:`stage_world` (a stage's world, shifted by the
 run's seed), :func:`train_stage` (a finetune stage: its loss, train, ``run.select`` and caption
-column), :func:`evaluate_clip` (zero-shot average and worst-group accuracy) and :func:`map_seeds`
-(seeds in parallel processes).
+column), :func:`pretrained_model` (the ``pretrain`` stage on the ``pretrain_data`` world, kept in an
+optional cache folder: a calibration that varies only later stages pretrains once per seed),
+:func:`evaluate_clip` (zero-shot average and worst-group accuracy) and :func:`map_seeds` (seeds in
+parallel processes).
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
+import json
 import multiprocessing
+import os
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 from torch.utils.data import DataLoader
 
 from unspur.config import ClipModelConfig, PipelineConfig, SpuriousWorldConfig, TrainConfig
 from unspur.config.base import apply_overrides, parse_overrides
+from unspur.data.spuriousworld import generate_tables
 from unspur.data.torch_dataset import ImageMaskDataset
 from unspur.losses import LOSSES, get_loss
 from unspur.models.families import get_family
@@ -36,6 +43,7 @@ __all__ = [
     "evaluate_clip",
     "map_seeds",
     "parse_seed_args",
+    "pretrained_model",
     "recipe",
     "stage_world",
     "train_stage",
@@ -113,6 +121,34 @@ def train_stage(model, df, cfg, stage, seed, *, teacher=None, templates=None, va
     return best.get("epoch")
 
 
+def pretrained_model(
+    stages: dict[str, dict[str, Any]], seed: int, classes: Sequence[str], cache: Path | None = None
+) -> tuple[Any, ClipModelConfig]:
+    """The ``pretrain`` stage trained on the ``pretrain_data`` world (both seed-shifted) -> (model,
+    its config with ``classes``). With ``cache`` the trained weights are kept there, keyed by a hash
+    of both stages' configs, the classes and the seed (training is deterministic per seed, so a hit
+    gives the weights a new run would); a hit skips rendering and training."""
+    cfg = ClipModelConfig(**{**stages["pretrain"]["model"], "classes": list(classes)})
+    seed_everything(seed)
+    model = FAMILY.build(cfg)
+    path = None
+    if cache is not None:
+        recipe_key = [stages["pretrain_data"], stages["pretrain"], list(classes), seed]
+        digest = hashlib.sha256(json.dumps(recipe_key, sort_keys=True, default=str).encode()).hexdigest()
+        path = Path(cache) / f"pretrained-seed{seed}-{digest[:16]}.pt"
+        if path.is_file():
+            model.load_state_dict(torch.load(path, map_location="cpu"))
+            return model, cfg
+    images, _ = generate_tables(stage_world(stages["pretrain_data"], seed), splits=("train",))
+    train_stage(model, images, cfg, stages["pretrain"], seed)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(f".{os.getpid()}.partial")
+        torch.save(model.state_dict(), partial)
+        partial.replace(path)  # atomic: parallel seeds never read a half-written file
+    return model, cfg
+
+
 def map_seeds(fn: Callable[[Any], Any], jobs: Sequence[Any], workers: int) -> list[Any]:
     """``fn`` over ``jobs`` (one a seed): in this process, or in ``workers`` spawned processes
     (``fn`` must then be importable: a module-level function of the script or of unspur)."""
@@ -124,9 +160,7 @@ def map_seeds(fn: Callable[[Any], Any], jobs: Sequence[Any], workers: int) -> li
 
 def parse_seed_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None, overrides_help: str):
     """Parse the test bed's common options (``--seeds --first-seed --pipeline --split --threads
-    --workers`` and the overrides) after ``parser``'s own; sets torch's thread count."""
-    import torch
-
+    --workers --cache`` and the overrides) after ``parser``'s own; sets torch's thread count."""
     parser.add_argument(
         "--seeds", type=int, default=1, help="seeds first..first+K-1; the last line averages them"
     )
@@ -135,6 +169,12 @@ def parse_seed_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
     parser.add_argument("--split", default="test", choices=("val", "test"))
     parser.add_argument("--threads", type=int, default=2, help="torch threads per seed")
     parser.add_argument("--workers", type=int, default=1, help="seeds run in parallel processes")
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        default=None,
+        help="folder keeping pretrained models between runs (per recipe, seed)",
+    )
     parser.add_argument("overrides", nargs="*", help=overrides_help)
     args = parser.parse_args(argv)
     if args.seeds < 1:
