@@ -78,9 +78,8 @@ def test_a_killed_worker_costs_one_restart_and_changes_no_number(tmp_path: Path,
     plain = json.loads((tmp_path / "plain" / "finetune_summary.json").read_text())
     killed = json.loads((tmp_path / "killed" / "finetune_summary.json").read_text())
     assert plain["start_epochs"] == [0]
-    assert (
-        len(killed["start_epochs"]) == 2 and killed["start_epochs"][1] >= 1
-    )  # one restart, from a checkpoint
+    restarts = {"start_epochs": killed["start_epochs"], "kill": kill, "seconds": drill.get("killed_s")}
+    assert len(killed["start_epochs"]) == 2 and killed["start_epochs"][1] >= 1, restarts  # one restart
     assert [h["epoch"] for h in killed["history"]] == list(range(-1, EPOCHS))
     # deterministic runs (fixed seed, seeded sampler, no augmentation or dropout, thread count pinned):
     # the same numbers to the last bit, not within a tolerance

@@ -43,7 +43,9 @@ def _write(path: Path, data: dict) -> Path:
     return path
 
 
-def _space(tmp_path: Path, params: dict, search: str = "grid", scheduler: str = "fifo") -> Path:
+def _space(
+    tmp_path: Path, params: dict, search: str = "grid", scheduler: str = "fifo", order: str | None = None
+) -> Path:
     return _write(
         tmp_path / f"space_{search}_{scheduler}.yaml",
         {
@@ -51,6 +53,7 @@ def _space(tmp_path: Path, params: dict, search: str = "grid", scheduler: str = 
             "search": search,
             "scheduler": {"name": scheduler, "grace_period": 1},
             "params": params,
+            **({"order": order} if order else {}),
         },
     )
 
@@ -136,7 +139,8 @@ class InterruptAfterFirstTrial(tune.Callback):
 def test_interrupted_sweep_resumes_without_rerunning_finished_trials_and_records_failure(
     ray_local, tmp_path: Path
 ) -> None:
-    space = _space(tmp_path, {"train.lr": {"type": "grid", "values": [1.0e-4, 1.0e30]}}, scheduler="asha")
+    lrs = {"train.lr": {"type": "grid", "values": [1.0e-4, 1.0e30]}}
+    space = _space(tmp_path, lrs, scheduler="asha", order="given")  # the good trial first
     cfg = load_config(
         SweepConfig, _config(tmp_path, space, max_concurrent_trials=1), [f"out={tmp_path / 'out'}"]
     )

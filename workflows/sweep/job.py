@@ -56,6 +56,7 @@ from unspur.workflows.sweep.report import (
     trial_table,
 )
 from unspur.workflows.sweep.resources import concurrency, trial_resources
+from unspur.workflows.sweep.search import param_space, search_alg
 from unspur.workflows.sweep.trial import run_trial
 
 __all__ = [
@@ -188,35 +189,8 @@ def _trial_name(trial: Any) -> str:
 # --- Tune objects ---------------------------------------------------------------------------------
 
 
-def _domain(param: Any, expand_grid: bool = True) -> Any:
-    """A param's Tune domain; a grid that is not expanded (shuffled: its points are listed) is a
-    choice that every listed point fixes."""
-    from ray import tune
-
-    if param.type == "grid":
-        return tune.grid_search(list(param.values)) if expand_grid else tune.choice(list(param.values))
-    if param.type == "choice":
-        return tune.choice(list(param.values))
-    return {"uniform": tune.uniform, "loguniform": tune.loguniform, "randint": tune.randint}[param.type](
-        param.low, param.high
-    )
-
-
 def _search_alg(plan: Plan, max_concurrent: int) -> Any:
-    """Optuna (capped by a ConcurrencyLimiter), or Tune's variant generator over the grid (given
-    order) / the listed points (random draws, a shuffled grid); it takes the cap itself: Tune
-    ignores max_concurrent_trials for it."""
-    from ray.tune.search import ConcurrencyLimiter
-    from ray.tune.search.basic_variant import BasicVariantGenerator
-
-    if plan.space.search == "optuna":
-        from ray.tune.search.optuna import OptunaSearch
-
-        return ConcurrencyLimiter(OptunaSearch(seed=plan.cfg.seed), max_concurrent=max_concurrent)
-    points = None if plan.expands_grid else plan.points
-    return BasicVariantGenerator(
-        points_to_evaluate=points, random_state=plan.cfg.seed, max_concurrent=max_concurrent
-    )
+    return search_alg(plan.space, plan.points, plan.expands_grid, plan.cfg.seed, max_concurrent)
 
 
 class EpochASHA(ASHAScheduler):
@@ -287,7 +261,7 @@ def build(
         )
     return tune.Tuner(
         _trainable(plan, setup),
-        param_space={key: _domain(p, plan.expands_grid) for key, p in space.params.items()},
+        param_space=param_space(space, plan.expands_grid),
         tune_config=tune.TuneConfig(
             metric=space.metric,
             mode=space.mode,
