@@ -21,7 +21,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from unspur.regions import Region, grid_regions, mask_regions, region_mask, region_tensor, truth_overlap
+from unspur.regions import (
+    Region,
+    drop_blank,
+    grid_regions,
+    mask_regions,
+    region_mask,
+    region_tensor,
+    truth_overlap,
+)
 
 __all__ = ["OUTPUT_COLUMNS", "RegionEmbedder", "image_regions"]
 
@@ -45,17 +53,22 @@ OUTPUT_COLUMNS = (
 def image_regions(image: np.ndarray, regions: Mapping[str, Any], mask_rles: str = "") -> list[Region]:
     """The candidate regions of an (H, W, 3) image under a
     :class:`unspur.config.regions.RegionSourceConfig` (as a dict); ``mask_rles``: the image's ok
-    masks as a JSON list of COCO RLEs (mask regions, largest first, at most ``max_regions``)."""
+    masks as a JSON list of COCO RLEs (mask regions, largest first, at most ``max_regions``);
+    blank regions are dropped when ``blank_std`` is set."""
     from unspur.masks import decode, resize_mask
 
     h, w = image.shape[:2]
+    blank_std = regions.get("blank_std")
     if regions["source"] == "grid":
-        return grid_regions(h, w, int(regions["grid"]))
+        cells = grid_regions(h, w, int(regions["grid"]))
+        return cells if blank_std is None else drop_blank(image, cells, float(blank_std))
     masks = []
     for rle in json.loads(mask_rles) if mask_rles else []:
         mask = decode(rle)
         masks.append(mask if mask.shape == (h, w) else resize_mask(mask, (h, w)))
     found = mask_regions(masks, int(regions["min_pixels"]))
+    if blank_std is not None:
+        found = drop_blank(image, found, float(blank_std))
     found.sort(key=lambda r: -int(r.mask.sum()))
     return found[: int(regions["max_regions"])]
 
@@ -103,6 +116,12 @@ class RegionEmbedder:
         scores = (emb @ self.head.T / self.temperature).softmax(1)
         return emb.float().cpu().numpy(), scores.float().cpu().numpy()
 
+    def _none_reason(self) -> str:
+        blank = self.regions.get("blank_std")
+        if self.regions["source"] == "grid":
+            return f"every grid cell is blank (pixel std <= blank_std {blank})"
+        return "no mask of the image passed min_pixels" + ("" if blank is None else f" and blank_std {blank}")
+
     def _truth(self, row: Mapping[str, Any], shape: tuple[int, int]) -> np.ndarray | None:
         from unspur.masks import decode, resize_mask
 
@@ -121,9 +140,7 @@ class RegionEmbedder:
         h, w = image.shape[:2]
         regions = image_regions(image, self.regions, str(row.get("mask_rles") or ""))
         if not regions:
-            raise ValueError(
-                f"no regions: {row.get('mask_note') or 'no mask of the image passed min_pixels'}"
-            )
+            raise ValueError(f"no regions: {row.get('mask_note') or self._none_reason()}")
         whole = Region((0, 0, w, h), None, "image")
         crops = torch.stack([region_tensor(image, r, self.size, **self.norm) for r in [whole, *regions]])
         emb, scores = self.embed(crops)

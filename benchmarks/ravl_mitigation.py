@@ -2,43 +2,46 @@
 
 The recipe is the RaVL pipeline's (``workflows/configs/ravl_pipeline.yaml``): per seed, render
 the balanced pretraining split and the correlated fine-tuning split (rectangle <-> digit 0 at
-Cramer's V 0.9, both with the run's seed), pretrain a tiny CLIP (the zero-shot model), FLYP
-fine-tune it, embed the quadrants of the val and train images with the FLYP model, discover the
-spurious cluster on val (the discover job), and fine-tune the pretrained model again with loss
-``ravl`` (FLYP + pull / push on the quadrants flagged by discovery; same optimisation as FLYP).
-Both are evaluated zero-shot on the test split, where the rectangle is independent of the
-digit. Last line, means over seeds:
+Cramer's V 0.9; seed s shifts both worlds' seeds by s and trains with seed s, seed 0 = the
+pipeline), pretrain a tiny CLIP (the zero-shot model), FLYP fine-tune it, embed the quadrants of
+the val and train images with the FLYP model, discover the spurious cluster on val (the discover
+job), and fine-tune the pretrained model again with loss ``ravl`` (FLYP + pull / push on the
+quadrants flagged by discovery; same optimisation as FLYP). Both are evaluated zero-shot on
+``--split`` (test by default; val to choose a recipe), where the rectangle is independent of the
+digit. One ``seed=..`` line per seed, last line the means over seeds:
 
     acc_ft=.. wga_ft=.. acc_ravl=.. wga_ravl=..
 
-    python benchmarks/ravl_mitigation.py --seeds 3
-    python benchmarks/ravl_mitigation.py --seeds 1 ravl.loss.lambda_push=3
+    python benchmarks/ravl_mitigation.py --seeds 3 --workers 3 --threads 1
+    python benchmarks/ravl_mitigation.py --seeds 1 --split val ravl.loss.lambda_push=3
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
 import ravl_flow as flow
 import torch
 
+KEYS = ("acc_ft", "wga_ft", "acc_ravl", "wga_ravl")
 
-def one_seed(stages: dict, seed: int, out: Path, threads: int) -> dict[str, float]:
+
+def one_seed(seed: int, args: argparse.Namespace, out: Path) -> dict[str, float]:
     """acc / wga of FLYP and RaVL for one seed."""
-    pre = flow.tables(stages["pretrain_data"]["digits_grid"], out / "pretrain_data", seed=1000 + seed)
-    images = flow.tables(stages["data"]["digits_grid"], out / "data", seed=seed)
-    train = {"train": {**stages["pretrain"]["train"], "seed": seed}}
-    pretrained = flow.train(stages["pretrain"], pre, out / "pretrain", **train)
+    torch.set_num_threads(args.threads)
+    stages = flow.seeded(flow.recipe(args.overrides), seed)
+    stages["data"]["digits_grid"]["cramers_v"] = 0.9
+    out = out / f"seed{seed}"
+    start = time.perf_counter()
+    pretrained = flow.pretrained(stages, out, args.cache)
+    images = flow.tables(stages["data"]["digits_grid"], out / "data")
     model_section = stages["pretrain"]["model"]
-    flyp_train = {"train": {**stages["flyp"]["train"], "seed": seed}}
-    flyp = flow.train(
-        stages["flyp"], images, out / "flyp", init_from=pretrained, model=model_section, **flyp_train
-    )
-    table = flow.regions(flyp, images, out / "regions", ["val", "train"], threads)
+    flyp = flow.train(stages["flyp"], images, out / "flyp", init_from=pretrained, model=model_section)
+    source = stages["regions"]["regions"]
+    table = flow.regions(flyp, images, out / "regions", ["val", "train"], source, args.threads)
     found = flow.discover(table, out / "discover")
     ravl_stage = {**stages["flyp"], "loss": stages["ravl"]["loss"]}
     ravl = flow.train(
@@ -47,34 +50,26 @@ def one_seed(stages: dict, seed: int, out: Path, threads: int) -> dict[str, floa
         out / "ravl",
         init_from=pretrained,
         model=model_section,
-        data={"regions": found["flags"]},
-        **flyp_train,
+        data={**stages["ravl"].get("data", {}), "regions": found["flags"]},
     )
-    ft, rv = flow.evaluate(flyp, images), flow.evaluate(ravl, images)
+    ft, rv = flow.evaluate(flyp, images, args.split), flow.evaluate(ravl, images, args.split)
+    result = {"acc_ft": ft["acc"], "wga_ft": ft["wga"], "acc_ravl": rv["acc"], "wga_ravl": rv["wga"]}
     print(
-        f"seed {seed}: discovery P@10 {found['precision_at_k']:.2f}; FLYP acc {ft['acc']:.3f} wga {ft['wga']:.3f}; "
-        f"RaVL acc {rv['acc']:.3f} wga {rv['wga']:.3f}",
+        f"seed={seed} "
+        + " ".join(f"{k}={result[k]:.3f}" for k in KEYS)
+        + f" p10={found['precision_at_k']:.2f}"
+        f" worst_ft={ft['worst_group']} worst_ravl={rv['worst_group']} t={time.perf_counter() - start:.0f}s",
         flush=True,
     )
-    return {"acc_ft": ft["acc"], "wga_ft": ft["wga"], "acc_ravl": rv["acc"], "wga_ravl": rv["wga"]}
+    return result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", type=Path, default=None)
-    parser.add_argument("overrides", nargs="*", help="<stage>.<key>=<value> on ravl_pipeline.yaml")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    stages = flow.recipe(args.overrides)
-    stages["data"]["digits_grid"]["cramers_v"] = 0.9
-    out = args.out or Path(tempfile.mkdtemp(prefix="ravl-mitigation-"))
-    start = time.perf_counter()
-    runs = [one_seed(stages, seed, out / f"seed{seed}", args.threads) for seed in range(args.seeds)]
-    print(f"{args.seeds} seeds in {time.perf_counter() - start:.0f} s", flush=True)
-    keys = ("acc_ft", "wga_ft", "acc_ravl", "wga_ravl")
-    print(" ".join(f"{k}={statistics.mean(r[k] for r in runs):.3f}" for k in keys))
+    parser.add_argument("--split", default="test", choices=("val", "test"))
+    args = flow.parse_seed_args(parser, seeds=3)
+    runs = flow.run_seeds(one_seed, args, "ravl-mitigation-")
+    print(" ".join(f"{k}={statistics.mean(r[k] for r in runs):.3f}" for k in KEYS))
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ import torch
 __all__ = [
     "Region",
     "crop_region",
+    "drop_blank",
     "grid_boxes",
     "grid_regions",
     "mask_box",
@@ -51,6 +52,21 @@ def grid_boxes(height: int, width: int, n: int) -> list[tuple[int, int, int, int
     xs = [round(i * width / n) for i in range(n + 1)]
     ys = [round(i * height / n) for i in range(n + 1)]
     return [(xs[c], ys[r], xs[c + 1], ys[r + 1]) for r in range(n) for c in range(n)]
+
+
+def drop_blank(image: np.ndarray, regions: Sequence[Region], max_std: float) -> list[Region]:
+    """The regions whose pixels (inside the box, and inside the mask for a mask region) vary: a
+    region whose pixel standard deviation over all channels is ``<= max_std`` (0-255 scale) is
+    blank background (digits-grid's empty quadrants) and is dropped."""
+    kept = []
+    for region in regions:
+        x0, y0, x1, y1 = region.box
+        pixels = image[y0:y1, x0:x1].astype(np.float64)
+        if region.mask is not None:
+            pixels = pixels[region.mask[y0:y1, x0:x1]]
+        if pixels.size and float(pixels.std()) > max_std:
+            kept.append(region)
+    return kept
 
 
 def grid_regions(height: int, width: int, n: int) -> list[Region]:

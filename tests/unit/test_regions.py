@@ -1,4 +1,4 @@
-"""Region crops against hand boxes; grid cells; mask boxes; ground-truth overlap."""
+"""Region crops against hand boxes; grid cells; mask boxes; ground-truth overlap; blank regions."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from unspur.data.digits_grid import quadrant_boxes
 from unspur.regions import (
     Region,
     crop_region,
+    drop_blank,
     grid_boxes,
     grid_regions,
     mask_box,
@@ -65,3 +66,23 @@ def test_truth_overlap():
     rect[1:3, 3:5] = True
     assert truth_overlap(quadrant, rect) == pytest.approx(6 / 8)  # columns 1..4: 6 of 8 pixels inside
     assert truth_overlap(quadrant, np.zeros((8, 8), bool)) == 0.0
+
+
+def test_blank_regions_are_dropped_and_an_all_blank_image_has_none():
+    from unspur.actors.region_embedder import image_regions
+
+    image = np.zeros((8, 8, 3), np.uint8)
+    image[1, 5] = 200  # one pixel in the top-right cell
+    image[4:8, 0:4] = 90  # a uniform (blank) bottom-left cell, not black
+    cells = grid_regions(8, 8, 2)
+    assert [r.name for r in drop_blank(image, cells, 1.0)] == ["cell_0_1"]
+    assert len(drop_blank(image, cells, 1000.0)) == 0
+    source = {"source": "grid", "grid": 2, "blank_std": 1.0}
+    assert [r.name for r in image_regions(image, source)] == ["cell_0_1"]
+    assert len(image_regions(image, {**source, "blank_std": None})) == 4  # None keeps every cell
+    image[5, 1] = 255  # a bright pixel in the uniform cell ...
+    mask = np.zeros((8, 8), bool)
+    mask[4:8, 0:4] = True
+    mask[5, 1] = False  # ... inside the mask's box but outside the mask: not counted
+    assert drop_blank(image, mask_regions([mask]), 1.0) == []
+    assert len(drop_blank(image, mask_regions([mask | ~mask]), 1.0)) == 1

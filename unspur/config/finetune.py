@@ -102,7 +102,8 @@ class FinetuneDataConfig(StrictModel):
     image-table column holding each image's class caption (CLIP losses: FLYP, StarFT);
     ``spurious``: StarFT's spurious captions (:class:`SpuriousCaptionConfig`). ``regions``: the
     region flags of ``unspur discover`` (``flags.parquet``), read by losses whose batch holds
-    region crops (``ravl``).
+    region views (``ravl``); ``region_view``: how a region is shown to the model, ``crop`` (its box
+    cut out and resized to the input) or ``in_place`` (the whole image, zero outside the box).
     """
 
     images: list[str] | None = None
@@ -115,6 +116,7 @@ class FinetuneDataConfig(StrictModel):
     caption_column: str = "caption"
     spurious: SpuriousCaptionConfig = Field(default_factory=SpuriousCaptionConfig)
     regions: str | None = None
+    region_view: Literal["crop", "in_place"] = "crop"
 
     @model_validator(mode="after")
     def _check(self) -> FinetuneDataConfig:

@@ -21,7 +21,8 @@ class RegionSourceConfig(StrictModel):
     pixels are skipped, at most ``max_regions`` per image, largest first). ``truth_column``: an
     image-table column holding a COCO RLE of the spurious feature (digits-grid: ``marker_rle``);
     a region's ``truth`` flag is ``|region & truth| / min(|region|, |truth|) >= min_overlap``
-    (null where the table has no such column).
+    (null where the table has no such column). ``blank_std``: regions whose pixel standard
+    deviation (0-255) is at most this are blank background and are not regions (None keeps all).
     """
 
     source: Literal["grid", "masks"] = "grid"
@@ -32,6 +33,7 @@ class RegionSourceConfig(StrictModel):
     truth_column: str | None = None
     truth_invert: bool = Field(False, description="the feature is everything OUTSIDE the truth mask")
     min_overlap: float = Field(0.5, gt=0, le=1)
+    blank_std: float | None = Field(None, ge=0, description="drop regions this uniform (None: keep)")
 
     @model_validator(mode="after")
     def _check(self) -> RegionSourceConfig:

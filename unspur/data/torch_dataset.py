@@ -114,9 +114,11 @@ class ImageMaskDataset(Dataset):
     Regions (RaVL's region-aware loss) need ``region_flags``, a table of ``image_id``,
     ``region_id``, ``box`` ([x0, y0, x1, y1] in the stored image's pixels), ``spurious`` (bool)
     and ``tied_class`` (int, -1 = none), e.g. ``unspur discover``'s ``flags.parquet``: ``regions``
-    (R, 3, S, S) the box crops (:func:`unspur.regions.region_tensor`; never flipped), ``region_spurious``
-    (R,) bool, ``region_tied`` (R,) int64, ``region_valid`` (R,) bool; R is the most regions any
-    image has, shorter lists padded with zero crops that are not valid.
+    (R, 3, S, S) the region views (never flipped): ``region_view`` ``crop``, the box cut out and
+    resized (:func:`unspur.regions.region_tensor`), or ``in_place``, the whole image with every
+    pixel outside the box zeroed (the region where it lies, at the image's scale),
+    ``region_spurious`` (R,) bool, ``region_tied`` (R,) int64, ``region_valid`` (R,) bool; R is the
+    most regions any image has, shorter lists padded with zero views that are not valid.
     """
 
     def __init__(
@@ -133,6 +135,7 @@ class ImageMaskDataset(Dataset):
         caption_column: str = "caption",
         spurious_templates: Sequence[str] | None = None,
         region_flags: Any = None,
+        region_view: str = "crop",
     ) -> None:
         if img_size <= 0:
             raise ValueError(f"img_size must be > 0, got {img_size}")
@@ -157,6 +160,8 @@ class ImageMaskDataset(Dataset):
                     "spurious captions fill the image table's class_name column into templates; "
                     f"the table lacks it (columns: {sorted(images_df.columns)})"
                 )
+        if region_view not in ("crop", "in_place"):
+            raise ValueError(f"region_view must be crop or in_place, got {region_view!r}")
         if set(REGION_FIELDS) & set(fields) and region_flags is None:
             raise ValueError(
                 "the region fields need region_flags (image_id, region_id, box, spurious, tied_class: "
@@ -181,6 +186,7 @@ class ImageMaskDataset(Dataset):
         self.errors: list[dict[str, str]] = []
         self._error_ids: set[str] = set()
         self._regions, self.max_regions = _region_rows(region_flags)
+        self.region_view = region_view
         self._sizes: dict[int, tuple[int, int]] = {}  # stored image size, to scale region boxes
 
     def spurious_caption(self, index: int) -> str:
@@ -266,7 +272,13 @@ class ImageMaskDataset(Dataset):
                 max(int(x0 * sx) + 1, round(x1 * sx)),
                 max(int(y0 * sy) + 1, round(y1 * sy)),
             )
-            crops[r] = region_tensor(image, Region(scaled), self.img_size, mean, std)
+            if self.region_view == "in_place":  # the whole image, zero outside the box
+                inside = np.zeros(image.shape[:2], dtype=bool)
+                inside[scaled[1] : scaled[3], scaled[0] : scaled[2]] = True
+                region = Region((0, 0, image.shape[1], image.shape[0]), inside)
+            else:
+                region = Region(scaled)
+            crops[r] = region_tensor(image, region, self.img_size, mean, std)
             spurious[r], tied[r], valid[r] = is_spurious, tied_class, True
         return {"regions": crops, "region_spurious": spurious, "region_tied": tied, "region_valid": valid}
 

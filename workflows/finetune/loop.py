@@ -116,6 +116,7 @@ def datasets(
         caption_column=cfg.data.caption_column,
         spurious_templates=templates,
         region_flags=pd.read_parquet(cfg.data.regions) if "regions" in fields else None,
+        region_view=cfg.data.region_view,
         **norm,
     )
     return (

@@ -1,5 +1,6 @@
 """The region path of a RaVL step: dataset region crops from flags -> clip family region and
-class-text features in one forward -> the ravl loss, with gradients into the model."""
+class-text features in one forward -> the ravl loss, with gradients into the model; the in-place
+region view."""
 
 from __future__ import annotations
 
@@ -67,3 +68,31 @@ def test_region_crops_features_and_loss():
     terms["loss"].backward()
     assert all(torch.isfinite(v) for v in terms.values()) and terms["pull"] > 0
     assert model.visual.proj.grad is not None
+
+
+def test_in_place_region_view_is_the_image_zeroed_outside_the_box():
+    rows = [sample_rows(GRID, "train", i)[0] for i in range(2)]
+    boxes = grid_boxes(32, 32, 2)
+    flags = pd.DataFrame(
+        [
+            {
+                "image_id": rows[0]["image_id"],
+                "region_id": q,
+                "box": list(boxes[q]),
+                "spurious": False,
+                "tied_class": -1,
+            }
+            for q in range(4)
+        ]
+    )
+    ds = ImageMaskDataset(
+        pd.DataFrame(rows), None, 32, fields=("image", "regions"), region_flags=flags, region_view="in_place"
+    )
+    item = ds[0]
+    black = ((0.0 - ds.mean) / ds.std).view(3, 1)  # a zeroed pixel, normalised
+    for q, (x0, y0, x1, y1) in enumerate(boxes):
+        view = item["regions"][q]
+        assert torch.allclose(view[:, y0:y1, x0:x1], item["image"][:, y0:y1, x0:x1], atol=1e-6)
+        outside = torch.ones(32, 32, dtype=torch.bool)
+        outside[y0:y1, x0:x1] = False
+        assert torch.allclose(view[:, outside], black.expand(3, int(outside.sum())), atol=1e-6)
