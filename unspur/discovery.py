@@ -14,7 +14,9 @@ the whole image).
    (0 when either side is empty).
 3. Influence: for each class l with gap_l < 0, over the misclassified images of class l with more
    than one region, the fraction whose region scoring highest for the PREDICTED class lies in the
-   cluster; the cluster's influence is the max over those classes (0 without any).
+   cluster; the cluster's influence is the max over those classes (0 without any). The class the
+   feature is tied to is the most frequent predicted class of those hits (the class it pulls
+   predictions to; :func:`attracted_class`).
 4. A cluster is a candidate when some gap > 0, some gap < 0 and influence >= ``min_influence``;
    candidates are ranked by sum_l |gap_l| (ties: larger cluster first), then the other clusters by
    the same score (so a ranking always exists; ``candidate`` tells them apart).
@@ -29,6 +31,7 @@ import numpy as np
 __all__ = [
     "ClusterFit",
     "ClusterScore",
+    "attracted_class",
     "class_gaps",
     "cluster_regions",
     "cosine_distance",
@@ -111,6 +114,32 @@ def class_gaps(
     return out
 
 
+def _influence_hits(
+    member: np.ndarray,
+    region_image: np.ndarray,
+    scores: np.ndarray,
+    labels: np.ndarray,
+    preds: np.ndarray,
+    gaps: np.ndarray,
+) -> dict[int, list[tuple[int, bool]]]:
+    """Per class with a negative gap: (predicted class, hit) of each of its misclassified images
+    with more than one region; hit = its region scoring highest for the predicted class is in the
+    cluster."""
+    member, region_image, scores = np.asarray(member, bool), np.asarray(region_image), np.asarray(scores)
+    counts = np.bincount(region_image, minlength=len(labels))
+    order = np.argsort(region_image, kind="stable")
+    starts = np.concatenate([[0], np.cumsum(counts)])
+    found: dict[int, list[tuple[int, bool]]] = {}
+    for c in np.flatnonzero(np.asarray(gaps) < 0):
+        images = np.flatnonzero((labels == c) & (preds != labels) & (counts > 1))
+        found[int(c)] = [
+            (int(preds[m]), bool(member[rows[np.argmax(scores[rows, preds[m]])]]))
+            for m in images
+            for rows in [order[starts[m] : starts[m + 1]]]
+        ]
+    return found
+
+
 def influence(
     member: np.ndarray,
     region_image: np.ndarray,
@@ -121,28 +150,32 @@ def influence(
 ) -> float:
     """The cluster's influence (module docstring, step 3). member (N,) bool: region in the cluster;
     region_image (N,), scores (N, C); labels, preds (M,); gaps (C,)."""
-    member, region_image, scores = np.asarray(member, bool), np.asarray(region_image), np.asarray(scores)
-    counts = np.bincount(region_image, minlength=len(labels))
-    order = np.argsort(region_image, kind="stable")
-    starts = np.concatenate([[0], np.cumsum(counts)])
-    best = 0.0
-    for c in np.flatnonzero(np.asarray(gaps) < 0):
-        images = np.flatnonzero((labels == c) & (preds != labels) & (counts > 1))
-        if not len(images):
-            continue
-        hits = 0
-        for m in images:
-            rows = order[starts[m] : starts[m + 1]]
-            hits += bool(member[rows[np.argmax(scores[rows, preds[m]])]])
-        best = max(best, hits / len(images))
-    return best
+    hits = _influence_hits(member, region_image, scores, labels, preds, gaps)
+    return max((sum(h for _, h in found) / len(found) for found in hits.values() if found), default=0.0)
+
+
+def attracted_class(
+    member: np.ndarray,
+    region_image: np.ndarray,
+    scores: np.ndarray,
+    labels: np.ndarray,
+    preds: np.ndarray,
+    gaps: np.ndarray,
+) -> int:
+    """The class the cluster's feature pulls predictions to: the most frequent predicted class of
+    the influence's hits (step 3's misclassified images whose region scoring highest for the
+    predicted class lies in the cluster); ties to the smaller class, -1 without any hit."""
+    hits = _influence_hits(member, region_image, scores, labels, preds, gaps)
+    pulled = [pred for found in hits.values() for pred, hit in found if hit]
+    return int(np.bincount(pulled).argmax()) if pulled else -1
 
 
 @dataclass
 class ClusterScore:
     """One cluster's scores: ``cluster`` id, ``medoid`` region index, ``members`` region indices
     sorted by cosine similarity to the medoid (most similar first), per-class ``gap``, ``acc_in``,
-    ``acc_out``, ``n_in``, ``n_out`` (C,), ``influence``, ``score`` = sum |gap|, ``candidate``."""
+    ``acc_out``, ``n_in``, ``n_out`` (C,), ``influence``, ``score`` = sum |gap|, ``candidate``,
+    ``attracted`` (:func:`attracted_class`, -1 = none)."""
 
     cluster: int
     medoid: int
@@ -155,6 +188,7 @@ class ClusterScore:
     influence: float
     score: float
     candidate: bool
+    attracted: int = -1
 
 
 def rank_clusters(scored: list[ClusterScore]) -> list[ClusterScore]:
@@ -185,6 +219,7 @@ def discover(
         in_cluster[region_image[idx]] = True
         g = class_gaps(in_cluster, labels, correct, n_classes)
         infl = influence(member, region_image, scores, labels, preds, g["gap"])
+        attracted = attracted_class(member, region_image, scores, labels, preds, g["gap"])
         mixed = bool((g["gap"] > 0).any() and (g["gap"] < 0).any())
         scored.append(
             ClusterScore(
@@ -199,6 +234,7 @@ def discover(
                 infl,
                 float(np.abs(g["gap"]).sum()),
                 mixed and infl >= min_influence,
+                attracted,
             )
         )
     return rank_clusters(scored)

@@ -1,11 +1,19 @@
-"""RaVL discovery: gap and influence by hand, K by silhouette, a planted cluster found first."""
+"""RaVL discovery: gap, influence and the attracted class by hand, K by silhouette, a planted
+cluster found first."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from unspur.discovery import class_gaps, cluster_regions, cosine_distance, discover, influence
+from unspur.discovery import (
+    attracted_class,
+    class_gaps,
+    cluster_regions,
+    cosine_distance,
+    discover,
+    influence,
+)
 from unspur.metrics import precision_at_k
 
 # 6 images, 2 classes; images 0, 1 and 4 have a region in the cluster
@@ -44,6 +52,23 @@ def test_influence_by_hand():
     assert influence(member, np.array([4, 4, 5, 3, 3]), scores, LABELS, PREDS, gaps) == pytest.approx(1.0)
     # no negative gap: no influence
     assert influence(member, region_image, scores, LABELS, PREDS, np.array([0.1, 0.0])) == 0.0
+
+
+def test_attracted_class_by_hand():
+    # 3 classes; images 1 and 2 (class 1) are predicted 2 and 0, image 3 (class 1) predicted 2
+    labels, preds = np.array([0, 1, 1, 1]), np.array([0, 2, 0, 2])
+    region_image = np.array([1, 1, 2, 2, 3, 3])
+    scores = np.array(
+        [[0, 0.1, 0.9], [0, 0.9, 0.1], [0.9, 0.1, 0], [0.1, 0.9, 0], [0, 0.2, 0.8], [0, 0.8, 0.2]]
+    )
+    member = np.array([True, False, False, True, True, False])
+    gaps = np.array([0.5, -0.5, 0.0])
+    # hits: image 1 (its top region for class 2 is row 0, in the cluster) and image 3 (row 4);
+    # image 2's top region for class 0 is row 2, outside: a miss. Predictions of hits: 2, 2
+    assert attracted_class(member, region_image, scores, labels, preds, gaps) == 2
+    assert influence(member, region_image, scores, labels, preds, gaps) == pytest.approx(2 / 3)
+    assert attracted_class(~member, region_image, scores, labels, preds, gaps) == 0  # image 2 only
+    assert attracted_class(member, region_image, scores, labels, preds, -gaps) == -1  # class 0: no errors
 
 
 def _blobs(n_per: int, centres: int, dim: int = 8, noise: float = 0.05, seed: int = 0) -> np.ndarray:

@@ -49,9 +49,11 @@ FIELDS = (
     "region_spurious",
     "region_tied",
     "region_valid",
+    "erased",
+    "erased_tied",
 )
 #: the region entries (RaVL's region-aware loss); they need ``region_flags``
-REGION_FIELDS = ("regions", "region_spurious", "region_tied", "region_valid")
+REGION_FIELDS = ("regions", "region_spurious", "region_tied", "region_valid", "erased", "erased_tied")
 #: what it holds unless asked otherwise (no caption tokens)
 DEFAULT_FIELDS = ("image", "label", "mask", "has_mask")
 
@@ -118,7 +120,10 @@ class ImageMaskDataset(Dataset):
     resized (:func:`unspur.regions.region_tensor`), or ``in_place``, the whole image with every
     pixel outside the box zeroed (the region where it lies, at the image's scale),
     ``region_spurious`` (R,) bool, ``region_tied`` (R,) int64, ``region_valid`` (R,) bool; R is the
-    most regions any image has, shorter lists padded with zero views that are not valid.
+    most regions any image has, shorter lists padded with zero views that are not valid;
+    ``erased`` (3, S, S) the image with every spurious region's box zeroed (flipped with the image)
+    and ``erased_tied`` () int64 the class its spurious regions are tied to (-1: none, then
+    ``erased`` is the image).
     """
 
     def __init__(
@@ -259,6 +264,7 @@ class ImageMaskDataset(Dataset):
         crops = torch.zeros(r_max, 3, self.img_size, self.img_size)
         spurious, tied = torch.zeros(r_max, dtype=torch.bool), torch.full((r_max,), -1, dtype=torch.int64)
         valid = torch.zeros(r_max, dtype=torch.bool)
+        erased, erased_tied = image.copy(), -1
         h, w = self._sizes.get(index, image.shape[:2])
         sx, sy = self.img_size / w, self.img_size / h
         mean, std = self.mean.flatten().tolist(), self.std.flatten().tolist()
@@ -280,7 +286,18 @@ class ImageMaskDataset(Dataset):
                 region = Region(scaled)
             crops[r] = region_tensor(image, region, self.img_size, mean, std)
             spurious[r], tied[r], valid[r] = is_spurious, tied_class, True
-        return {"regions": crops, "region_spurious": spurious, "region_tied": tied, "region_valid": valid}
+            if is_spurious and tied_class >= 0:
+                erased[scaled[1] : scaled[3], scaled[0] : scaled[2]] = 0
+                erased_tied = tied_class if erased_tied < 0 else erased_tied
+        whole = Region((0, 0, image.shape[1], image.shape[0]))
+        return {
+            "regions": crops,
+            "region_spurious": spurious,
+            "region_tied": tied,
+            "region_valid": valid,
+            "erased": region_tensor(erased, whole, self.img_size, mean, std),
+            "erased_tied": torch.tensor(erased_tied, dtype=torch.int64),
+        }
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         image, mask, has_mask = self._load(index)
@@ -304,8 +321,10 @@ class ImageMaskDataset(Dataset):
             item["tokens"] = self._tokenize(str(row[self.caption_column]))
         if "spurious_tokens" in self.fields:
             item["spurious_tokens"] = self._tokenize(self.spurious_caption(index))
-        if "regions" in self.fields:
+        if set(REGION_FIELDS) & set(self.fields):
             item.update(self._region_items(index, image))
+            if flipped:
+                item["erased"] = item["erased"].flip(-1)
         return {k: v for k, v in item.items() if k in self.fields or k in ("group", "image_id", "view_id")}
 
 

@@ -13,12 +13,25 @@ renormalised; trained with the text encoder), s the model's exp'd logit scale, a
 Over the valid regions of the batch, N = {(i, r): s_ir = 0} and S = {(i, r): s_ir = 1, t_ir >= 0}:
 
     L_pull = (1 / |N|) sum_{(i,r) in N} -log p_ir[y_i]          (pulled toward the image's class text)
-    L_push = (1 / |S|) sum_{(i,r) in S} -log(1 - p_ir[t_ir])     (pushed away from the tied class text)
     L      = L_FLYP + lambda_pull * L_pull + lambda_push * L_push
 
-with L_FLYP the symmetric CLIP loss on (image, class caption) (:mod:`unspur.losses.flyp`); an empty
-N or S contributes 0. ``1 - p`` is computed as ``sum of the other classes' probabilities``
-through ``logsumexp`` so it stays finite when p -> 1.
+with L_FLYP the symmetric CLIP loss on (image, class caption) (:mod:`unspur.losses.flyp`) and the
+push in one of two forms (``push``):
+
+- ``probability``: the region on its own is pushed away from the tied class text,
+  L_push = (1 / |S|) sum_{(i,r) in S} -log(1 - p_ir[t_ir]) (``1 - p`` as the sum of the other
+  classes' probabilities through ``logsumexp``, finite when p -> 1);
+- ``contribution`` (default): the region's contribution *in context* to the image's similarity
+  with the tied class text is pushed to zero or below. With f_i the normalised embedding of image
+  i, e_i that of image i with every region of S zeroed (``batch["erased"]``) and t_i their tied
+  class, over the images I with such a region,
+  L_push = (1 / |I|) sum_{i in I} max(0, s (f_i - e_i) . T[t_i]).
+  Measured on digits-grid: the red rectangle alone (crop or in place) scores digit 0 at
+  p ~ 0.001-0.05, so the probability form has no gradient, while the rectangle next to a digit
+  flips the image to 0 - the shortcut lives in context.
+
+An empty N, S or I contributes 0. The region views are the dataset's (``data.region_view``: the
+box crop or the region in place).
 """
 
 from __future__ import annotations
@@ -32,10 +45,26 @@ from pydantic import Field
 from unspur.losses.base import Batch, LossConfig, Outputs, register_loss
 from unspur.losses.flyp import CLIP_BATCH, FLYP_NEEDS, clip_contrastive, flyp_inputs
 
-__all__ = ["RAVL_BATCH", "RAVL_NEEDS", "RavlLossConfig", "ravl_inputs", "ravl_loss", "region_terms"]
+__all__ = [
+    "RAVL_BATCH",
+    "RAVL_NEEDS",
+    "RavlLossConfig",
+    "contribution_push",
+    "ravl_inputs",
+    "ravl_loss",
+    "region_terms",
+]
 
-RAVL_BATCH = (*CLIP_BATCH, "regions", "region_spurious", "region_tied", "region_valid")
-RAVL_NEEDS = FLYP_NEEDS | {"region_features", "class_text_features"}
+RAVL_BATCH = (
+    *CLIP_BATCH,
+    "regions",
+    "region_spurious",
+    "region_tied",
+    "region_valid",
+    "erased",
+    "erased_tied",
+)
+RAVL_NEEDS = FLYP_NEEDS | {"region_features", "class_text_features", "erased_features"}
 
 
 def region_terms(
@@ -47,7 +76,7 @@ def region_terms(
     tied: torch.Tensor,
     valid: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(L_pull, L_push) of the module docstring. region_features (B, R, D), class_text_features
+    """(L_pull, L_push of the ``probability`` form), module docstring. region_features (B, R, D), class_text_features
     (C, D), both L2-normalised; labels (B,); spurious, valid (B, R) bool; tied (B, R) int."""
     if region_features.ndim != 3 or spurious.shape != region_features.shape[:2]:
         raise ValueError(
@@ -70,6 +99,23 @@ def region_terms(
     return pull, push
 
 
+def contribution_push(
+    image_features: torch.Tensor,
+    erased_features: torch.Tensor,
+    class_text_features: torch.Tensor,
+    scale: torch.Tensor | float,
+    tied: torch.Tensor,
+) -> torch.Tensor:
+    """L_push of the ``contribution`` form (module docstring): image_features, erased_features (B, D)
+    and class_text_features (C, D) L2-normalised, tied (B,) int (-1: the image has no spurious region)."""
+    has = tied >= 0
+    if not has.any():
+        return image_features.new_zeros(())
+    text = class_text_features[tied[has]]
+    gain = ((image_features[has] - erased_features[has]) * text).sum(-1)
+    return F.relu(scale * gain.float()).mean()
+
+
 def ravl_inputs(outputs: Outputs, batch: Batch) -> dict[str, Any]:
     """RaVL's arguments: FLYP's, the region and class-text features and the region flags."""
     return {
@@ -79,16 +125,20 @@ def ravl_inputs(outputs: Outputs, batch: Batch) -> dict[str, Any]:
         "region_spurious": batch["region_spurious"],
         "region_tied": batch["region_tied"],
         "region_valid": batch["region_valid"],
+        "erased_features": outputs["erased_features"],
+        "erased_tied": batch["erased_tied"],
     }
 
 
 class RavlLossConfig(LossConfig):
     """``loss.name: ravl``: FLYP + ``lambda_pull`` L_pull + ``lambda_push`` L_push (module docstring);
-    ``scale``: the temperature of the region logits (None = the model's logit scale)."""
+    ``push``: ``contribution`` (in context) or ``probability`` (the region alone); ``scale``: the
+    temperature of the region logits (None = the model's logit scale)."""
 
     name: Literal["ravl"] = "ravl"
     lambda_pull: float = Field(1.0, ge=0)
     lambda_push: float = Field(1.0, ge=0)
+    push: Literal["contribution", "probability"] = "contribution"
     scale: float | None = Field(None, gt=0, description="None = the model's exp'd logit scale")
 
 
@@ -103,6 +153,8 @@ def ravl_loss(
     region_spurious: torch.Tensor,
     region_tied: torch.Tensor,
     region_valid: torch.Tensor,
+    erased_features: torch.Tensor,
+    erased_tied: torch.Tensor,
     cfg: RavlLossConfig,
     labels: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
@@ -120,6 +172,10 @@ def ravl_loss(
         region_tied.long(),
         region_valid.bool(),
     )
+    if cfg.push == "contribution":
+        push = contribution_push(
+            image_features, erased_features, class_text_features, scale, erased_tied.long()
+        )
     loss = (
         contrastive
         + cfg.lambda_pull * pull.to(contrastive.dtype)

@@ -6,7 +6,8 @@ per-class gap and influence -> ranked clusters. Pure numpy on the driver (no Ray
 
 - ``clusters.parquet``: one row per cluster in rank order (``rank``, ``cluster``, ``size``,
   ``candidate``, ``score`` = sum |gap|, ``influence``, per-class ``gap`` / ``acc_in`` / ``acc_out``
-  / ``n_in`` / ``n_out`` lists, ``tied_class`` (the class of the largest positive gap),
+  / ``n_in`` / ``n_out`` lists, ``tied_class`` (the class the feature pulls wrong predictions to,
+  :func:`unspur.discovery.attracted_class`; without such errors the class of the largest positive gap),
   ``precision_at_k`` against the table's ``truth`` flags where it has them);
 - ``members.parquet``: every clustered region with its cluster's ``rank`` and its ``order`` by
   cosine similarity to the medoid (0 = the medoid), ``similarity``, ``truth``;
@@ -91,7 +92,6 @@ def _cluster_rows(ranked: list[ClusterScore], points: Points, k: int, at: int) -
     truth = points.truth
     rows = []
     for rank, c in enumerate(ranked):
-        positive = np.where(c.gap > 0, c.gap, -np.inf)
         rows.append(
             {
                 "rank": rank,
@@ -106,7 +106,7 @@ def _cluster_rows(ranked: list[ClusterScore], points: Points, k: int, at: int) -
                 "acc_out": c.acc_out.tolist(),
                 "n_in": c.n_in.tolist(),
                 "n_out": c.n_out.tolist(),
-                "tied_class": int(positive.argmax()) if (c.gap > 0).any() else -1,
+                "tied_class": c.attracted if c.attracted >= 0 else _largest_positive_gap(c.gap),
                 "medoid_image_id": str(points.rows["image_id"].iloc[c.medoid]),
                 "medoid_region_id": int(points.rows["region_id"].iloc[c.medoid]),
                 "precision_at_k": precision_at_k(truth[c.members], at) if truth is not None else np.nan,
@@ -126,6 +126,11 @@ def _members(ranked: list[ClusterScore], points: Points) -> pd.DataFrame:
         part["similarity"] = sim
         parts.append(part)
     return pd.concat(parts, ignore_index=True)
+
+
+def _largest_positive_gap(gap: np.ndarray) -> int:
+    """The class of the largest positive gap, -1 when no gap is positive."""
+    return int(np.where(gap > 0, gap, -np.inf).argmax()) if (gap > 0).any() else -1
 
 
 def _flags(

@@ -1,4 +1,5 @@
-"""RaVL's region-aware loss: its pull and push terms against hand values, the total, empty sets."""
+"""RaVL's region-aware loss: its pull and push terms (both forms) against hand values, the total,
+empty sets."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import torch
 
 from unspur.losses import LOSSES, RavlLossConfig
 from unspur.losses.flyp import clip_contrastive
-from unspur.losses.ravl import region_terms
+from unspur.losses.ravl import contribution_push, region_terms
 
 TEXT = torch.eye(2)  # class 0 text along x, class 1 along y
 
@@ -62,12 +63,13 @@ def test_total_is_flyp_plus_weighted_terms_and_gradients_reach_regions():
     image, text = norm(torch.randn(3, 4), dim=1), norm(torch.randn(3, 4), dim=1)
     regions = norm(torch.randn(3, 2, 4), dim=-1).requires_grad_(True)
     heads = norm(torch.randn(2, 4), dim=-1).requires_grad_(True)
-    cfg = RavlLossConfig(lambda_pull=0.5, lambda_push=2.0)
+    cfg = RavlLossConfig(lambda_pull=0.5, lambda_push=2.0, push="probability")
     batch = {
         "label": torch.tensor([0, 1, 0]),
         "region_spurious": torch.tensor([[True, False]] * 3),
         "region_tied": torch.tensor([[0, -1]] * 3),
         "region_valid": torch.ones(3, 2, dtype=torch.bool),
+        "erased_tied": torch.tensor([0, -1, 1]),
     }
     outputs = {
         "image_features": image,
@@ -75,6 +77,7 @@ def test_total_is_flyp_plus_weighted_terms_and_gradients_reach_regions():
         "logit_scale": torch.tensor(10.0),
         "region_features": regions,
         "class_text_features": heads,
+        "erased_features": norm(torch.randn(3, 4), dim=1),
     }
     out = LOSSES["ravl"](outputs, batch, cfg)
     pull, push = region_terms(
@@ -93,6 +96,24 @@ def test_total_is_flyp_plus_weighted_terms_and_gradients_reach_regions():
     )
     out["loss"].backward()
     assert regions.grad.abs().sum() > 0 and heads.grad.abs().sum() > 0
+    contribution = LOSSES["ravl"](outputs, batch, cfg.model_copy(update={"push": "contribution"}))
+    push = contribution_push(image, outputs["erased_features"], heads, 10.0, batch["erased_tied"])
+    assert contribution["push"].item() == pytest.approx(push.item())
+    assert contribution["loss"].item() == pytest.approx(
+        (expected - 2.0 * out["push"] + 2.0 * push).item(), rel=1e-6
+    )
+
+
+def test_contribution_push_by_hand():
+    # image 0 (tied to class 0): full image along x, erased image at 45 degrees -> the region adds
+    # (1 - 1/sqrt 2) to the class-0 similarity; image 1 (tied to 1): erasing raises class 1 -> 0;
+    # image 2: no spurious region, not counted
+    r = 1 / math.sqrt(2)
+    image = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    erased = torch.tensor([[r, r], [r, r], [1.0, 0.0]])
+    push = contribution_push(image, erased, TEXT, 3.0, torch.tensor([0, 1, -1]))
+    assert push.item() == pytest.approx((3.0 * (1 - r) + 0.0) / 2, rel=1e-6)
+    assert contribution_push(image, erased, TEXT, 3.0, torch.tensor([-1, -1, -1])).item() == 0.0
 
 
 def test_bad_shapes_are_refused():

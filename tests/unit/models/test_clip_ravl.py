@@ -59,11 +59,21 @@ def test_region_crops_features_and_loss():
     )
     assert torch.allclose(item["regions"][0], quadrant[0], atol=0.35)
     assert not ds[3]["region_valid"].any()
+    # erased: the image with its spurious (marker) quadrant zeroed, tied to class 0
+    x0, y0, x1, y1 = boxes[rows[0]["marker_region"]]
+    black = ((0.0 - ds.mean) / ds.std).view(3, 1, 1)
+    assert item["erased_tied"].item() == 0
+    assert torch.allclose(item["erased"][:, y0:y1, x0:x1], black.expand(3, y1 - y0, x1 - x0), atol=1e-6)
+    kept = torch.ones(32, 32, dtype=torch.bool)
+    kept[y0:y1, x0:x1] = False
+    assert torch.allclose(item["erased"][:, kept], item["image"][:, kept], atol=1e-6)
+    assert ds[3]["erased_tied"].item() == -1 and torch.allclose(ds[3]["erased"], ds[3]["image"], atol=1e-6)
     batch = next(iter(DataLoader(ds, batch_size=4)))
     out = family.forward(model, batch, spec.needs)
     assert out["region_features"].shape == (4, 4, out["image_features"].shape[1])
     assert out["class_text_features"].shape == (2, out["image_features"].shape[1])
     assert out["image_features"].shape[0] == 4
+    assert out["erased_features"].shape == out["image_features"].shape
     terms = spec(out, batch, RavlLossConfig())
     terms["loss"].backward()
     assert all(torch.isfinite(v) for v in terms.values()) and terms["pull"] > 0

@@ -12,6 +12,8 @@ Outputs of :meth:`ClipFamily.forward` (B = batch size, D = the embedding width):
   (B, L), StarFT's spurious captions;
 - ``region_features`` (B, R, D): L2-normalised image embeddings of ``batch["regions"]``
   (B, R, 3, S, S), each image's region crops (RaVL), encoded in the same image forward;
+- ``erased_features`` (B, D): L2-normalised image embeddings of ``batch["erased"]`` (B, 3, S, S),
+  each image with its spurious regions zeroed (RaVL), in the same image forward;
 - ``class_text_features`` (C, D): the zero-shot head (as for ``logits``) with gradient;
 - ``teacher_image_features``, ``teacher_spurious_text_features`` (B, D) and
   ``teacher_logit_scale`` (): the same from the frozen initial model (``base_model``), no grad.
@@ -183,6 +185,7 @@ class ClipFamily:
             "logits",
             "spurious_text_features",
             "region_features",
+            "erased_features",
             "class_text_features",
             *TEACHER_OUTPUTS,
         }
@@ -242,11 +245,17 @@ class ClipFamily:
         n_captions = sum(len(t) for t in text)
         if needs & {"logits", "class_text_features"}:
             text.append(unwrap(model).zero_shot.prompt_tokens().to(batch["image"].device))
-        images = batch["image"] if needs & {"image_features", "logits", "region_features"} else None
+        image_outputs = {"image_features", "logits", "region_features", "erased_features"}
+        images = batch["image"] if needs & image_outputs else None
         n_images = 0 if images is None else len(images)
-        if "region_features" in needs:  # regions ride in the same image forward (one DDP call)
+        extra: dict[str, torch.Tensor] = {}  # regions and erased images ride in the same image forward
+        if "region_features" in needs:
             regions = _tokens(batch, "regions", "region_features")
-            images = torch.cat([images, regions.flatten(0, 1)])
+            extra["region_features"] = regions.flatten(0, 1)
+        if "erased_features" in needs:
+            extra["erased_features"] = _tokens(batch, "erased", "erased_features")
+        if extra:
+            images = torch.cat([images, *extra.values()])
         distinct, inverse = None, None
         if text:  # each distinct caption encoded once (class captions and templates repeat in a batch)
             distinct, inverse = torch.unique(torch.cat(text), dim=0, return_inverse=True)
@@ -256,8 +265,11 @@ class ClipFamily:
         out: Outputs = {}
         if "image_features" in needs:
             out["image_features"] = res["image_features"][:n_images]
-        if "region_features" in needs:
-            out["region_features"] = res["image_features"][n_images:].view(*regions.shape[:2], -1)
+        start = n_images
+        for output, pixels in extra.items():
+            features = res["image_features"][start : start + len(pixels)]
+            out[output] = features.view(*regions.shape[:2], -1) if output == "region_features" else features
+            start += len(pixels)
         for output, span in spans.items():
             out[output] = res["text_features"][span]
         if "logit_scale" in needs:
