@@ -8,7 +8,8 @@ the val and train images with the FLYP model, discover the spurious cluster on v
 job), and fine-tune the pretrained model again with loss ``ravl`` (FLYP + pull / push on the
 quadrants flagged by discovery; same optimisation as FLYP). Both are evaluated zero-shot on
 ``--split`` (test by default; val to choose a recipe), where the rectangle is independent of the
-digit. One ``seed=..`` line per seed, last line the means over seeds:
+digit. Per seed one ``seed=.. split=..`` line for the other split, then one for ``--split``;
+last line the means over seeds on ``--split``:
 
     acc_ft=.. wga_ft=.. acc_ravl=.. wga_ravl=..
 
@@ -52,15 +53,17 @@ def one_seed(seed: int, args: argparse.Namespace, out: Path) -> dict[str, float]
         model=model_section,
         data={**stages["ravl"].get("data", {}), "regions": found["flags"]},
     )
-    ft, rv = flow.evaluate(flyp, images, args.split), flow.evaluate(ravl, images, args.split)
-    result = {"acc_ft": ft["acc"], "wga_ft": ft["wga"], "acc_ravl": rv["acc"], "wga_ravl": rv["wga"]}
-    print(
-        f"seed={seed} "
-        + " ".join(f"{k}={result[k]:.3f}" for k in KEYS)
-        + f" p10={found['precision_at_k']:.2f}"
-        f" worst_ft={ft['worst_group']} worst_ravl={rv['worst_group']} t={time.perf_counter() - start:.0f}s",
-        flush=True,
-    )
+    result: dict[str, float] = {}
+    for split in sorted({"val", "test"} - {args.split}) + [args.split]:  # --split's line last
+        ft, rv = flow.evaluate(flyp, images, split), flow.evaluate(ravl, images, split)
+        result = {"acc_ft": ft["acc"], "wga_ft": ft["wga"], "acc_ravl": rv["acc"], "wga_ravl": rv["wga"]}
+        print(
+            f"seed={seed} split={split} "
+            + " ".join(f"{k}={result[k]:.3f}" for k in KEYS)
+            + f" p10={found['precision_at_k']:.2f} worst_ft={ft['worst_group']} worst_ravl={rv['worst_group']}"
+            f" t={time.perf_counter() - start:.0f}s",
+            flush=True,
+        )
     return result
 
 

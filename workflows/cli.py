@@ -146,6 +146,9 @@ def demo(
     pretrains a tiny CLIP, fine-tunes it with FLYP and with StarFT and compares them to zero-shot.
     `unspur demo seraser`: the same data, concepts and masks, a FLYP-trained tiny CLIP, SEraser's
     test-time prompt tuning on the test split, zero-shot vs tuned in report.md with examples.
+    `unspur demo ravl`: digits-grid, a tiny CLIP pretrained to know digits, FLYP on a split where a
+    red rectangle co-occurs with digit 0, region discovery (clusters and figures) and the
+    region-aware fine-tune, all three zero-shot on the test split.
     Each METHOD runs workflows/configs/METHOD_pipeline.yaml. Same arguments as `unspur run`
     (default --out runs/demo, runs/demo-METHOD for the others); a rerun reuses finished stages.
     """
