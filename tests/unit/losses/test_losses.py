@@ -136,6 +136,7 @@ def test_registry_contract(name: str) -> None:
         "region_spurious": torch.tensor([[True, False]] * 4),
         "region_tied": torch.tensor([[0, -1]] * 4),
         "region_valid": torch.ones(4, 2, dtype=torch.bool),
+        "erased_tied": torch.tensor([0, -1, 1, 2]),
         "epoch": 0,
         "epochs": 2,
     }

@@ -50,6 +50,7 @@ def _clip_batches() -> list[dict[str, Any]]:
             "tokens": tokens,
             "spurious_tokens": tokens.flip(0),
             "regions": batch["image"][:, None].flip(-1),
+            "erased": batch["image"].flip(-2),
         }
         for batch in _timm_batches()
     ]
