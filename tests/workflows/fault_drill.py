@@ -37,6 +37,20 @@ def _train_workers(address: str, alive: bool = True) -> list[Any]:
     return list_actors(address=address, filters=filters, detail=True, timeout=60, limit=1000)
 
 
+def _started(pid: int) -> float:
+    """When process ``pid`` started, in epoch seconds (Linux ``/proc``; 0 when it is gone)."""
+    try:
+        ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+        boot = next(
+            int(line.split()[1])
+            for line in Path("/proc/stat").read_text().splitlines()
+            if line.startswith("btime")
+        )
+    except (OSError, ValueError, IndexError, StopIteration):
+        return 0.0
+    return boot + ticks / os.sysconf("SC_CLK_TCK")
+
+
 def kill_a_worker(
     storage: Path, record: dict[str, Any], address: str, earlier: set[str], timeout: float = 600.0
 ) -> None:
@@ -62,7 +76,11 @@ def kill_a_worker(
     workers = (
         live if len(live) >= 2 else workers
     )  # the workers alive now (a worker group may have been replaced)
-    victim = sorted(workers, key=lambda a: a.actor_id)[-1]
+    # a worker of the earlier run can still be alive and missing from ``earlier`` (the State API
+    # lags): killing it costs this run nothing, so prefer processes started after this run began
+    fresh = [a for a in workers if _started(a.pid) >= record["run_started"]]
+    record["fresh_workers"] = len(fresh)
+    victim = sorted(fresh or workers, key=lambda a: a.actor_id)[-1]
     record["checkpoint_epochs_at_kill"] = sorted(
         json.loads(p.read_text())["epoch"] for p in _checkpoints(storage)
     )
@@ -89,6 +107,7 @@ def main(argv: list[str]) -> int:
         args=(root / "killed" / "checkpoints" / "drill", record, address, earlier),
         daemon=True,
     )
+    record["run_started"] = time.time()
     killer.start()
     start = time.perf_counter()
     drill["killed_rc"] = job.main(["--out", str(root / "killed"), *overrides, "run.name=drill"])
