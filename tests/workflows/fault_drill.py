@@ -71,11 +71,8 @@ def kill_a_worker(
             record["error"] = "no checkpoint before the timeout"
             return
         time.sleep(0.05)
-    time.sleep(record["delay_s"])  # into the next epoch
-    live = [a for a in _train_workers(address) if a.actor_id not in earlier]
-    workers = (
-        live if len(live) >= 2 else workers
-    )  # the workers alive now (a worker group may have been replaced)
+    time.sleep(record["delay_s"])  # into the next epoch (no second State API call here: it can
+    # take seconds, and a small run may finish its epochs before the kill lands)
     # a worker of the earlier run can still be alive and missing from ``earlier`` (the State API
     # lags): killing it costs this run nothing, so prefer processes started after this run began
     fresh = [a for a in workers if _started(a.pid) >= record["run_started"]]

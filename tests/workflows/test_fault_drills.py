@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parents[2]
-WORLD = "data.spuriousworld={image_size: 32, n_train: 64, n_val: 32, n_test: 8}"
+WORLD = "data.spuriousworld={image_size: 32, n_train: 128, n_val: 32, n_test: 8}"  # epochs long enough to kill into
 FAMILIES = {
     "timm": [
         WORLD,
