@@ -150,8 +150,7 @@ def influence(
 ) -> float:
     """The cluster's influence (module docstring, step 3). member (N,) bool: region in the cluster;
     region_image (N,), scores (N, C); labels, preds (M,); gaps (C,)."""
-    hits = _influence_hits(member, region_image, scores, labels, preds, gaps)
-    return max((sum(h for _, h in found) / len(found) for found in hits.values() if found), default=0.0)
+    return _influence_of(_influence_hits(member, region_image, scores, labels, preds, gaps))
 
 
 def attracted_class(
@@ -165,7 +164,14 @@ def attracted_class(
     """The class the cluster's feature pulls predictions to: the most frequent predicted class of
     the influence's hits (step 3's misclassified images whose region scoring highest for the
     predicted class lies in the cluster); ties to the smaller class, -1 without any hit."""
-    hits = _influence_hits(member, region_image, scores, labels, preds, gaps)
+    return _attracted_of(_influence_hits(member, region_image, scores, labels, preds, gaps))
+
+
+def _influence_of(hits: dict[int, list[tuple[int, bool]]]) -> float:
+    return max((sum(h for _, h in found) / len(found) for found in hits.values() if found), default=0.0)
+
+
+def _attracted_of(hits: dict[int, list[tuple[int, bool]]]) -> int:
     pulled = [pred for found in hits.values() for pred, hit in found if hit]
     return int(np.bincount(pulled).argmax()) if pulled else -1
 
@@ -218,8 +224,8 @@ def discover(
         in_cluster = np.zeros(len(labels), dtype=bool)
         in_cluster[region_image[idx]] = True
         g = class_gaps(in_cluster, labels, correct, n_classes)
-        infl = influence(member, region_image, scores, labels, preds, g["gap"])
-        attracted = attracted_class(member, region_image, scores, labels, preds, g["gap"])
+        hits = _influence_hits(member, region_image, scores, labels, preds, g["gap"])  # once for both
+        infl, attracted = _influence_of(hits), _attracted_of(hits)
         mixed = bool((g["gap"] > 0).any() and (g["gap"] < 0).any())
         scored.append(
             ClusterScore(

@@ -289,13 +289,13 @@ class ImageMaskDataset(Dataset):
             if is_spurious and tied_class >= 0:
                 erased[scaled[1] : scaled[3], scaled[0] : scaled[2]] = 0
                 erased_tied = tied_class if erased_tied < 0 else erased_tied
-        whole = Region((0, 0, image.shape[1], image.shape[0]))
+        erased_pixels = torch.from_numpy(erased).permute(2, 0, 1).float() / 255.0  # already S x S
         return {
             "regions": crops,
             "region_spurious": spurious,
             "region_tied": tied,
             "region_valid": valid,
-            "erased": region_tensor(erased, whole, self.img_size, mean, std),
+            "erased": (erased_pixels - self.mean) / self.std,
             "erased_tied": torch.tensor(erased_tied, dtype=torch.int64),
         }
 

@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
+from unspur.data.torch_dataset import REGION_FIELDS
 from unspur.losses.base import Batch, LossConfig, Outputs, register_loss
 from unspur.losses.flyp import CLIP_BATCH, FLYP_NEEDS, clip_contrastive, flyp_inputs
 
@@ -55,15 +56,7 @@ __all__ = [
     "region_terms",
 ]
 
-RAVL_BATCH = (
-    *CLIP_BATCH,
-    "regions",
-    "region_spurious",
-    "region_tied",
-    "region_valid",
-    "erased",
-    "erased_tied",
-)
+RAVL_BATCH = (*CLIP_BATCH, *REGION_FIELDS)  # images, captions, labels and the dataset's region entries
 RAVL_NEEDS = FLYP_NEEDS | {"region_features", "class_text_features", "erased_features"}
 
 
