@@ -8,6 +8,10 @@ epoch and reports that model's val WGA to Tune (best so far), so ASHA ranks and 
 weights they leave, and a stopped trial still leaves them. FIFO (every grid point trained for all
 epochs), then ASHA (grace 1, reduction factor 2, on epochs) once per grid order (``--orders``: as
 given, reversed, rotated by half; ASHA's decisions depend on the order in which trials arrive).
+``--variant``: ``promotion`` (default: ASHA as published, the shipped spaces' variant; a trial waits
+at each rung and the top half of a rung go on, ties broken by val accuracy) or ``stopping`` (Ray's
+``ASHAScheduler``). A rerun with the same ``--out`` reuses the finished grid (the sweep job
+restores it; delete ``asha_*`` to rerun those).
 Under ASHA the sweep job starts a grid's points in an order shuffled by its seed (the space's
 ``order`` unset; ``--order given`` runs them as listed): each of the three listed orders then starts
 in a different shuffled order, recorded per sweep (``start``).
@@ -81,7 +85,12 @@ BASE = {
 
 
 def _space(
-    path: Path, scheduler: str, aligns: list[float], lrs: list[float], order: str | None = None
+    path: Path,
+    scheduler: str,
+    aligns: list[float],
+    lrs: list[float],
+    order: str | None = None,
+    variant: str = "promotion",
 ) -> Path:
     path.write_text(
         yaml.safe_dump(
@@ -91,7 +100,12 @@ def _space(
                 "order": order,
                 "metric": "val_wga",
                 "mode": "max",
-                "scheduler": {"name": scheduler, "grace_period": 1, "reduction_factor": 2},
+                "scheduler": {
+                    "name": scheduler,
+                    "grace_period": 1,
+                    "reduction_factor": 2,
+                    **({"variant": variant} if scheduler == "asha" else {}),
+                },
                 "params": {
                     "loss.lambda_align": {"type": "grid", "values": aligns},
                     "train.lr": {"type": "grid", "values": lrs},
@@ -137,7 +151,7 @@ def _orders(values: list[float], count: int) -> list[list[float]]:
 
 
 def _sweep(
-    out: Path, space: Path, epochs: int, base: dict | None, init_from: str | None
+    out: Path, space: Path, epochs: int, base: dict | None, init_from: str | None, seed: int = 0
 ) -> tuple[dict, float]:
     finetune = {**_finetune(epochs), "init_from": init_from}
     cfg = validate_config(
@@ -149,6 +163,7 @@ def _sweep(
             "base": base,
             "max_concurrent_trials": 2,
             "name": "bench",
+            "seed": seed,
         },
         "benchmark",
     )
@@ -162,6 +177,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path("runs/bench_sweep_asha"))
     parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument(
+        "--seed", type=int, default=0, help="the ASHA sweeps' seed (their shuffled start order)"
+    )
     parser.add_argument("--aligns", type=float, nargs="+", default=[0.2, 0.5, 1.0])
     parser.add_argument("--lrs", type=float, nargs="+", default=[3e-4, 6e-4, 1.5e-3, 3e-3])
     parser.add_argument("--orders", type=int, default=3, choices=[1, 2, 3])
@@ -171,6 +189,12 @@ def main() -> None:
         choices=("shuffled", "given"),
         default=None,
         help="ASHA's grid start order (default: the job's)",
+    )
+    parser.add_argument(
+        "--variant",
+        choices=("promotion", "stopping"),
+        default="promotion",
+        help="ASHA as published (trials wait at rungs) or Ray's stopping variant",
     )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -199,10 +223,11 @@ def main() -> None:
         out = args.out / f"asha_{k}"
         asha, seconds = _sweep(
             out,
-            _space(args.out / f"asha_{k}.yaml", "asha", aligns, lrs, args.order),
+            _space(args.out / f"asha_{k}.yaml", "asha", aligns, lrs, args.order, args.variant),
             args.epochs,
             None,
             grid["base_model"],
+            args.seed,
         )
         reached = _reach(out, asha, best, args.tolerance)
         reaches.append(reached / grid_epochs if reached is not None else math.inf)

@@ -7,7 +7,7 @@ A space file (e.g. ``tune_spaces/cft.yaml``)::
     order: null                 # grid only: given | shuffled (null: shuffled under ASHA, else given)
     metric: val_wga             # reported by the finetune job; validation, never test
     mode: max
-    scheduler: {name: asha, grace_period: 1, reduction_factor: 2}
+    scheduler: {name: asha, variant: stopping, grace_period: 1, reduction_factor: 2}
     params:
       loss.lambda_concept: {type: loguniform, low: 0.1, high: 2.0}
       relevance: {type: choice, values: [rollout]}
@@ -99,7 +99,13 @@ Param = Annotated[Uniform | LogUniform | RandInt | Choice | Grid, Field(discrimi
 
 
 class Scheduler(StrictModel):
+    """``variant`` (asha): ``stopping`` (Ray's ASHAScheduler: a trial runs on unless it falls below a
+    rung's cut-off among the trials that reached the rung before it) or ``promotion`` (ASHA as
+    published: a trial waits at each rung and the top ``1/reduction_factor`` of a rung go on; needs
+    the points listed ahead, so search grid or random)."""
+
     name: Literal["fifo", "asha"] = "asha"
+    variant: Literal["stopping", "promotion"] = "stopping"
     grace_period: int = Field(1, ge=1)
     reduction_factor: float = Field(2.0, gt=1)
 
@@ -130,6 +136,11 @@ class SearchSpace(StrictModel):
             raise ValueError(f"params {grids} are of type grid but search is {self.search!r}; use choice")
         if self.search != "grid" and self.order is not None:
             raise ValueError(f"order applies to search: grid, not {self.search!r}; remove it")
+        if self.scheduler.variant == "promotion" and self.search == "optuna":
+            raise ValueError(
+                "scheduler.variant promotion starts trials from points listed ahead; use search "
+                "grid or random, or scheduler.variant stopping with optuna"
+            )
         if self.metric.startswith("test"):
             raise ValueError(f"metric {self.metric!r} selects on test data; use a validation metric (val_*)")
         return self
@@ -140,6 +151,11 @@ class SearchSpace(StrictModel):
         if self.search != "grid":
             return None
         return self.order or ("shuffled" if self.scheduler.name == "asha" else "given")
+
+    @property
+    def promotes(self) -> bool:
+        """ASHA as published (trials wait at rungs; :mod:`workflows.sweep.promotion`)."""
+        return self.scheduler.name == "asha" and self.scheduler.variant == "promotion"
 
 
 def load_space(path: str | Path, overrides: list[str] | None = None) -> SearchSpace:

@@ -84,3 +84,13 @@ def test_grid_order_is_shuffled_under_asha_unless_the_space_says_given(tmp_path:
     assert load_space(_write(tmp_path, random_space)).grid_order is None
     with pytest.raises(ConfigError, match="order applies to search: grid"):
         load_space(_write(tmp_path, random_space + "order: shuffled\n"))
+
+
+def test_promotion_asha_needs_points_listed_ahead(tmp_path: Path):
+    head = "method: cft\nparams:\n  train.lr: {type: loguniform, low: 0.001, high: 0.1}\n"
+    promotion = "scheduler: {name: asha, variant: promotion}\n"
+    assert load_space(_write(tmp_path, head + promotion)).promotes
+    assert not load_space(_write(tmp_path, head + "scheduler: {name: asha}\n")).promotes
+    assert not load_space(_write(tmp_path, head + "scheduler: {name: fifo, variant: promotion}\n")).promotes
+    with pytest.raises(ConfigError, match="variant promotion starts trials from points listed ahead"):
+        load_space(_write(tmp_path, head + "search: optuna\n" + promotion))

@@ -44,14 +44,23 @@ def _write(path: Path, data: dict) -> Path:
 
 
 def _space(
-    tmp_path: Path, params: dict, search: str = "grid", scheduler: str = "fifo", order: str | None = None
+    tmp_path: Path,
+    params: dict,
+    search: str = "grid",
+    scheduler: str = "fifo",
+    order: str | None = None,
+    variant: str = "stopping",
 ) -> Path:
     return _write(
         tmp_path / f"space_{search}_{scheduler}.yaml",
         {
             "method": "cft",
             "search": search,
-            "scheduler": {"name": scheduler, "grace_period": 1},
+            "scheduler": {
+                "name": scheduler,
+                "grace_period": 1,
+                **({"variant": variant} if scheduler == "asha" else {}),
+            },
             "params": params,
             **({"order": order} if order else {}),
         },
@@ -240,7 +249,7 @@ def test_an_asha_grid_starts_in_a_seeded_shuffled_order_and_a_fifo_grid_as_given
     assert plan("asha").points == asha.points and plan("asha", seed=1).points != asha.points
     assert plan("asha", order="given").points == given and plan("fifo", order="shuffled").points != given
     # Tune receives the listed points in that order, each fixing every param
-    search = sweep._search_alg(asha, 2)
+    search = sweep._schedule(asha, 2)[0]
     assert [dict(p) for p in search._points_to_evaluate] == asha.points
 
 
@@ -350,17 +359,19 @@ def test_a_restarted_trial_reopens_its_child_run(tmp_path: Path) -> None:
     assert [m.step for m in client.get_metric_history(run_a, "val_wga")] == [1, 2]
 
 
+@pytest.mark.parametrize("variant", ["stopping", "promotion"])
 def test_asha_ranks_trials_by_the_model_they_keep_and_a_stopped_trial_leaves_it(
-    ray_local, tmp_path: Path
+    ray_local, tmp_path: Path, variant: str
 ) -> None:
     """With run.select best_wga a trial reports its best epoch so far; whatever ASHA does, every
-    trial leaves the model its last report describes, and the best trial's lands in best_model."""
+    trial leaves the model its last report describes, and the best trial's lands in best_model.
+    Under promotion, trials wait (paused) at a rung and resume from their checkpoint when promoted:
+    each epoch is reported once, and the best trial trains every epoch."""
     from unspur.models import read_extra
     from unspur.workflows.sweep.report import trial_model
 
-    space = _space(
-        tmp_path, {"train.lr": {"type": "grid", "values": [1e-4, 3e-3, 3e-2, 3e-1]}}, scheduler="asha"
-    )
+    lrs = {"train.lr": {"type": "grid", "values": [1e-4, 3e-3, 3e-2, 3e-1]}}
+    space = _space(tmp_path, lrs, scheduler="asha", variant=variant)
     changes = {"train.epochs": 4, "run.select": "best_wga"}
     cfg = load_config(SweepConfig, _config(tmp_path, space, max_concurrent_trials=2, finetune=changes))
     summary = sweep.run(cfg.model_copy(update={"out": str(tmp_path / "out")}))
@@ -372,6 +383,12 @@ def test_asha_ranks_trials_by_the_model_they_keep_and_a_stopped_trial_leaves_it(
         assert read_extra(kept)["eval"]["wga"] == pytest.approx(row.val_wga)
     best = read_extra(summary["best_model"])["eval"]["wga"]
     assert best == pytest.approx(table["val_wga"].max()) == pytest.approx(summary["best"]["val_wga"])
+    if variant == "promotion":
+        client, _, children = _runs(tmp_path / "out")
+        for child in children:
+            steps = [m.step for m in client.get_metric_history(child.info.run_id, "epochs_done")]
+            assert sorted(steps) == list(range(1, max(steps) + 1)), f"epochs reported {steps}"
+        assert table["epochs"].max() == 4 and table["epochs"].sum() < 16
 
 
 def _mid_run(trials: Path) -> tuple[list[str], dict[str, list[str]]]:
@@ -385,9 +402,25 @@ def _mid_run(trials: Path) -> tuple[list[str], dict[str, list[str]]]:
     return finished, {k: v for k, v in training.items() if v}
 
 
-def _kill_mid_trial(command: list[str], env: dict, out: Path, log: Path, timeout: float = 600.0) -> dict:
-    """Start the sweep, SIGKILL its driver once a trial has finished and another has a checkpoint;
-    2 s later, list what is left of its process group (its own Ray's processes) and end it."""
+def _cli_sweep(tmp_path: Path, space: Path, changes: dict) -> tuple[list[str], dict, Path]:
+    """(command, environment, out) of ``unspur sweep`` over ``space`` as its own process, one trial
+    at a time, with its own local Ray and tracking store."""
+    cfg = _config(tmp_path, space, max_concurrent_trials=1, plot=False, finetune=changes)
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "unspur.workflows.cli", "sweep", "--config", str(cfg), "--out", str(out)]
+    # a busy machine: the driver's own Ray may take more than Ray's default 30 s to register its node
+    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_raylet_start_wait_time_s": "180"}
+    for name in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI"):
+        env.pop(name, None)
+    return command, env, out
+
+
+def _kill_mid_trial(
+    command: list[str], env: dict, out: Path, log: Path, timeout: float = 600.0, checkpointed: int = 1
+) -> dict:
+    """Start the sweep, SIGKILL its driver once a trial has finished and ``checkpointed`` others
+    have a checkpoint (``checkpointed`` > 1: that many, finished or not); 2 s later, list what is
+    left of its process group (its own Ray's processes) and end it."""
     start = time.perf_counter()
     with log.open("w") as sink:
         driver = subprocess.Popen(
@@ -397,7 +430,10 @@ def _kill_mid_trial(command: list[str], env: dict, out: Path, log: Path, timeout
     try:
         while driver.poll() is None and time.perf_counter() - start < timeout:
             finished, training = _mid_run(out / "trials") if (out / "trials").is_dir() else ([], {})
-            if finished and training:
+            ready = (
+                finished and training if checkpointed == 1 else len(finished) + len(training) >= checkpointed
+            )
+            if ready:
                 os.kill(driver.pid, signal.SIGKILL)
                 record = {"finished": finished, "training": training}
                 record["killed_after_s"] = round(time.perf_counter() - start, 1)
@@ -424,13 +460,7 @@ def test_a_sweep_whose_driver_is_killed_finishes_every_trial_once_with_one_child
     space = _space(tmp_path, {"train.lr": {"type": "grid", "values": lrs}})
     world = {"image_size": 32, "n_train": 64, "n_val": 16, "n_test": 1}
     changes = {"data.spuriousworld": world, "train.epochs": epochs}
-    cfg = _config(tmp_path, space, max_concurrent_trials=1, plot=False, finetune=changes)
-    out = tmp_path / "out"
-    command = [sys.executable, "-m", "unspur.workflows.cli", "sweep", "--config", str(cfg), "--out", str(out)]
-    # a busy machine: the driver's own Ray may take more than Ray's default 30 s to register its node
-    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_raylet_start_wait_time_s": "180"}
-    for name in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI"):
-        env.pop(name, None)
+    command, env, out = _cli_sweep(tmp_path, space, changes)
     drill = _kill_mid_trial(command, env, out, tmp_path / "killed.log")
     assert "killed_after_s" in drill, (tmp_path / "killed.log").read_text()[-3000:]
     done, resumed = drill["finished"][0], next(iter(drill["training"]))
@@ -469,3 +499,37 @@ def test_a_sweep_whose_driver_is_killed_finishes_every_trial_once_with_one_child
         assert len(lost[name]) <= (name == f"trial_{resumed}"), (name, steps)
     drill.update({"child_runs": len(children), "resumed_start_epochs": starts, "steps_lost": lost})
     print("sweep drill:", json.dumps(drill))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+def test_a_promotion_sweep_whose_driver_is_killed_resumes_its_trials_once_each(tmp_path: Path) -> None:
+    """Promotion-based ASHA, 3 in-process trials one at a time, 3 epochs: trials wait (paused) at
+    rungs; the driver is SIGKILLed once two trials have a checkpoint, and the same command
+    restores the sweep: every point once, a trial trained to the last epoch, one child run per
+    trial, no epoch reported twice."""
+    lrs, epochs = [3.0e-4, 1.0e-3, 3.0e-3], 3
+    space = _space(
+        tmp_path, {"train.lr": {"type": "grid", "values": lrs}}, scheduler="asha", variant="promotion"
+    )
+    world = {"image_size": 32, "n_train": 32, "n_val": 16, "n_test": 1}
+    changes = {"data.spuriousworld": world, "train.epochs": epochs, "run.select": "best_wga"}
+    command, env, out = _cli_sweep(tmp_path, space, changes)
+    drill = _kill_mid_trial(command, env, out, tmp_path / "killed.log", checkpointed=2)
+    assert "killed_after_s" in drill, (tmp_path / "killed.log").read_text()[-3000:]
+
+    again = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stderr[-3000:]
+    summary = json.loads((out / "sweep_summary.json").read_text())
+    assert summary["resumed"] and not summary["interrupted"] and summary["failed"] == 0
+    table = pd.read_csv(out / "trials.csv", dtype={"trial_id": str})
+    assert len(table) == len(lrs) and sorted(table["train.lr"]) == lrs  # every point, once
+    assert table["epochs"].max() == epochs  # the rungs' best went on to the last epoch
+    assert summary["best_model"] is not None
+    client, parents, children = _runs(out)
+    assert len(parents) == 1 and len(children) == len(lrs)
+    for child in children:
+        steps = [m.step for m in client.get_metric_history(child.info.run_id, "epochs_done")]
+        assert len(steps) == len(set(steps)), f"an epoch reported twice: {steps}"
+    drill.update({"trial_epochs": int(table["epochs"].sum()), "statuses": sorted(table["status"])})
+    print("promotion sweep drill:", json.dumps(drill))

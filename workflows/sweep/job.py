@@ -36,7 +36,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 
 from unspur import tracking
 from unspur.config import ConfigError, FinetuneConfig, SweepConfig
@@ -56,7 +55,7 @@ from unspur.workflows.sweep.report import (
     trial_table,
 )
 from unspur.workflows.sweep.resources import concurrency, trial_resources
-from unspur.workflows.sweep.search import param_space, search_alg
+from unspur.workflows.sweep.search import EpochASHA, param_space, schedule
 from unspur.workflows.sweep.trial import run_trial
 
 __all__ = [
@@ -95,7 +94,7 @@ class Plan:
     @property
     def expands_grid(self) -> bool:
         """Tune expands the grid itself (given order); a shuffled grid runs ``points`` as listed."""
-        return self.space.grid_order == "given"
+        return self.space.grid_order == "given" and not self.space.promotes
 
     @property
     def tune_samples(self) -> int:
@@ -189,31 +188,14 @@ def _trial_name(trial: Any) -> str:
 # --- Tune objects ---------------------------------------------------------------------------------
 
 
-def _search_alg(plan: Plan, max_concurrent: int) -> Any:
-    return search_alg(plan.space, plan.points, plan.expands_grid, plan.cfg.seed, max_concurrent)
-
-
-class EpochASHA(ASHAScheduler):
-    """ASHA on epochs that never stops a trial at its last epoch: the trial ends by itself there,
-    and a stop would kill its driver while it saves the final model."""
-
-    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> str:
-        action = super().on_trial_result(tune_controller, trial, result)
-        if action == TrialScheduler.STOP and result.get(self._time_attr, 0) >= self._max_t:
-            self._num_stopped -= 1
-            return TrialScheduler.CONTINUE
-        return action
-
-
-def _scheduler(plan: Plan) -> Any:
-    sched = plan.space.scheduler
-    if sched.name == "fifo":
-        return FIFOScheduler()
-    return EpochASHA(
-        time_attr="epochs_done",
-        max_t=plan.cfg.finetune.train.epochs,
-        grace_period=sched.grace_period,
-        reduction_factor=sched.reduction_factor,
+def _schedule(plan: Plan, max_concurrent: int) -> tuple[Any, Any]:
+    return schedule(
+        plan.space,
+        plan.points,
+        plan.expands_grid,
+        plan.cfg.seed,
+        max_concurrent,
+        plan.cfg.finetune.train.epochs,
     )
 
 
@@ -251,6 +233,7 @@ def build(
     from unspur.workflows.sweep.runs import TrialRunLogger
 
     cfg, space = plan.cfg, plan.space
+    search, scheduler = _schedule(plan, max_concurrent)
     loggers = []
     if parent_run_id is not None:
         tags = {"mlflow.parentRunId": parent_run_id, "job": "sweep_trial", "sweep": cfg.name}
@@ -265,8 +248,8 @@ def build(
         tune_config=tune.TuneConfig(
             metric=space.metric,
             mode=space.mode,
-            search_alg=_search_alg(plan, max_concurrent),
-            scheduler=_scheduler(plan),
+            search_alg=search,
+            scheduler=scheduler,
             num_samples=plan.tune_samples,
             trial_name_creator=_trial_name,
             trial_dirname_creator=_trial_name,
