@@ -1,6 +1,10 @@
 """Training fault drill, run as its own process by ``test_fault_drills.py``.
 
-Starts a local Ray of 2 CPUs WITH its dashboard (the State API lists actors through it), runs
+Starts its own Ray head of 2 CPUs WITH its dashboard (the State API lists actors through it) as
+``ray start --block`` with ``RAY_ADDRESS`` set, so that every process of that cluster (Ray Train's
+controller and placement-group cleaner call the State API without an address) finds this cluster
+even when another Ray runs on the machine (the test session's own: with two, "auto" picks one at
+random or fails, and a killed worker then cost the run no restart). Runs
 ``unspur finetune`` twice with the same seed: uninterrupted into ``<root>/plain``, then into
 ``<root>/killed`` while a thread waits for the second checkpoint of that run and SIGKILLs the process
 of one Ray Train worker (``RayTrainWorker`` actor, pid from ``ray.util.state.list_actors``) in the
@@ -15,9 +19,13 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
+import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +43,13 @@ def _train_workers(address: str, alive: bool = True) -> list[Any]:
 
     filters = [("class_name", "=", "RayTrainWorker")] + ([("state", "=", "ALIVE")] if alive else [])
     return list_actors(address=address, filters=filters, detail=True, timeout=60, limit=1000)
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:200]
+    except OSError:
+        return ""
 
 
 def _started(pid: int) -> float:
@@ -81,17 +96,69 @@ def kill_a_worker(
     record["checkpoint_epochs_at_kill"] = sorted(
         json.loads(p.read_text())["epoch"] for p in _checkpoints(storage)
     )
+    record["victim"] = {"actor_id": victim.actor_id, "cmdline": _cmdline(victim.pid)}
     os.kill(victim.pid, signal.SIGKILL)
     record.update({"killed_pid": victim.pid, "live_workers": len(workers), "killed_at": time.time()})
+    time.sleep(1.0)
+    record["victim"]["gone_1s_later"] = not Path(f"/proc/{victim.pid}").exists()
+    record["victim"]["actor_state_1s_later"] = next(
+        (a.state for a in _train_workers(address, alive=False) if a.actor_id == victim.actor_id), None
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def own_ray(log: Path, timeout: float = 180.0) -> Iterator[str]:
+    """A Ray head of 2 CPUs with its dashboard, all of whose processes have ``RAY_ADDRESS`` = its
+    own address; connected here; stopped (its process group) on exit. Yields the address."""
+    import ray
+
+    address = f"127.0.0.1:{_free_port()}"
+    os.environ["RAY_ADDRESS"] = address
+    command = [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block"]
+    command += [f"--port={address.split(':')[1]}", "--node-ip-address=127.0.0.1", "--num-cpus=2"]
+    command += ["--include-dashboard=true", f"--dashboard-port={_free_port()}", "--disable-usage-stats"]
+    with log.open("w") as sink:
+        head = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                ray.init(address=address, log_to_driver=False)
+                break
+            except (ConnectionError, RuntimeError):
+                if time.monotonic() > deadline or head.poll() is not None:
+                    raise
+                time.sleep(1)
+        yield address
+    finally:
+        ray.shutdown()
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(head.pid, sig)
+                head.wait(timeout=30)
+                break
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                continue
 
 
 def main(argv: list[str]) -> int:
+    root, overrides = Path(argv[0]), argv[1:]
+    root.mkdir(parents=True, exist_ok=True)
+    with own_ray(root / "ray_head.log"):
+        return run_drill(root, overrides)
+
+
+def run_drill(root: Path, overrides: list[str]) -> int:
     import ray
 
     from unspur.workflows.finetune import job
 
-    root, overrides = Path(argv[0]), argv[1:]
-    ray.init(num_cpus=2, include_dashboard=True, log_to_driver=False)
     drill: dict[str, Any] = {}
     start = time.perf_counter()
     drill["plain_rc"] = job.main(["--out", str(root / "plain"), *overrides, "run.name=drill"])
@@ -112,7 +179,6 @@ def main(argv: list[str]) -> int:
     killer.join(timeout=60)
     drill["kill"] = record
     (root / "drill.json").write_text(json.dumps(drill, indent=2))
-    ray.shutdown()
     return 0
 
 

@@ -279,7 +279,7 @@ def test_more_concurrent_trials_than_the_cluster_fits_is_refused(ray_local, tmp_
     asha = _space(tmp_path, {"loss.lambda_align": {"type": "grid", "values": [0.2]}}, scheduler="asha")
     cfg = _config(tmp_path, asha, finetune={"run.num_workers": 1, "run.cpus_per_worker": 1})
     assert sweep.main(["--config", str(cfg), "--out", str(tmp_path / "out2")]) == 2  # no dashboard here
-    assert "no State API" in capsys.readouterr().err
+    assert "State API does not answer" in capsys.readouterr().err
     assert not (tmp_path / "out" / "trials").exists()
 
 

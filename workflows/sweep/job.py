@@ -311,20 +311,21 @@ def _check_stoppable(plan: Plan) -> None:
         return
 
     @ray.remote(num_cpus=0)
-    def state_api_ok() -> bool:
+    def state_api_problem() -> str | None:
         from ray.util.state import list_actors
 
-        try:
-            list_actors(limit=1, timeout=10)
-        except Exception:
-            return False
-        return True
+        try:  # this cluster's address: with another Ray on the machine, "auto" finds two
+            list_actors(address=ray.get_runtime_context().gcs_address, limit=1, timeout=10)
+        except Exception as err:
+            return f"{type(err).__name__}: {err}"
+        return None
 
-    if not ray.get(state_api_ok.remote()):
+    problem = ray.get(state_api_problem.remote())
+    if problem is not None:
         raise ConfigError(
-            "the ASHA scheduler stops trials early, but this Ray has no State API (started "
-            "without its dashboard), so Ray Train cannot free a stopped trial's workers; start "
-            "Ray with its dashboard, use scheduler fifo, or set finetune.run.num_workers: 0"
+            "the ASHA scheduler stops or pauses trials, but this Ray's State API does not answer "
+            f"({problem[:300]}), so Ray Train cannot free a stopped trial's workers; start Ray "
+            "with its dashboard, use scheduler fifo, or set finetune.run.num_workers: 0"
         )
 
 
