@@ -1,10 +1,6 @@
 """Training fault drill, run as its own process by ``test_fault_drills.py``.
 
-Starts its own Ray head of 2 CPUs WITH its dashboard (the State API lists actors through it) as
-``ray start --block`` with ``RAY_ADDRESS`` set, so that every process of that cluster (Ray Train's
-controller and placement-group cleaner call the State API without an address) finds this cluster
-even when another Ray runs on the machine (the test session's own: with two, "auto" picks one at
-random or fails, and a killed worker then cost the run no restart). Runs
+Starts a local Ray of 2 CPUs WITH its dashboard (the State API lists actors through it), runs
 ``unspur finetune`` twice with the same seed: uninterrupted into ``<root>/plain``, then into
 ``<root>/killed`` while a thread waits for the second checkpoint of that run and SIGKILLs the process
 of one Ray Train worker (``RayTrainWorker`` actor, pid from ``ray.util.state.list_actors``) in the
@@ -19,13 +15,9 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
-import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -106,52 +98,15 @@ def kill_a_worker(
     )
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextmanager
-def own_ray(log: Path, timeout: float = 180.0) -> Iterator[str]:
-    """A Ray head of 2 CPUs with its dashboard, all of whose processes have ``RAY_ADDRESS`` = its
-    own address; connected here; stopped (its process group) on exit. Yields the address."""
+def main(argv: list[str]) -> int:
     import ray
 
-    address = f"127.0.0.1:{_free_port()}"
-    os.environ["RAY_ADDRESS"] = address
-    command = [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block"]
-    command += [f"--port={address.split(':')[1]}", "--node-ip-address=127.0.0.1", "--num-cpus=2"]
-    command += ["--include-dashboard=true", f"--dashboard-port={_free_port()}", "--disable-usage-stats"]
-    with log.open("w") as sink:
-        head = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
+    root, overrides = Path(argv[0]), argv[1:]
+    ray.init(num_cpus=2, include_dashboard=True, log_to_driver=False)
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                ray.init(address=address, log_to_driver=False)
-                break
-            except (ConnectionError, RuntimeError):
-                if time.monotonic() > deadline or head.poll() is not None:
-                    raise
-                time.sleep(1)
-        yield address
+        return run_drill(root, overrides)
     finally:
         ray.shutdown()
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.killpg(head.pid, sig)
-                head.wait(timeout=30)
-                break
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                continue
-
-
-def main(argv: list[str]) -> int:
-    root, overrides = Path(argv[0]), argv[1:]
-    root.mkdir(parents=True, exist_ok=True)
-    with own_ray(root / "ray_head.log"):
-        return run_drill(root, overrides)
 
 
 def run_drill(root: Path, overrides: list[str]) -> int:
