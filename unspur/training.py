@@ -36,6 +36,7 @@ __all__ = [
     "make_scheduler",
     "seed_everything",
     "selection_note",
+    "SELECT_ORDER",
     "selection_score",
     "set_norm_eval",
     "train_one_epoch",
@@ -262,11 +263,15 @@ def evaluate(
     return get_family(family).evaluate(model, loader, relevance=relevance if with_relevance else None)
 
 
+SELECT_ORDER = {"best_wga": ("wga", "acc"), "best_acc": ("acc", "wga")}
+"""The metrics ``run.select`` ranks by, first to last (the second breaks ties, e.g. a worst group
+still at 0 early on); sweeps rank trials the same way."""
+
+
 def selection_score(select: str, evaluation: dict[str, Any]) -> tuple[float, float]:
     """What ``run.select`` maximises over :func:`evaluate` results: (wga, acc) for best_wga,
-    (acc, wga) for best_acc (the second breaks ties, e.g. a worst group still at 0 early on)."""
-    order = ("wga", "acc") if select == "best_wga" else ("acc", "wga")
-    return tuple(float(evaluation[k]) for k in order)
+    (acc, wga) for best_acc (:data:`SELECT_ORDER`)."""
+    return tuple(float(evaluation[k]) for k in SELECT_ORDER.get(select, SELECT_ORDER["best_acc"]))
 
 
 def selection_note(

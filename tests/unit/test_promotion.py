@@ -49,10 +49,9 @@ class FakeController:
         self.scheduler.on_trial_remove(self, trial)
 
 
-def _sweep(curves: dict[str, list[tuple[float, float]]], concurrent: int, max_t: int) -> tuple[list, dict]:
-    """Run the listed points (name -> per-epoch (val_wga, val_acc)) through scheduler and gate as
-    Tune would: (the epoch log [(name, epochs done)], the final epochs per name)."""
-    scheduler = PromotionASHA(
+def _scheduler(concurrent: int, max_t: int) -> PromotionASHA:
+    """Grace 1, halving, ranked by val_wga with val_acc breaking ties."""
+    return PromotionASHA(
         time_attr="epochs_done",
         metric="val_wga",
         mode="max",
@@ -62,6 +61,12 @@ def _sweep(curves: dict[str, list[tuple[float, float]]], concurrent: int, max_t:
         max_concurrent=concurrent,
         tie_break="val_acc",
     )
+
+
+def _sweep(curves: dict[str, list[tuple[float, float]]], concurrent: int, max_t: int) -> tuple[list, dict]:
+    """Run the listed points (name -> per-epoch (val_wga, val_acc)) through scheduler and gate as
+    Tune would: (the epoch log [(name, epochs done)], the final epochs per name)."""
+    scheduler = _scheduler(concurrent, max_t)
     gate = PromotionGate([{"name": n} for n in curves], scheduler, "val_wga", "max")
     controller, log = FakeController(scheduler), []
     for _ in range(1000):
@@ -138,16 +143,7 @@ def test_a_late_bloomer_is_judged_at_each_rung_on_what_it_has_then() -> None:
 
 
 def test_a_restored_sweep_puts_its_trials_back_in_their_rungs() -> None:
-    scheduler = PromotionASHA(
-        time_attr="epochs_done",
-        metric="val_wga",
-        mode="max",
-        max_t=4,
-        grace_period=1,
-        reduction_factor=2,
-        max_concurrent=1,
-        tie_break="val_acc",
-    )
+    scheduler = _scheduler(concurrent=1, max_t=4)
     controller = FakeController(scheduler)
     ended = FakeTrial("a", {}, "TERMINATED", 4, {"epochs_done": 4, "val_wga": 0.5, "val_acc": 0.9})
     unfinished = FakeTrial("b", {}, "PENDING", 1, {"epochs_done": 1, "val_wga": 0.3, "val_acc": 0.9})

@@ -55,13 +55,12 @@ from unspur.workflows.sweep.report import (
     trial_table,
 )
 from unspur.workflows.sweep.resources import concurrency, trial_resources
-from unspur.workflows.sweep.search import EpochASHA, param_space, schedule
+from unspur.workflows.sweep.search import param_space, schedule
 from unspur.workflows.sweep.trial import run_trial
 
 __all__ = [
     "outputs",
     "CONFIG",
-    "EpochASHA",
     "Plan",
     "build",
     "concurrency",

@@ -64,7 +64,7 @@ class PromotionASHA(FIFOScheduler):
         self._rung_of: dict[str, int] = {}  # the rung a live trial is training towards
         self._waiting: dict[str, Any] = {}  # trial id -> paused trial
         self._ended: set[str] = set()
-        self._trials: dict[str, Any] = {}  # trial id -> trial (None: suggested, not yet added)
+        self._started: set[str] = set()  # trial ids suggested or added
         self._clock = 0
         self.points_left = True  # set by PromotionGate once every point has started
 
@@ -82,7 +82,7 @@ class PromotionASHA(FIFOScheduler):
 
     def _active(self) -> int:
         """Trials started or starting, not waiting and not ended."""
-        return len(set(self._trials) - set(self._waiting) - self._ended)
+        return len(self._started - set(self._waiting) - self._ended)
 
     def _promotable(self) -> str | None:
         """The waiting trial to promote now: highest rung first, best score, earlier arrival first.
@@ -104,7 +104,7 @@ class PromotionASHA(FIFOScheduler):
 
     def expect(self, trial_id: str) -> None:
         """A trial the gate has just suggested: it takes a slot before Tune adds it."""
-        self._trials.setdefault(trial_id, None)
+        self._started.add(trial_id)
 
     # --- Tune's calls -----------------------------------------------------------------------------
 
@@ -112,7 +112,7 @@ class PromotionASHA(FIFOScheduler):
         """A new trial, or one of a restored sweep: its last report puts it back in the rungs it
         passed (ranked by that score; Tune restarts every unfinished trial of a restored sweep, so
         each goes on from its checkpoint) and an ended one takes no slot."""
-        self._trials[trial.trial_id] = trial
+        self._started.add(trial.trial_id)
         self._rung_of.setdefault(trial.trial_id, 0)
         last = getattr(trial, "last_result", None) or {}
         done = int(last.get(self._time_attr, 0) or 0)
@@ -151,7 +151,7 @@ class PromotionASHA(FIFOScheduler):
 
     def choose_trial_to_run(self, tune_controller: Any) -> Any:
         for trial in tune_controller.get_trials():
-            if trial.status == "PENDING" and trial.trial_id not in self._waiting:
+            if trial.status == "PENDING":
                 return trial
         if self._active() >= self._max_concurrent:
             return None

@@ -12,6 +12,7 @@ from typing import Any
 
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 
+from unspur.training import SELECT_ORDER
 from unspur.tune_spaces import SearchSpace
 from unspur.workflows.sweep.promotion import PromotionASHA, PromotionGate
 
@@ -67,9 +68,10 @@ class EpochASHA(ASHAScheduler):
 
 
 def tie_break(metric: str) -> str | None:
-    """The metric that breaks ties of ``metric`` the way ``run.select`` ranks epochs (wga, then acc)."""
+    """The metric that breaks ties of ``metric`` the way ``run.select`` ranks epochs (SELECT_ORDER)."""
     head, _, name = metric.rpartition("_")
-    return {"wga": f"{head}_acc", "acc": f"{head}_wga"}.get(name) if head else None
+    order = SELECT_ORDER.get(f"best_{name}")
+    return f"{head}_{order[1]}" if head and order else None
 
 
 def schedule(
