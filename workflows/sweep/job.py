@@ -229,16 +229,21 @@ def build(
     """
     from ray import tune
 
+    from unspur.workflows.sweep.orphans import Orphans
     from unspur.workflows.sweep.runs import TrialRunLogger
 
     cfg, space = plan.cfg, plan.space
     search, scheduler = _schedule(plan, max_concurrent)
+    orphans = Orphans(setup["trials"])
     loggers = []
     if parent_run_id is not None:
         tags = {"mlflow.parentRunId": parent_run_id, "job": "sweep_trial", "sweep": cfg.name}
         loggers.append(
             TrialRunLogger(
-                tracking_uri=tracking.tracking_uri(cfg.out), experiment_name=cfg.experiment, tags=tags
+                tracking_uri=tracking.tracking_uri(cfg.out),
+                experiment_name=cfg.experiment,
+                tags=tags,
+                orphans=orphans,
             )
         )
     return tune.Tuner(
@@ -258,7 +263,7 @@ def build(
             storage_path=cfg.storage_path,
             verbose=1,
             failure_config=tune.FailureConfig(max_failures=cfg.trial_max_failures),
-            callbacks=[*loggers, *callbacks],
+            callbacks=[orphans, *loggers, *callbacks],
         ),
     )
 
@@ -414,7 +419,10 @@ def run(cfg: SweepConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
 def _summarize(
     plan: Plan, results: Any, init_from: str | None, trials_dir: Path
 ) -> tuple[dict[str, Any], Any]:
-    """Write ``trials.csv`` (and, once every trial has ended, ``best_finetune.yaml``); (summary, table)."""
+    """Write ``trials.csv`` (and, once every trial has ended, ``best_finetune.yaml``); (summary, table).
+    ``unclaimed``: folders of trials a killed driver started that the restored sweep never resumed."""
+    from unspur.workflows.sweep.orphans import unclaimed
+
     out = Path(plan.cfg.out)
     interrupted = results.num_terminated + results.num_errors < plan.n_trials
     table = trial_table(results, plan.space, plan.split, plan.cfg.finetune.train.epochs, interrupted)
@@ -427,7 +435,12 @@ def _summarize(
         "failed": int((table["status"] == "failed").sum()),
         "trial_epochs": int(table["epochs"].sum()),
         "base_model": init_from,
+        "unclaimed": unclaimed(trials_dir, table["trial_id"]),
     }
+    if summary["unclaimed"]:
+        print(
+            f"trials {summary['unclaimed']} under {trials_dir} were started but not resumed", file=sys.stderr
+        )
     best = best_trial(table, plan.space)
     if best is not None and not interrupted:
         # a trial the scheduler stopped early still leaves the model it was ranked by (trial_model)

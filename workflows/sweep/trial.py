@@ -74,7 +74,7 @@ def trial_config(setup: Mapping[str, Any], point: Mapping[str, Any], trial_id: s
     sweep's rendered tables as data, tracking off (the sweep logs the trial as a child run)."""
     base = FinetuneConfig.model_validate(setup["finetune"])
     cfg = validate_point(base, dict(point), f"trial {trial_id}")
-    folder = Path(setup["trials"]) / trial_id
+    folder = (Path(setup["trials"]) / trial_id).resolve()  # an adopted orphan's folder (orphans.py)
     data = {
         **cfg.data.model_dump(mode="json"),
         "images": setup["tables"]["images"],
