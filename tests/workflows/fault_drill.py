@@ -2,10 +2,10 @@
 
 Starts a local Ray of 2 CPUs WITH its dashboard (the State API lists actors through it), runs
 ``unspur finetune`` twice with the same seed: uninterrupted into ``<root>/plain``, then into
-``<root>/killed`` while a thread waits for the second checkpoint of that run and SIGKILLs the process
-of one Ray Train worker (``RayTrainWorker`` actor, pid from ``ray.util.state.list_actors``) in the
-middle of the next epoch. Ray Train restarts the worker group from the last checkpoint
-(``run.max_failures``). Writes ``<root>/drill.json``: both exit codes and what was killed when.
+``<root>/killed`` while a thread waits until Ray Train has registered a checkpoint of that run and
+SIGKILLs the process of one of its live Ray Train workers (``RayTrainWorker`` actor, pid from
+``ray.util.state.list_actors`` at that moment) in the middle of the next epoch. Ray Train restarts
+the worker group from the last checkpoint (``run.max_failures``). Writes ``<root>/drill.json``: both exit codes and what was killed when.
 
     python tests/workflows/fault_drill.py ROOT [finetune overrides ...]
 """
@@ -26,6 +26,9 @@ os.environ.setdefault("TIMM_FUSED_ATTN", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
+SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train V2's record of the run's checkpoints
+
+
 def _checkpoints(storage: Path) -> list[Path]:
     return sorted(storage.glob("checkpoint_*/extra.json"))
 
@@ -44,6 +47,16 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
+def _registered(storage: Path) -> int:
+    """Checkpoints Ray Train has registered for the run: those a restarted worker group resumes from.
+    A checkpoint folder is on disk before that (the controller collects the workers' reports when it
+    polls them, every 2 s): a worker killed in between restarts the run from scratch."""
+    try:
+        return len(json.loads((storage / SNAPSHOT).read_text())["checkpoint_results"])
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
 def _started(pid: int) -> float:
     """When process ``pid`` started, in epoch seconds (Linux ``/proc``; 0 when it is gone)."""
     try:
@@ -58,36 +71,41 @@ def _started(pid: int) -> float:
     return boot + ticks / os.sysconf("SC_CLK_TCK")
 
 
+def _run_workers(address: str, earlier: set[str], since: float) -> list[Any]:
+    """The live Ray Train workers of the drilled run: not seen before it, process started after it began."""
+    return [a for a in _train_workers(address) if a.actor_id not in earlier and _started(a.pid) >= since]
+
+
 def kill_a_worker(
     storage: Path, record: dict[str, Any], address: str, earlier: set[str], timeout: float = 600.0
 ) -> None:
-    """Find the run's live Ray Train workers through the State API (while epoch 0 runs), wait for
-    its second checkpoint on disk (a folder can be on disk before Ray Train registers it: a kill
-    right after the first one restarted a busy run from scratch), let the next epoch start, then SIGKILL one worker's process; ``record``
-    gets the pid, the time and the checkpoints on disk at that moment. ``earlier``: actor ids of
-    the workers of runs before this one (a finished run's workers may still be alive)."""
+    """Wait until Ray Train has registered a checkpoint of the run (its checkpoint manager's snapshot
+    lists one), let the next epoch start, list the run's live Ray Train workers through the State API and SIGKILL one
+    worker's process; ``record`` gets the pid, the time and the checkpoints on disk at that moment.
+    ``earlier``: actor ids of the workers of runs before this one. The workers are listed at the
+    kill, not while epoch 0 runs: the worker group seen then need not be the one that trains later
+    (``record["early_workers"]`` against ``record["victim"]`` shows whether it was)."""
     deadline = time.monotonic() + timeout
-    workers: list[Any] = []
-    while len(workers) < 2:
+    early: list[Any] = []
+    while len(early) < 2 and time.monotonic() < deadline:
+        early = _run_workers(address, earlier, record["run_started"])
+        time.sleep(0.2)
+    record["early_workers"] = sorted(a.actor_id for a in early)
+    while _registered(storage) < 1:
         if time.monotonic() > deadline:
-            record["error"] = f"{len(workers)} live RayTrainWorker actors before the timeout"
-            return
-        workers = [a for a in _train_workers(address) if a.actor_id not in earlier]
-    while len(_checkpoints(storage)) < 2:  # epoch 1 written: epoch 0's checkpoint is registered
-        if time.monotonic() > deadline:
-            record["error"] = "no checkpoint before the timeout"
+            record["error"] = "no checkpoint registered before the timeout"
             return
         time.sleep(0.05)
-    time.sleep(record["delay_s"])  # into the next epoch (no second State API call here: it can
-    # take seconds, and a small run may finish its epochs before the kill lands)
-    # a worker of the earlier run can still be alive and missing from ``earlier`` (the State API
-    # lags): killing it costs this run nothing, so prefer processes started after this run began
-    fresh = [a for a in workers if _started(a.pid) >= record["run_started"]]
-    record["fresh_workers"] = len(fresh)
-    victim = sorted(fresh or workers, key=lambda a: a.actor_id)[-1]
+    time.sleep(record["delay_s"])  # into the next epoch
+    workers = _run_workers(address, earlier, record["run_started"])
+    if len(workers) < 2:
+        record["error"] = f"{len(workers)} live RayTrainWorker actors of the run at the kill"
+        return
+    victim = sorted(workers, key=lambda a: a.actor_id)[-1]
     record["checkpoint_epochs_at_kill"] = sorted(
         json.loads(p.read_text())["epoch"] for p in _checkpoints(storage)
     )
+    record["registered_at_kill"] = _registered(storage)
     record["victim"] = {"actor_id": victim.actor_id, "cmdline": _cmdline(victim.pid)}
     os.kill(victim.pid, signal.SIGKILL)
     record.update({"killed_pid": victim.pid, "live_workers": len(workers), "killed_at": time.time()})
