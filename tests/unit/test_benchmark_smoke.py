@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from unspur.data.spuriousworld import BACKGROUNDS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -158,3 +160,34 @@ def test_cft_effect_curve_prints_a_line_per_world_and_rho_then_the_summary() -> 
     keys = dict(item.split("=") for item in out[-1].split())
     assert {"worst_harm", "worst_acc_drop", "min_gain_biased", "mean_gain_biased"} <= set(keys)
     assert float(keys["worst_harm"]) >= 0.0 and float(keys["worst_acc_drop"]) >= 0.0
+
+
+def _curve_output(path: Path, world: int, rho: float, wga: tuple[float, float, float]) -> Path:
+    base, cft, control = wga
+    path.write_text(
+        f"world={world} rho={rho} seed=0 acc_base=0.5 wga_base=0.0\n"  # a seed's line: not a mean
+        f"world={world} rho={rho} acc_base=0.800 wga_base={base:.3f} acc_cft=0.790 wga_cft={cft:.3f} "
+        f"acc_control=0.700 wga_control={control:.3f} backgrounds=bird:water,airplane:grass\n"
+        "worst_harm=0.000 worst_acc_drop=0.000 min_gain_biased=nan mean_gain_biased=nan n_biased=0\n"
+    )
+    return path
+
+
+def test_cft_curve_merges_runs_in_parts_into_one_summary_and_figure(tmp_path: Path) -> None:
+    low = _curve_output(tmp_path / "low.log", 1, 0.9, (0.85, 0.80, 0.84))
+    high = _curve_output(tmp_path / "high.log", 1, 0.985, (0.10, 0.30, 0.05))
+    figure = tmp_path / "curve.png"
+    lines = _output("cft_curve.py", [str(high), str(low), "--figure", str(figure)])
+    assert [line.split()[:2] for line in lines[:2]] == [["world=1", "rho=0.9"], ["world=1", "rho=0.985"]]
+    summary = dict(item.split("=") for item in lines[-1].split())
+    assert float(summary["worst_harm"]) == pytest.approx(0.05) and summary["n_biased"] == "1"
+    assert float(summary["min_gain_biased"]) == pytest.approx(0.20)
+    assert figure.stat().st_size > 1000
+    clash = _curve_output(tmp_path / "clash.log", 1, 0.9, (0.85, 0.70, 0.84))
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "cft_curve.py"), str(low), str(clash)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert done.returncode != 0 and "world=1 rho=0.9 differs" in done.stderr

@@ -1,0 +1,88 @@
+"""CFT's curve from the outputs of ``cft_effect.py --worlds/--rho`` runs: merged lines, summary, figure.
+
+The curve is hours of CPU, so it is usually run in parts (one ``--rho`` per process, side by side).
+This reads their outputs, keeps the seed-mean line of each (world, rho) (a pair found twice must
+agree), and prints them in order, then the summary line of ``cft_effect.py`` over all of them
+(:func:`cft_effect.curve_summary`). ``--figure`` draws wga of base, CFT and control against rho,
+one panel per world.
+
+    python benchmarks/cft_curve.py rho09.log rho0985.log --figure benchmarks/figures/cft_curve.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+from cft_effect import CURVE_KEYS, curve_summary
+
+LINE = re.compile(r"^world=(\d+) rho=([0-9.]+) (acc_base=.*)$")
+
+
+def read_lines(paths: list[Path]) -> dict[tuple[int, float], dict[str, float | str]]:
+    """{(world, rho): the seed means and ``backgrounds``} from the outputs at ``paths``."""
+    lines: dict[tuple[int, float], dict[str, float | str]] = {}
+    for path in paths:
+        for text in path.read_text().splitlines():
+            match = LINE.match(text)
+            if match is None:
+                continue  # a seed's line, the summary, or anything else
+            items = dict(item.split("=", 1) for item in match.group(3).split())
+            row: dict[str, float | str] = {k: float(items[k]) for k in CURVE_KEYS}
+            row["backgrounds"] = items.get("backgrounds", "")
+            key = (int(match.group(1)), float(match.group(2)))
+            if key in lines and lines[key] != row:
+                raise SystemExit(f"world={key[0]} rho={key[1]:g} differs between the outputs given ({path})")
+            lines[key] = row
+    if not lines:
+        raise SystemExit(f"no 'world=.. rho=..' mean line in {', '.join(map(str, paths))}")
+    return dict(sorted(lines.items()))
+
+
+def draw(lines: dict[tuple[int, float], dict[str, float | str]], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    worlds = sorted({w for w, _ in lines})
+    fig, axes = plt.subplots(1, len(worlds), figsize=(3.0 * len(worlds), 2.8), squeeze=False, sharey=True)
+    for ax, world in zip(axes[0], worlds, strict=True):
+        rhos = sorted(r for w, r in lines if w == world)
+        for key, label, style in (
+            ("wga_base", "base", "o-"),
+            ("wga_cft", "CFT", "s-"),
+            ("wga_control", "control", "^--"),
+        ):
+            ax.plot(rhos, [lines[(world, r)][key] for r in rhos], style, label=label)
+        ax.set_title(f"world {world}\n{lines[(world, rhos[0])]['backgrounds']}", fontsize=6)
+        ax.set_xlabel("train rho", fontsize=8)
+        ax.set_ylim(-0.02, 1.02)
+    axes[0][0].set_ylabel("test worst-group accuracy (3-seed mean)", fontsize=8)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("outputs", nargs="+", type=Path, help="saved stdout of cft_effect.py curve runs")
+    parser.add_argument("--figure", type=Path, help="PNG of wga against rho, one panel per world")
+    args = parser.parse_args(argv)
+    missing = [str(p) for p in args.outputs if not p.is_file()]
+    if missing:
+        raise SystemExit(f"no such output: {', '.join(missing)}")
+    lines = read_lines(args.outputs)
+    for (world, rho), row in lines.items():
+        print(f"world={world} rho={rho:g} " + " ".join(f"{k}={row[k]:.3f}" for k in CURVE_KEYS))
+    summary = curve_summary([{k: float(row[k]) for k in CURVE_KEYS} for row in lines.values()])
+    print(" ".join(f"{k}={v:.3f}" if k != "n_biased" else f"{k}={v:.0f}" for k, v in summary.items()))
+    if args.figure is not None:
+        draw(lines, args.figure)
+    return summary
+
+
+if __name__ == "__main__":
+    main()
