@@ -16,7 +16,7 @@ demo: $(STAMP)
 	$(VENV)/bin/unspur demo
 
 test: $(STAMP)
-	$(PY) -m pytest tests -q -p no:cacheprovider
+	$(PY) -m pytest tests -q -p no:cacheprovider --durations=20
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check unspur actors workflows tune_spaces tests benchmarks
