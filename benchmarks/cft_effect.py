@@ -30,6 +30,7 @@ and last ``worst_harm=.. worst_acc_drop=.. min_gain_biased=.. mean_gain_biased=.
 
     python benchmarks/cft_effect.py --seeds 3
     python benchmarks/cft_effect.py --seeds 3 --worlds 4 --rho 0.985,0.95,0.9,0.8
+    python benchmarks/cft_effect.py --seeds 3 --world-ids 2,3 --rho 0.97   # a part; cft_curve.py merges
     python benchmarks/cft_effect.py --seeds 1 --split val cft.run.select=last cft.train.lr=3e-4
 """
 
@@ -224,10 +225,22 @@ def _rhos(text: str) -> list[float]:
     return values
 
 
+def _ids(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--world-ids takes comma-separated integers, got {text!r}"
+        ) from None
+    if not values or min(values) < 0:
+        raise argparse.ArgumentTypeError(f"--world-ids must be integers >= 0, got {text!r}")
+    return values
+
+
 def _curve(args: argparse.Namespace, base_cfg: FinetuneConfig, cft_cfg: FinetuneConfig) -> dict[str, float]:
     """One line per (world, rho) with the seed means, then the summary line (curve_summary)."""
     lines = []
-    for world in range(args.worlds or 1):
+    for world in args.world_ids or range(args.worlds or 1):
         for rho in args.rho or [None]:
             cfg = _with_world(base_cfg, world, rho)
             sw = cfg.data.spuriousworld
@@ -256,6 +269,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "--rho", type=_rhos, help="train co-occurrence strengths, comma-separated (0.985,0.9)"
     )
     parser.add_argument("--worlds", type=int, help="worlds 0..K-1 (0: the config's backgrounds)")
+    parser.add_argument(
+        "--world-ids", type=_ids, help="these worlds only, comma-separated (2,3): a curve run in parts"
+    )
     parser.add_argument("overrides", nargs="*", help="base.KEY=VALUE or cft.KEY=VALUE (dotted config keys)")
     args = parser.parse_args(argv)
     if args.seeds < 1 or (args.worlds is not None and args.worlds < 1):
@@ -268,7 +284,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         raise SystemExit("run.select chooses epochs on the val split; evaluate on --split test")
     if base_cfg.data.spuriousworld is None:
         raise SystemExit(f"{args.base_config} must render SpuriousWorld (data.spuriousworld)")
-    if args.worlds is not None or args.rho is not None:
+    if args.worlds is not None or args.rho is not None or args.world_ids is not None:
         return _curve(args, base_cfg, cft_cfg)
     rows = _run_seeds(base_cfg, cft_cfg, args.seeds, args.split, "")
     means = {k: statistics.fmean(r[k] for r in rows) for k in KEYS}
