@@ -37,7 +37,6 @@ class Orphans(Callback):
 
     def __init__(self, trials: str | Path) -> None:
         self.trials = Path(trials)
-        self.adopted: dict[str, str] = {}  # new trial id -> the orphan's folder name
 
     def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         folder = self.trials / trial.trial_id
@@ -45,7 +44,6 @@ class Orphans(Callback):
             orphan = self._orphan(point_key(trial.config), {t.trial_id for t in trials})
             if orphan is not None:
                 folder.symlink_to(orphan, target_is_directory=True)
-                self.adopted[trial.trial_id] = orphan
                 print(f"trial {trial.trial_id} resumes trial {orphan}'s work on the same point", flush=True)
         folder.mkdir(parents=True, exist_ok=True)
         if not (folder / POINT).is_file():
@@ -54,7 +52,7 @@ class Orphans(Callback):
     def _orphan(self, key: str, known: set[str]) -> str | None:
         if not self.trials.is_dir():
             return None
-        taken = set(self.adopted.values()) | _linked(self.trials, known)
+        taken = _linked(self.trials, known)  # the trials started here are known too
         for path in sorted(self.trials.iterdir()):
             if path.is_symlink() or path.name in known or path.name in taken:
                 continue
@@ -64,8 +62,8 @@ class Orphans(Callback):
         return None
 
     def folder_of(self, trial_id: str) -> str:
-        """The folder name a trial's work lives in: its own id, or the orphan it adopted."""
-        return self.adopted.get(trial_id, trial_id)
+        """The folder name a trial's work lives in: its own id, or the orphan it links to."""
+        return (self.trials / trial_id).resolve().name
 
 
 def unclaimed(trials: Path, ids: Iterable[str]) -> list[str]:

@@ -26,7 +26,7 @@ PARENT_TAG = "mlflow.parentRunId"
 
 class TrialRunLogger(MLflowLoggerCallback):
     """``MLflowLoggerCallback`` with one child run per trial of the parent run ``tags[PARENT_TAG]``;
-    ``orphans``: the sweep's :class:`Orphans` callback (which trial adopted which folder)."""
+    ``orphans``: the sweep's :class:`Orphans` callback (the folder a trial's work lives in)."""
 
     def __init__(self, *args: Any, orphans: Orphans | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
