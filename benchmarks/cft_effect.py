@@ -38,9 +38,12 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import math
+import os
 import statistics
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -50,9 +53,10 @@ from torch.utils.data import DataLoader
 from unspur.config import FinetuneConfig, LossConfig, load_config
 from unspur.data.spuriousworld import BACKGROUNDS, generate_tables
 from unspur.data.torch_dataset import ImageMaskDataset, few_shot
+from unspur.digest import config_digest
 from unspur.losses import get_loss
 from unspur.models import build_model
-from unspur.training import evaluate, fit, seed_everything, selection_score
+from unspur.training import evaluate, fit, improves, seed_everything
 
 KEYS = ("acc_base", "wga_base", "acc_cft", "wga_cft", "acc_control", "wga_control", "align_base", "align_cft")
 CURVE_KEYS = KEYS[:6]
@@ -72,25 +76,33 @@ def _loader(ds: ImageMaskDataset, batch_size: int, shuffle: bool) -> DataLoader:
     return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, drop_last=False)
 
 
-def _fit(model, ds, cfg: FinetuneConfig, loss_cfg, base_model, val_loader) -> int:
+def _fit(model, ds, cfg: FinetuneConfig, loss_cfg, base_model, val_loader, trace=None) -> int:
     """``fit`` plus the config's ``run.select``, as ``unspur finetune`` applies it: the starting
     weights are scored on the validation split before the first epoch, then every ``eval_every``
-    epochs the model is; the best-scoring weights are kept, only a strictly better score replaces
-    them (so when no epoch beats the starting model it is returned unchanged). Returns the kept
-    epoch (-1: the starting model; the last epoch under ``run.select: last``)."""
+    epochs the model is; an epoch replaces the weights kept so far when ``unspur.training.improves``
+    says so (a strictly better score, by the margins ``run.min_gain`` / ``run.max_drop`` over the
+    starting model), so when no epoch beats the starting model it is returned unchanged. Returns
+    the kept epoch (-1: the starting model; the last epoch under ``run.select: last``).
+    ``trace(epoch, val_evaluation)``, when given, is called at every evaluation (the start's too)."""
     spec = get_loss(loss_cfg.name)
     use_base = base_model if loss_cfg.kl_weight > 0 else None
     best: dict[str, Any] = {"epoch": cfg.train.epochs - 1}
-    if cfg.run.select != "last":
-        score = selection_score(cfg.run.select, evaluate(model, val_loader))
-        best.update(epoch=-1, score=score, state=copy.deepcopy(model.state_dict()))
+    select, run = cfg.run.select, cfg.run
+    start = None
+    if select != "last":
+        start = evaluate(model, val_loader)
+        best.update(epoch=-1, eval=start, state=copy.deepcopy(model.state_dict()))
+        if trace:
+            trace(-1, start)
 
     def keep_best(epoch: int, _terms: dict[str, float]) -> None:
-        if cfg.run.select == "last" or ((epoch + 1) % cfg.run.eval_every and epoch + 1 < cfg.train.epochs):
+        if select == "last" or ((epoch + 1) % run.eval_every and epoch + 1 < cfg.train.epochs):
             return
-        score = selection_score(cfg.run.select, evaluate(model, val_loader))
-        if score > best["score"]:
-            best.update(epoch=epoch, score=score, state=copy.deepcopy(model.state_dict()))
+        ev = evaluate(model, val_loader)
+        if trace:
+            trace(epoch, ev)
+        if improves(select, ev, best["eval"], start, run.min_gain, run.max_drop):
+            best.update(epoch=epoch, eval=ev, state=copy.deepcopy(model.state_dict()))
 
     fit(
         model,
@@ -107,14 +119,58 @@ def _fit(model, ds, cfg: FinetuneConfig, loss_cfg, base_model, val_loader) -> in
     return int(best["epoch"])
 
 
-def _finetune(model, sub, parts, cfg: FinetuneConfig, loss_cfg, base_model, img_size: int, val_loader) -> int:
+def _finetune(
+    model, sub, parts, cfg: FinetuneConfig, loss_cfg, base_model, img_size: int, val_loader, trace=None
+) -> int:
     seed_everything(cfg.train.seed)
     ds = ImageMaskDataset(sub, parts, img_size, train_aug=cfg.train.augment)
-    return _fit(model, ds, cfg, loss_cfg, base_model, val_loader)
+    return _fit(model, ds, cfg, loss_cfg, base_model, val_loader, trace)
 
 
-def run_seed(base_cfg: FinetuneConfig, cft_cfg: FinetuneConfig, seed: int, split: str) -> dict[str, Any]:
-    """One seed: base, CFT, control -> the eight numbers of the last line (plus timings)."""
+def _base(base_cfg: FinetuneConfig, ds: ImageMaskDataset, val_loader, cache: Path | None):
+    """The base model of ``base_cfg`` (its seed set): trained, or loaded from ``cache`` where a
+    run of the same config (world, rho, seed included) left it. Training is deterministic per
+    seed and every later step reseeds, so a hit gives the numbers a fresh run would."""
+    seed_everything(base_cfg.train.seed)
+    base = build_model(base_cfg.model)
+    path = Path(cache) / f"base-{config_digest(base_cfg)}.pt" if cache is not None else None
+    if path is not None and path.is_file():
+        base.load_state_dict(torch.load(path, map_location="cpu"))
+        return base
+    _fit(base, ds, base_cfg, base_cfg.loss, None, val_loader)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(f".{os.getpid()}.partial")
+        torch.save(base.state_dict(), partial)
+        partial.replace(path)  # atomic: a parallel run never reads a half-written file
+    return base
+
+
+def _tracer(rows: list[dict[str, float]], model, eval_loader):
+    """A ``_fit`` trace that records, at every evaluation of ``model``, val acc/wga and (for
+    analysis only, never for a choice) the eval split's; the extra evaluation runs under a forked
+    RNG, so training draws the same numbers as without the trace."""
+
+    def trace(epoch: int, val: dict[str, Any]) -> None:
+        with torch.random.fork_rng(devices=[]):
+            ev = evaluate(model, eval_loader)
+        rows.append(
+            {"epoch": epoch, "val_acc": val["acc"], "val_wga": val["wga"], "acc": ev["acc"], "wga": ev["wga"]}
+        )
+
+    return trace
+
+
+def run_seed(
+    base_cfg: FinetuneConfig,
+    cft_cfg: FinetuneConfig,
+    seed: int,
+    split: str,
+    cache: Path | None = None,
+    traced: bool = False,
+) -> dict[str, Any]:
+    """One seed: base, CFT, control -> the eight numbers of the last line (plus timings; with
+    ``traced`` the CFT run's evaluations as ``trace_cft``)."""
     sw = base_cfg.data.spuriousworld.model_copy(update={"seed": seed})
     t0 = time.perf_counter()
     images, parts = generate_tables(sw, splits=tuple(dict.fromkeys(("train", "val", split))))
@@ -123,10 +179,8 @@ def run_seed(base_cfg: FinetuneConfig, cft_cfg: FinetuneConfig, seed: int, split
     eval_loader = _loader(ImageMaskDataset(images[images["split"] == split], parts, size), 128, False)
     val_loader = _loader(ImageMaskDataset(images[images["split"] == "val"], parts, size), 128, False)
     base_cfg = base_cfg.model_copy(update={"train": base_cfg.train.model_copy(update={"seed": seed})})
-    seed_everything(seed)
-    base = build_model(base_cfg.model)
     ds = ImageMaskDataset(train_rows, None, size, train_aug=base_cfg.train.augment)
-    _fit(base, ds, base_cfg, base_cfg.loss, None, val_loader)
+    base = _base(base_cfg, ds, val_loader, cache)
     t_base = time.perf_counter() - t0
     frozen = copy.deepcopy(base).eval()
     for p in frozen.parameters():
@@ -136,7 +190,9 @@ def run_seed(base_cfg: FinetuneConfig, cft_cfg: FinetuneConfig, seed: int, split
     cft_cfg = cft_cfg.model_copy(update={"train": cft_cfg.train.model_copy(update={"seed": seed})})
     cft_model, control = copy.deepcopy(base), copy.deepcopy(base)
     t1 = time.perf_counter()
-    kept_cft = _finetune(cft_model, sub, parts, cft_cfg, cft_cfg.loss, frozen, size, val_loader)
+    trace_rows: list[dict[str, float]] = []
+    trace = _tracer(trace_rows, cft_model, eval_loader) if traced else None
+    kept_cft = _finetune(cft_model, sub, parts, cft_cfg, cft_cfg.loss, frozen, size, val_loader, trace)
     t_cft = time.perf_counter() - t1
     kept_control = _finetune(control, sub, parts, cft_cfg, LossConfig(name="erm"), None, size, val_loader)
     rel = cft_cfg.relevance
@@ -156,6 +212,8 @@ def run_seed(base_cfg: FinetuneConfig, cft_cfg: FinetuneConfig, seed: int, split
         worst_base=ev["base"]["worst_group"],
         worst_cft=ev["cft"]["worst_group"],
     )
+    if traced:
+        out["trace_cft"] = trace_rows
     return out
 
 
@@ -199,11 +257,14 @@ def _with_world(cfg: FinetuneConfig, world: int, rho: float | None) -> FinetuneC
     return cfg.model_copy(update={"data": data})
 
 
-def _run_seeds(base_cfg: FinetuneConfig, cft_cfg: FinetuneConfig, seeds: int, split: str, prefix: str):
+def _run_seeds(base_cfg: FinetuneConfig, cft_cfg: FinetuneConfig, args: argparse.Namespace, prefix: str):
     rows = []
-    for seed in range(seeds):
-        r = run_seed(base_cfg, cft_cfg, seed, split)
+    for seed in args.seed_ids or range(args.seeds):
+        r = run_seed(base_cfg, cft_cfg, seed, args.split, args.cache, traced=args.trace is not None)
         rows.append(r)
+        if args.trace is not None:
+            with open(args.trace, "a") as f:
+                f.write(json.dumps({"line": f"{prefix}seed={seed}", "cft": r["trace_cft"]}) + "\n")
         print(
             f"{prefix}seed={seed} "
             + " ".join(f"{k}={r[k]:.3f}" for k in KEYS)
@@ -229,11 +290,9 @@ def _ids(text: str) -> list[int]:
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"--world-ids takes comma-separated integers, got {text!r}"
-        ) from None
+        raise argparse.ArgumentTypeError(f"takes comma-separated integers, got {text!r}") from None
     if not values or min(values) < 0:
-        raise argparse.ArgumentTypeError(f"--world-ids must be integers >= 0, got {text!r}")
+        raise argparse.ArgumentTypeError(f"must be integers >= 0, got {text!r}")
     return values
 
 
@@ -246,7 +305,7 @@ def _curve(args: argparse.Namespace, base_cfg: FinetuneConfig, cft_cfg: Finetune
             sw = cfg.data.spuriousworld
             pairs = ",".join(f"{c}:{b}" for c, b in zip(sw.classes, sw.backgrounds, strict=False))
             prefix = f"world={world} rho={sw.rho:g} "
-            rows = _run_seeds(cfg, cft_cfg, args.seeds, args.split, prefix)
+            rows = _run_seeds(cfg, cft_cfg, args, prefix)
             means = {k: statistics.fmean(r[k] for r in rows) for k in KEYS}
             lines.append(means)
             print(
@@ -272,6 +331,19 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument(
         "--world-ids", type=_ids, help="these worlds only, comma-separated (2,3): a curve run in parts"
     )
+    parser.add_argument(
+        "--seed-ids", type=_ids, help="these seeds only, comma-separated (0,2): rerun some seeds of a curve"
+    )
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        help="folder keeping base models (keyed by config, world, rho, seed): reruns skip them",
+    )
+    parser.add_argument(
+        "--trace",
+        type=Path,
+        help="append each seed's CFT evaluations (val, and the eval split) as JSON lines",
+    )
     parser.add_argument("overrides", nargs="*", help="base.KEY=VALUE or cft.KEY=VALUE (dotted config keys)")
     args = parser.parse_args(argv)
     if args.seeds < 1 or (args.worlds is not None and args.worlds < 1):
@@ -286,9 +358,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         raise SystemExit(f"{args.base_config} must render SpuriousWorld (data.spuriousworld)")
     if args.worlds is not None or args.rho is not None or args.world_ids is not None:
         return _curve(args, base_cfg, cft_cfg)
-    rows = _run_seeds(base_cfg, cft_cfg, args.seeds, args.split, "")
+    rows = _run_seeds(base_cfg, cft_cfg, args, "")
     means = {k: statistics.fmean(r[k] for r in rows) for k in KEYS}
-    if args.seeds > 1:
+    if len(rows) > 1:
         print("std " + " ".join(f"{k}={statistics.stdev(r[k] for r in rows):.3f}" for k in KEYS))
     print(" ".join(f"{k}={means[k]:.3f}" for k in KEYS))
     return means

@@ -32,6 +32,7 @@ __all__ = [
     "apply_trainable",
     "evaluate",
     "fit",
+    "improves",
     "make_optimizer",
     "make_scheduler",
     "seed_everything",
@@ -274,6 +275,37 @@ def selection_score(select: str, evaluation: dict[str, Any]) -> tuple[float, flo
     return tuple(float(evaluation[k]) for k in SELECT_ORDER.get(select, SELECT_ORDER["best_acc"]))
 
 
+def improves(
+    select: str,
+    candidate: dict[str, Any],
+    kept: dict[str, Any] | None,
+    start: dict[str, Any] | None = None,
+    min_gain: float = 0.0,
+    max_drop: float | None = None,
+) -> bool:
+    """Whether the weights evaluated as ``candidate`` replace those kept so far (``kept``) under
+    ``run.select`` (evaluations as :func:`evaluate` returns them, on the validation split).
+
+    The candidate must score strictly better than ``kept`` (:func:`selection_score`) and, against the
+    starting model's evaluation ``start``: its selected metric must be at least ``min_gain`` above the
+    start's, and its other accuracy (acc under best_wga, wga under best_acc) at most ``max_drop``
+    below the start's (None: no bound). With ``min_gain`` 0 and no ``max_drop`` this is plain "best
+    score wins". The margins are what make "never worse than the start" hold beyond the validation
+    split's noise: a gain of one image in a small worst group is not evidence of a better model.
+    """
+    if select == "last":
+        return False
+    if kept is not None and selection_score(select, candidate) <= selection_score(select, kept):
+        return False
+    if start is None:
+        return True
+    first, other = SELECT_ORDER[select]
+    tol = 1e-9  # accuracies are ratios of counts: 0.70 + 0.05 must admit 0.75
+    if float(candidate[first]) < float(start[first]) + min_gain - tol:
+        return False
+    return max_drop is None or float(candidate[other]) >= float(start[other]) - max_drop - tol
+
+
 def selection_note(
     select: str,
     epoch: int,
@@ -281,18 +313,24 @@ def selection_note(
     chosen: dict[str, Any] | None,
     start: dict[str, Any] | None,
     split: str,
+    min_gain: float = 0.0,
+    max_drop: float | None = None,
 ) -> str:
     """One plain sentence on the weights ``run.select`` kept, for summaries, reports and MLflow.
 
     ``epoch``: the kept epoch (0-based; -1 = the starting model, evaluated before the first epoch);
-    ``chosen`` / ``start``: the evaluations of the kept and the starting weights on ``split``.
+    ``chosen`` / ``start``: the evaluations of the kept and the starting weights on ``split``;
+    ``min_gain`` / ``max_drop``: the margins of :func:`improves`, named when they are set.
     """
     if select == "last":
         return f"weights of the last epoch ({epochs} of {epochs}); run.select is last"
     metric = select.removeprefix("best_")
     if epoch < 0:
         value = f" {float(start[metric]):.3f}" if start else ""
-        return f"no epoch improved on the starting model's {split} {metric}{value}; kept it"
+        by = f" by {min_gain:g} or more" if min_gain > 0 else ""
+        other = SELECT_ORDER[select][1]
+        guard = f" without losing more than {max_drop:g} {other}" if max_drop is not None else ""
+        return f"no epoch improved on the starting model's {split} {metric}{value}{by}{guard}; kept it"
     value = f" {float(chosen[metric]):.3f}" if chosen else ""
     before = f" (starting model {float(start[metric]):.3f})" if start else ""
     return f"epoch {epoch + 1} of {epochs} had the best {split} {metric}{value}{before}; kept it"

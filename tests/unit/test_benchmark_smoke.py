@@ -191,3 +191,28 @@ def test_cft_curve_merges_runs_in_parts_into_one_summary_and_figure(tmp_path: Pa
         cwd=ROOT,
     )
     assert done.returncode != 0 and "world=1 rho=0.9 differs" in done.stderr
+
+
+def test_cft_curve_replaces_rerun_seeds_and_recomputes_their_means(tmp_path: Path) -> None:
+    def seed_line(seed: int, wga_cft: float, kept: int) -> str:
+        return (
+            f"world=0 rho=0.985 seed={seed} acc_base=0.800 wga_base=0.100 acc_cft=0.800 wga_cft={wga_cft:.3f} "
+            f"acc_control=0.800 wga_control=0.100 kept_cft={kept}\n"
+        )
+
+    first = tmp_path / "first.log"
+    first.write_text(
+        seed_line(0, 0.400, 14)
+        + seed_line(1, 0.100, -1)
+        + seed_line(2, 0.000, 9)
+        + "world=0 rho=0.985 acc_base=0.800 wga_base=0.100 acc_cft=0.800 wga_cft=0.167 acc_control=0.800 "
+        "wga_control=0.100 backgrounds=bird:water\n"
+    )
+    rerun = tmp_path / "rerun.log"
+    rerun.write_text(seed_line(2, 0.100, -1))
+    lines = _output("cft_curve.py", [str(first), "--rerun", str(rerun)])
+    assert lines[0] == "rerun world=0 rho=0.985 seed=2 cft 0.800/0.000 -> 0.800/0.100 (kept epoch 9 -> -1)"
+    merged = dict(item.split("=") for item in lines[1].split())
+    assert float(merged["wga_cft"]) == pytest.approx(0.2, abs=1e-3)  # (0.4 + 0.1 + 0.1) / 3
+    summary = dict(item.split("=") for item in lines[-1].split())
+    assert float(summary["min_gain_biased"]) == pytest.approx(0.1, abs=1e-3)

@@ -17,9 +17,11 @@ from unspur.training import (
     apply_trainable,
     evaluate,
     fit,
+    improves,
     make_optimizer,
     make_scheduler,
     seed_everything,
+    selection_note,
     train_one_epoch,
 )
 
@@ -219,4 +221,36 @@ def test_fit_puts_the_epoch_and_the_number_of_epochs_into_every_batch(tables):
     model = _model()
     train_one_epoch(
         model, _loader(tables), LOSSES["erm"], LossConfig(name="erm"), make_optimizer(model, TrainConfig())
+    )
+
+
+def test_improves_needs_a_better_score_and_the_margins_over_the_start():
+    start = {"acc": 0.80, "wga": 0.50}
+    # plain rule: a strictly better (wga, acc) replaces the kept weights, a tie does not
+    assert improves("best_wga", {"acc": 0.70, "wga": 0.525}, start, start)
+    assert not improves("best_wga", {"acc": 0.80, "wga": 0.50}, start, start)
+    assert improves("best_wga", {"acc": 0.81, "wga": 0.50}, start, start)
+    # min_gain: one image of a 40-image group is not enough, two are (0.50 + 0.05 with float error)
+    assert not improves("best_wga", {"acc": 0.80, "wga": 0.525}, start, start, min_gain=0.05)
+    assert improves("best_wga", {"acc": 0.80, "wga": 22 / 40}, start, start, min_gain=0.05)
+    # max_drop: the other accuracy (acc under best_wga) may fall at most this far below the start's
+    assert not improves("best_wga", {"acc": 0.78, "wga": 0.70}, start, start, max_drop=0.01)
+    assert improves("best_wga", {"acc": 0.79, "wga": 0.70}, start, start, max_drop=0.01)
+    assert not improves("best_acc", {"acc": 0.90, "wga": 0.45}, start, start, max_drop=0.01)
+    # the margins are against the start, the score against the weights kept so far
+    kept = {"acc": 0.80, "wga": 0.60}
+    assert not improves("best_wga", {"acc": 0.80, "wga": 0.575}, kept, start, min_gain=0.05)
+    assert improves("best_wga", {"acc": 0.80, "wga": 0.625}, kept, start, min_gain=0.05)
+    assert not improves("last", {"acc": 1.0, "wga": 1.0}, start, start)
+
+
+def test_selection_note_names_the_margins_when_the_start_is_kept():
+    start = {"acc": 0.8, "wga": 0.5}
+    note = selection_note("best_wga", -1, 10, start, start, "val", min_gain=0.05, max_drop=0.01)
+    assert note == (
+        "no epoch improved on the starting model's val wga 0.500 by 0.05 or more "
+        "without losing more than 0.01 acc; kept it"
+    )
+    assert selection_note("best_wga", -1, 10, start, start, "val") == (
+        "no epoch improved on the starting model's val wga 0.500; kept it"
     )

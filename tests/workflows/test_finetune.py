@@ -225,6 +225,19 @@ def test_select_keeps_the_starting_model_when_no_epoch_beats_it(tmp_path: Path) 
     assert resumed["final"] == summary["initial"]
 
 
+def test_select_margins_keep_the_starting_model_unless_an_epoch_clears_them(tmp_path: Path) -> None:
+    """``run.min_gain``: an epoch must beat the start by that much; accuracy cannot rise by 1 from
+    a start above 0, so every epoch falls short and the start is kept, and the summary says why."""
+    args = ["--out", str(tmp_path), *TINY, "data.spuriousworld.n_val=16", "data.eval_split=val"]
+    args += ["loss.name=erm", "train.lr=0.01", "run.select=best_acc", "run.figure_images=0"]
+    args += ["run.min_gain=1.0", "run.max_drop=0.5", "run.track=false", "train.epochs=2"]
+    assert job.main(args) == 0
+    summary = json.loads((tmp_path / "finetune_summary.json").read_text())
+    assert summary["initial"]["acc"] > 0 and summary["selected_epoch"] == -1
+    assert summary["final"] == summary["initial"]
+    assert summary["selection"].endswith("by 1 or more without losing more than 0.5 wga; kept it")
+
+
 def test_cft_trains_on_attnlrp_relevance(tmp_path: Path) -> None:
     """``relevance: attnlrp`` end to end: CFT trains through it, evaluation and the figure use it."""
     args = ["--out", str(tmp_path), *TINY, "loss.name=cft", "relevance=attnlrp", "train.epochs=1"]

@@ -141,7 +141,12 @@ class FinetuneRunConfig(StrictModel):
     (``best_acc``) accuracy on ``data.eval_split``, which must then be a validation split. The
     starting weights are a candidate too (evaluated before the first epoch): when no epoch beats
     them they are kept unchanged, so fine-tuning never returns a model worse on that split. Ties
-    go to the other accuracy, then the earlier epoch (the starting model first).
+    go to the other accuracy, then the earlier epoch (the starting model first). ``min_gain`` and
+    ``max_drop`` are margins against the starting model (``unspur.training.improves``): an epoch
+    replaces it only when its selected accuracy is at least ``min_gain`` higher and its other
+    accuracy (acc under best_wga, wga under best_acc) at most ``max_drop`` lower (unset: no bound),
+    so a gain within the validation split's noise, or one paid for in the other accuracy, keeps
+    the starting model.
     """
 
     name: str = "finetune"
@@ -153,6 +158,8 @@ class FinetuneRunConfig(StrictModel):
     keep_checkpoints: int = Field(2, ge=1)
     eval_every: int = Field(1, ge=1)
     select: Literal["last", "best_wga", "best_acc"] = "last"
+    min_gain: float = Field(0.0, ge=0, le=1)
+    max_drop: float | None = Field(None, ge=0, le=1)
     figure_images: int = Field(6, ge=0)
     experiment: str = "finetune"
     track: bool = True

@@ -33,11 +33,11 @@ from unspur.models.resume import restore_state, write_state
 from unspur.spurious_templates import run_templates
 from unspur.training import (
     apply_trainable,
+    improves,
     make_optimizer,
     make_scheduler,
     seed_everything,
     selection_note,
-    selection_score,
     train_one_epoch,
 )
 from unspur.workflows.finetune.report import Tracker, relevance_figure
@@ -243,7 +243,7 @@ def run_loop(cfg: FinetuneConfig, tables: dict[str, Any], session: Any) -> dict[
         last = epoch == cfg.train.epochs - 1
         if rank0 and ((epoch + 1) % cfg.run.eval_every == 0 or last):
             record["eval"] = _evaluate(cfg, model, eval_loader, with_rel)
-            if _improves(cfg, record):
+            if _improves(cfg, record, history):
                 _keep(cfg, model, record)
             record["kept"] = _kept(cfg, record)
         if rank0:
@@ -272,16 +272,17 @@ def _keep(cfg: FinetuneConfig, model: nn.Module, record: dict[str, Any]) -> None
     save_checkpoint(Path(cfg.out) / SELECTED, unwrap(model), cfg, extra=extra)
 
 
-def _improves(cfg: FinetuneConfig, record: dict[str, Any]) -> bool:
+def _improves(cfg: FinetuneConfig, record: dict[str, Any], history: list[dict[str, Any]]) -> bool:
     """Whether ``record``'s evaluation beats the weights kept so far under ``run.select`` (the
     starting model first; their evaluation is stored beside them, so a resumed run compares against
-    exactly those weights). Only a strictly better score replaces them: ties keep the earlier."""
+    exactly those weights) by the margins ``run.min_gain`` / ``run.max_drop`` over the starting
+    model (``history``'s epoch -1, restored with a resumed run). Only a strictly better score
+    replaces them: ties keep the earlier."""
     if cfg.run.select == "last":
         return False
     kept = read_extra(Path(cfg.out) / SELECTED).get("eval")
-    return kept is None or selection_score(cfg.run.select, record["eval"]) > selection_score(
-        cfg.run.select, kept
-    )
+    start = next((h["eval"] for h in history if h["epoch"] == -1 and "eval" in h), None)
+    return improves(cfg.run.select, record["eval"], kept, start, cfg.run.min_gain, cfg.run.max_drop)
 
 
 def _kept(cfg: FinetuneConfig, record: dict[str, Any]) -> dict[str, Any]:
@@ -333,7 +334,16 @@ def _finish(
         plt.close(figure)
     evals = [h for h in history if "eval" in h]
     initial = evals[0]["eval"] if evals and evals[0]["epoch"] == -1 else None
-    note = selection_note(cfg.run.select, epoch, cfg.train.epochs, final, initial, cfg.data.eval_split)
+    note = selection_note(
+        cfg.run.select,
+        epoch,
+        cfg.train.epochs,
+        final,
+        initial,
+        cfg.data.eval_split,
+        cfg.run.min_gain,
+        cfg.run.max_drop,
+    )
     print(f"[finetune {cfg.run.name}] {note}", flush=True)
     summary = {
         "checkpoint": str(final_dir),
