@@ -75,3 +75,25 @@ def test_bad_pipelines_are_refused_by_key(data, message) -> None:
     with pytest.raises(ConfigError) as err:
         validate_config(PipelineConfig, data, "p.yaml")
     assert message in str(err.value)
+
+
+def test_the_report_states_which_measured_band_the_baseline_falls_in() -> None:
+    from unspur.workflows.pipeline.report import regime_line
+
+    stages = [{"name": n, "job": "finetune", "config": {}} for n in ("base", "cft")]
+    models = {"evaluate": {"models": {"base": "base", "cft": "CFT"}}}
+    bands = [{"max_base_wga": 0.3, "note": "leans on the shortcut"}, {"max_base_wga": 1.0, "note": "robust"}]
+    cfg = PipelineConfig(
+        stages=stages, report={"gain": {"method": "cft", "baseline": "base", "regimes": bands}}, **models
+    )
+    line = regime_line(cfg, {"base": {"wga": 0.25}, "cft": {"wga": 0.5}})
+    assert line == "Where base sits: test wga 0.250 (<= 0.3): leans on the shortcut"
+    assert regime_line(cfg, {"base": {"wga": 0.3}}).endswith("leans on the shortcut")
+    assert regime_line(cfg, {"base": {"wga": 0.31}}).endswith("robust")
+    assert regime_line(cfg, {"cft": {"wga": 0.5}}) is None  # no baseline result: nothing to place
+    with pytest.raises(ValueError, match="max_base_wga must increase band by band, got \\[1.0, 0.3\\]"):
+        PipelineConfig(
+            stages=stages,
+            report={"gain": {"method": "cft", "baseline": "base", "regimes": bands[::-1]}},
+            **models,
+        )

@@ -62,13 +62,32 @@ class PipelineEvaluateConfig(ActorResources):
     num_actors: int = Field(1, ge=1)
 
 
+class RegimeConfig(StrictModel):
+    """One band of the method's measured curve: a baseline whose worst-group accuracy is at most
+    ``max_base_wga`` falls here, and ``note`` says what the method did to such baselines when it
+    was measured (e.g. benchmarks/README.md's CFT curve)."""
+
+    max_base_wga: float = Field(ge=0, le=1)
+    note: str = Field(min_length=1)
+
+
 class GainConfig(StrictModel):
     """The report's headline: ``label``'s worst-group gain of ``method`` over ``baseline`` (model
-    names of ``evaluate.models``)."""
+    names of ``evaluate.models``). ``regimes``: bands of the baseline's wga in increasing order
+    (the first band the baseline falls in is stated as where this run sits; the last should reach
+    1.0)."""
 
     method: str
     baseline: str
     label: str = ""
+    regimes: list[RegimeConfig] = []
+
+    @model_validator(mode="after")
+    def _check_regimes(self) -> GainConfig:
+        bounds = [r.max_base_wga for r in self.regimes]
+        if bounds != sorted(bounds) or len(set(bounds)) != len(bounds):
+            raise ValueError(f"report.gain.regimes: max_base_wga must increase band by band, got {bounds}")
+        return self
 
 
 class ReportConfig(StrictModel):

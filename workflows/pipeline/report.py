@@ -46,6 +46,22 @@ def print_table(cfg: Any, evaluations: dict[str, dict[str, Any]]) -> None:
             f"{gain.label or gain.method} worst-group gain over {gain.baseline}: "
             f"{method['wga'] - baseline['wga']:+.3f} (average accuracy change {method['acc'] - baseline['acc']:+.3f})"
         )
+        where = regime_line(cfg, evaluations)
+        if where:
+            console.print(where)
+
+
+def regime_line(cfg: Any, evaluations: dict[str, dict[str, Any]]) -> str | None:
+    """Where this run's baseline sits on the method's measured curve (``report.gain.regimes``):
+    ``Where base sits: wga 0.213 (<= 0.3): <note>``; None without bands or a baseline result."""
+    gain = cfg.report.gain
+    if gain is None or gain.baseline not in evaluations or evaluations[gain.baseline].get("wga") is None:
+        return None
+    wga = float(evaluations[gain.baseline]["wga"])
+    band = next((r for r in gain.regimes if wga <= r.max_base_wga), None)
+    if band is None:
+        return None
+    return f"Where {gain.baseline} sits: {cfg.evaluate.split} wga {wga:.3f} (<= {band.max_base_wga:g}): {band.note}"
 
 
 def _markdown_table(evaluations: dict[str, dict[str, Any]], labels: dict[str, str]) -> list[str]:
@@ -108,6 +124,9 @@ def write_report(
         "",
     ]
     lines += _markdown_table(evaluations, cfg.evaluate.models)
+    where = regime_line(cfg, evaluations)
+    if where:
+        lines += ["", where]
     lines += _selection_lines(results)
     lines += [
         "",
