@@ -133,7 +133,7 @@ def _base(base_cfg: FinetuneConfig, ds: ImageMaskDataset, val_loader, cache: Pat
     seed and every later step reseeds, so a hit gives the numbers a fresh run would."""
     seed_everything(base_cfg.train.seed)
     base = build_model(base_cfg.model)
-    path = Path(cache) / f"base-{config_digest(base_cfg)}.pt" if cache is not None else None
+    path = Path(cache) / f"base-{config_digest(_base_key(base_cfg))}.pt" if cache is not None else None
     if path is not None and path.is_file():
         base.load_state_dict(torch.load(path, map_location="cpu"))
         return base
@@ -144,6 +144,19 @@ def _base(base_cfg: FinetuneConfig, ds: ImageMaskDataset, val_loader, cache: Pat
         torch.save(base.state_dict(), partial)
         partial.replace(path)  # atomic: a parallel run never reads a half-written file
     return base
+
+
+def _base_key(base_cfg: FinetuneConfig) -> FinetuneConfig:
+    """``base_cfg`` as its cache key: under ``run.select: last`` the base never reads the val and
+    test splits, so their sizes are set to the defaults (a run with a larger val split reuses it)."""
+    if base_cfg.run.select != "last":
+        return base_cfg
+    sw = base_cfg.data.spuriousworld
+    fields = type(sw).model_fields
+    sizes = {k: fields[k].default for k in ("n_val", "n_test")}
+    return base_cfg.model_copy(
+        update={"data": base_cfg.data.model_copy(update={"spuriousworld": sw.model_copy(update=sizes)})}
+    )
 
 
 def _tracer(rows: list[dict[str, float]], model, eval_loader):
