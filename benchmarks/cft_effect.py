@@ -32,6 +32,14 @@ and last ``worst_harm=.. worst_acc_drop=.. min_gain_biased=.. mean_gain_biased=.
     python benchmarks/cft_effect.py --seeds 3 --worlds 4 --rho 0.985,0.95,0.9,0.8
     python benchmarks/cft_effect.py --seeds 3 --world-ids 2,3 --rho 0.97   # a part; cft_curve.py merges
     python benchmarks/cft_effect.py --seeds 1 --split val cft.run.select=last cft.train.lr=3e-4
+
+Reruns: ``--cache DIR`` keeps each base model (keyed by its config, world, rho and seed; a hit
+gives the numbers a fresh run would), so a recipe change of CFT reruns only CFT and the control;
+``--seed-ids 0,2`` runs some seeds of a line (``cft_curve.py --rerun`` merges them); ``--trace
+FILE`` appends each seed's CFT evaluations (val, and the eval split for analysis) as JSON lines,
+so the choice any selection rule makes on val can be replayed.
+
+    python benchmarks/cft_effect.py --world-ids 1 --rho 0.985 --seed-ids 2 --cache bases --trace t.jsonl
 """
 
 from __future__ import annotations
