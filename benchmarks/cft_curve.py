@@ -28,6 +28,11 @@ SEED_LINE = re.compile(r"^world=(\d+) rho=([0-9.]+) seed=(\d+) (acc_base=.*)$")
 Key = tuple[int, float]
 
 
+def _items(text: str) -> dict[str, str]:
+    """``key=value`` items of an output line -> {key: value}."""
+    return dict(item.split("=", 1) for item in text.split())
+
+
 def read_lines(paths: list[Path]) -> dict[Key, dict[str, float | str]]:
     """{(world, rho): the seed means and ``backgrounds``} from the outputs at ``paths``."""
     lines: dict[Key, dict[str, float | str]] = {}
@@ -36,7 +41,7 @@ def read_lines(paths: list[Path]) -> dict[Key, dict[str, float | str]]:
             match = LINE.match(text)
             if match is None:
                 continue  # a seed's line, the summary, or anything else
-            items = dict(item.split("=", 1) for item in match.group(3).split())
+            items = _items(match.group(3))
             row: dict[str, float | str] = {k: float(items[k]) for k in CURVE_KEYS}
             row["backgrounds"] = items.get("backgrounds", "")
             key = (int(match.group(1)), float(match.group(2)))
@@ -57,7 +62,7 @@ def read_seed_lines(paths: list[Path]) -> dict[tuple[int, float, int], dict[str,
             match = SEED_LINE.match(text)
             if match is not None:
                 key = (int(match.group(1)), float(match.group(2)), int(match.group(3)))
-                seeds[key] = dict(item.split("=", 1) for item in match.group(4).split())
+                seeds[key] = _items(match.group(4))
     return seeds
 
 

@@ -281,8 +281,13 @@ def _improves(cfg: FinetuneConfig, record: dict[str, Any], history: list[dict[st
     if cfg.run.select == "last":
         return False
     kept = read_extra(Path(cfg.out) / SELECTED).get("eval")
-    start = next((h["eval"] for h in history if h["epoch"] == -1 and "eval" in h), None)
+    start = _start_eval(history)
     return improves(cfg.run.select, record["eval"], kept, start, cfg.run.min_gain, cfg.run.max_drop)
+
+
+def _start_eval(history: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The starting model's evaluation (the epoch -1 record; None when it was not evaluated)."""
+    return next((h["eval"] for h in history if h["epoch"] == -1 and "eval" in h), None)
 
 
 def _kept(cfg: FinetuneConfig, record: dict[str, Any]) -> dict[str, Any]:
@@ -332,8 +337,7 @@ def _finish(
         import matplotlib.pyplot as plt
 
         plt.close(figure)
-    evals = [h for h in history if "eval" in h]
-    initial = evals[0]["eval"] if evals and evals[0]["epoch"] == -1 else None
+    initial = _start_eval(history)
     note = selection_note(
         cfg.run.select,
         epoch,
