@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import open_clip
 import pytest
 import torch
 import torch.nn.functional as F
@@ -161,3 +162,23 @@ def test_vit_b32_random_init_forward() -> None:
     assert out["image_features"].shape == (2, 512) and out["text_features"].shape == (2, 512)
     assert out["logits"].shape == (2, 2) and tokens.shape == (2, 77)
     assert time.perf_counter() - start < 60
+
+
+def test_text_forward_stops_after_the_last_eot_and_matches_open_clips() -> None:
+    torch.manual_seed(0)
+    trimmed = FAMILY.build(CFG)
+    assert type(trimmed).__name__ == "TrimmedTextCLIP"
+    full = open_clip.model.CLIP.encode_text
+    tokens = FAMILY.tokenizer(CFG)(["a bird.", "a photo of a bicycle on a snowy mountain road at dawn."])
+    seen: list[int] = []
+    hook = trimmed.transformer.register_forward_pre_hook(lambda _, args: seen.append(args[0].shape[1]))
+    got = trimmed.encode_text(tokens, normalize=True)
+    hook.remove()
+    assert seen == [int(tokens.argmax(-1).max()) + 1] and seen[0] < tokens.shape[1]
+    torch.testing.assert_close(got, full(trimmed, tokens, normalize=True), atol=1e-6, rtol=1e-5)
+    grads = []
+    for encode in (trimmed.encode_text, lambda t: full(trimmed, t)):
+        trimmed.zero_grad()
+        encode(tokens).square().sum().backward()
+        grads.append(trimmed.token_embedding.weight.grad.clone())
+    assert (grads[0] - grads[1]).abs().max() <= 1e-5 * grads[1].abs().max()  # float summation order

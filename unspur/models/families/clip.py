@@ -28,7 +28,9 @@ distinct caption and cached on the teacher module (``teacher._unspur_text_cache`
 features, keyed by ``batch["view_id"]`` (the dataset's id of the exact pixels: image id plus
 augmentation; batches without view ids are encoded every step), so from the second epoch on a
 StarFT step runs no teacher forward at all. The image cache holds one (D,) float per view seen
-(8,000 images x 2 flips x 512 dims = 33 MB at ViT-B size). Architectures are open_clip's plus the
+(8,000 images x 2 flips x 512 dims = 33 MB at ViT-B size). Text forwards stop after the batch's
+last EOT token (:class:`TrimmedTextCLIP`: the tower's mask is causal, so the padding after it
+changes nothing). Architectures are open_clip's plus the
 tiny ones in ``clip_configs/`` (JSON, registered with ``open_clip.add_model_config``).
 Evaluation: zero-shot accuracy, per-group and worst-group accuracy (no relevance alignment).
 """
@@ -51,12 +53,14 @@ from unspur.metrics import summarize
 from unspur.models.attention import unwrap
 from unspur.models.checkpoint import load_weights
 from unspur.models.families.protocol import Batch, Outputs, RelevanceFn, collect_predictions
+from unspur.models.prompt import encode_text_embeddings, eot_positions
 
 __all__ = [
     "CLIP_CONFIGS",
     "TEACHER_OUTPUTS",
     "ClipFamily",
     "Tokenizer",
+    "TrimmedTextCLIP",
     "ZeroShot",
     "cached_text_features",
     "teacher_outputs",
@@ -173,6 +177,32 @@ def teacher_outputs(teacher: nn.Module, batch: Batch, needs: frozenset[str]) -> 
     return out
 
 
+class TrimmedTextCLIP(open_clip.model.CLIP):
+    """open_clip's CLIP whose text forward stops after the batch's last EOT token.
+
+    The text tower's mask is causal, so the pooled EOT features do not depend on the padding
+    after it: a caption of ~12 tokens runs 12 positions, not the 77 of the context. Same
+    parameters and state dict as :class:`open_clip.model.CLIP` (features equal up to float
+    summation order); :meth:`ClipFamily.build` gives every CLIP with a causal mask this class.
+    """
+
+    def encode_text(self, text: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        eot = eot_positions(self, text)
+        length = int(eot.max()) + 1 if len(text) else text.shape[1]
+        x = encode_text_embeddings(self, self.token_embedding(text[:, :length]), eot)
+        return F.normalize(x, dim=-1) if normalize else x
+
+
+def _trim_text(model: nn.Module) -> nn.Module:
+    """``model`` as :class:`TrimmedTextCLIP` when its text tower allows it (open_clip's own CLIP
+    text tower, causal mask, pooled at the EOT token); other models unchanged."""
+    causal = getattr(model, "attn_mask", None) is not None
+    pooled = getattr(model, "text_pool_type", "argmax") in ("argmax", "eos")
+    if type(model) is open_clip.model.CLIP and causal and pooled:
+        model.__class__ = TrimmedTextCLIP
+    return model
+
+
 class ClipFamily:
     """open_clip models; see the module docstring for the outputs."""
 
@@ -212,6 +242,7 @@ class ClipFamily:
         model = open_clip.create_model(
             cfg.name, pretrained=cfg.pretrained, force_image_size=force_size, output_dict=True, **cfg.kwargs
         )
+        model = _trim_text(model)
         model.zero_shot = ZeroShot(tuple(cfg.classes), tuple(cfg.templates), self.tokenizer(cfg))
         pre = getattr(model.visual, "preprocess_cfg", {}) or {}
         model.pretrained_cfg = {
