@@ -22,10 +22,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["PromptContext", "context_token_ids", "encode_text_embeddings", "eot_positions"]
+__all__ = [
+    "PromptContext",
+    "context_token_ids",
+    "encode_text_embeddings",
+    "eot_positions",
+    "pools_at_eot",
+]
 
 #: captions -> (N, context_length) int64 token ids (open_clip's tokenizer)
 Tokenizer = Callable[[Sequence[str]], torch.Tensor]
+
+
+def pools_at_eot(model: nn.Module) -> bool:
+    """Whether open_clip pools ``model``'s text features at the EOT token (``argmax``/``eos``)."""
+    return getattr(model, "text_pool_type", "argmax") in ("argmax", "eos")
 
 
 def _text_tower(model: nn.Module) -> nn.Module:
@@ -36,7 +47,7 @@ def _text_tower(model: nn.Module) -> nn.Module:
             f"prompt tuning needs open_clip's built-in text tower (CLIP); {type(model).__name__} lacks "
             f"{missing} (a Hugging Face text tower is not supported)"
         )
-    if getattr(model, "text_pool_type", "argmax") not in ("argmax", "eos"):
+    if not pools_at_eot(model):
         raise ValueError(f"prompt tuning pools at the EOT token; text_pool_type {model.text_pool_type!r}")
     return model
 

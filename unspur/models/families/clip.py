@@ -30,8 +30,8 @@ augmentation; batches without view ids are encoded every step), so from the seco
 StarFT step runs no teacher forward at all. The image cache holds one (D,) float per view seen
 (8,000 images x 2 flips x 512 dims = 33 MB at ViT-B size). Text forwards stop after the batch's
 last EOT token (:class:`TrimmedTextCLIP`: the tower's mask is causal, so the padding after it
-changes nothing). Architectures are open_clip's plus the
-tiny ones in ``clip_configs/`` (JSON, registered with ``open_clip.add_model_config``).
+changes nothing). Architectures are open_clip's plus the tiny ones in ``clip_configs/`` (JSON,
+registered with ``open_clip.add_model_config``).
 Evaluation: zero-shot accuracy, per-group and worst-group accuracy (no relevance alignment).
 """
 
@@ -53,7 +53,7 @@ from unspur.metrics import summarize
 from unspur.models.attention import unwrap
 from unspur.models.checkpoint import load_weights
 from unspur.models.families.protocol import Batch, Outputs, RelevanceFn, collect_predictions
-from unspur.models.prompt import encode_text_embeddings, eot_positions
+from unspur.models.prompt import encode_text_embeddings, eot_positions, pools_at_eot
 
 __all__ = [
     "CLIP_CONFIGS",
@@ -197,8 +197,7 @@ def _trim_text(model: nn.Module) -> nn.Module:
     """``model`` as :class:`TrimmedTextCLIP` when its text tower allows it (open_clip's own CLIP
     text tower, causal mask, pooled at the EOT token); other models unchanged."""
     causal = getattr(model, "attn_mask", None) is not None
-    pooled = getattr(model, "text_pool_type", "argmax") in ("argmax", "eos")
-    if type(model) is open_clip.model.CLIP and causal and pooled:
+    if type(model) is open_clip.model.CLIP and causal and pools_at_eot(model):
         model.__class__ = TrimmedTextCLIP
     return model
 
