@@ -12,7 +12,9 @@ images at a time.
 Rows: ``ok`` (zero-shot and tuned predictions); ``error`` (the image cannot be read, or it has no
 usable mask and ``on_missing_mask`` is ``error``: ``pred``/``pred_before`` -1, ``error`` the
 reason); ``zero_shot`` (no usable mask and ``on_missing_mask: zero_shot``: the tuned columns
-repeat the zero-shot ones, ``error`` keeps the reason). Rows in == rows out.
+repeat the zero-shot ones, ``error`` keeps the reason). Rows in == rows out. With
+``zero_shot_reason`` set (a failed ``unspur adapt`` check) no image is tuned: every readable
+image is a ``zero_shot`` row with that reason.
 """
 
 from __future__ import annotations
@@ -59,10 +61,18 @@ class PromptTunerActor:
     """SEraser predictions for batches of image rows (see the module docstring).
 
     ``seraser``: a :class:`unspur.config.adapt.SEraserConfig` as a dict; ``device``: ``auto``
-    (CUDA when available), ``cpu``, ``cuda``; ``threads``: torch threads (0 = leave as is).
+    (CUDA when available), ``cpu``, ``cuda``; ``threads``: torch threads (0 = leave as is);
+    ``zero_shot_reason``: when set, keep the zero-shot head for every image, with this reason.
     """
 
-    def __init__(self, checkpoint: str, seraser: Mapping[str, Any], device: str = "auto", threads: int = 0):
+    def __init__(
+        self,
+        checkpoint: str,
+        seraser: Mapping[str, Any],
+        device: str = "auto",
+        threads: int = 0,
+        zero_shot_reason: str = "",
+    ):
         from unspur.config.adapt import SEraserConfig
         from unspur.models import checkpoint_model_config, load_checkpoint
         from unspur.seraser import PromptTuner
@@ -83,6 +93,7 @@ class PromptTunerActor:
         self.tuner = PromptTuner(model, spec.tokenizer, spec.classes, self.cfg, spec.templates)
         self.img_size = model_cfg.img_size
         self.n_classes = len(spec.classes)
+        self.zero_shot_reason = zero_shot_reason
 
     def _load(self, frame: Any) -> tuple[list[tuple[torch.Tensor, torch.Tensor] | None], list[str]]:
         """-> per row (image (3, S, S) in [0, 1], mask (S, S) bool) or None, and the reason."""
@@ -120,6 +131,10 @@ class PromptTunerActor:
         frame = pd.DataFrame({k: list(v) for k, v in batch.items()})
         n, c = len(frame), self.n_classes
         items, reasons = self._load(frame)
+        if self.zero_shot_reason:
+            reasons = [
+                r if item is None else self.zero_shot_reason for item, r in zip(items, reasons, strict=True)
+            ]
         status = [
             "ok" if item is not None and not r else "error" for item, r in zip(items, reasons, strict=True)
         ]
@@ -160,7 +175,7 @@ class PromptTunerActor:
         }
 
     def _falls_back(self) -> bool:
-        return self.cfg.on_missing_mask == "zero_shot"
+        return self.cfg.on_missing_mask == "zero_shot" or bool(self.zero_shot_reason)
 
 
 def _missing(value: Any) -> bool:

@@ -17,6 +17,12 @@ means as the last line:
 
     acc_model=.. wga_model=.. acc_seraser=.. wga_seraser=..
 
+``--check`` also runs SEraser on the val split and applies ``unspur adapt``'s check
+(:class:`unspur.config.AdaptCheckConfig` defaults: keep the tuned predictions only when val wga does
+not fall and val accuracy falls by at most 0.02, else keep the zero-shot head): the per-seed lines
+add the val numbers and the verdict, ``unchecked`` lines give the means without the check, and the
+``seraser`` numbers of the last lines are SEraser as checked. ``--models a`` skips (b).
+
 ``--fill black,grey,mean`` runs SEraser once per fill on the same trained models (how the removed
 region is filled, to be chosen on ``--split val``): the per-seed lines and the means carry
 ``fill=..``, each fill's means are printed, and the last line is the first fill's.
@@ -27,6 +33,7 @@ recipes, after (b)'s own), ``seraser.<key>=<value>`` the :class:`unspur.config.S
     python benchmarks/seraser_effect.py --seeds 3 --fill grey
     python benchmarks/seraser_effect.py --seeds 1 --split val --fill black,grey,mean
     python benchmarks/seraser_effect.py --seeds 1 --split val seraser.steps=40 flyp.train.epochs=2
+    python benchmarks/seraser_effect.py --seeds 3 --check --models a seraser.steps=40 seraser.augment_views=4
 """
 
 from __future__ import annotations
@@ -41,13 +48,13 @@ import pandas as pd
 import torch
 
 from unspur.clip_testbed import map_seeds, parse_seed_args, pretrained_model, recipe, stage_world, train_stage
-from unspur.config import ClipModelConfig, SEraserConfig
+from unspur.config import AdaptCheckConfig, ClipModelConfig, SEraserConfig
 from unspur.config.base import apply_overrides, parse_overrides
 from unspur.data.spuriousworld import generate_tables
 from unspur.data.torch_dataset import ImageMaskDataset
 from unspur.metrics import summarize
 from unspur.models.families import get_family
-from unspur.seraser import PromptTuner
+from unspur.seraser import PromptTuner, check_verdict
 
 #: (b): the pretraining world's classes sit on their backgrounds as in web data, captions name only the object
 WEB_PRETRAINING = ("pretrain_data.spuriousworld.rho=0.9", "pretrain.data.caption_column=caption")
@@ -93,21 +100,39 @@ def seraser_eval(model, df: pd.DataFrame, cfg: ClipModelConfig, seraser: SEraser
     }
 
 
+def checked(model, val: pd.DataFrame, cfg, seraser: SEraserConfig, numbers: dict[str, Any]) -> dict[str, Any]:
+    """``unspur adapt``'s check on ``val`` (:func:`unspur.seraser.check_verdict`, default
+    :class:`AdaptCheckConfig`): the val numbers, the verdict, and the eval split's ``numbers`` as
+    the check leaves them (``unchecked_*`` keep SEraser's own; a failed check keeps the model's)."""
+    on_val = seraser_eval(model, val, cfg, seraser)
+    before = {"acc": on_val["acc_model"], "wga": on_val["wga_model"]}
+    after = {"acc": on_val["acc_seraser"], "wga": on_val["wga_seraser"]}
+    trusted, _ = check_verdict(before, after, AdaptCheckConfig())
+    out = {**numbers, "trusted": trusted, **{f"val_{k}": on_val[k] for k in KEYS}}
+    out.update({f"unchecked_{k}": numbers[k] for k in ("acc_seraser", "wga_seraser")})
+    if not trusted:
+        out.update(acc_seraser=numbers["acc_model"], wga_seraser=numbers["wga_model"])
+    return out
+
+
 def run_seed(
     recipes: dict[str, dict[str, dict[str, Any]]],
     serasers: list[SEraserConfig],
     seed: int,
     split: str,
     cache: Path | None = None,
+    check: bool = False,
+    models: tuple[str, ...] = ("b", "a"),
 ) -> dict[str, dict[str, dict[str, Any]]]:
     """One seed: (b) the web-like pretrained model zero-shot, (a) the pipeline's pretrained model
-    after FLYP; each evaluated with its zero-shot head and with SEraser (each config of
-    ``serasers``, by fill) on the eval split -> ``{model: {fill: numbers}}``."""
+    after FLYP (``models``: which); each evaluated with its zero-shot head and with SEraser (each
+    config of ``serasers``, by fill) on the eval split, with ``check`` also on val (:func:`checked`)
+    -> ``{model: {fill: numbers}}``."""
     world = stage_world(recipes["a"]["data"], seed)
     images, _ = generate_tables(world, splits=tuple(dict.fromkeys(("train", "val", split))))
     train, val, test = (images[images["split"] == s] for s in ("train", "val", split))
     out: dict[str, dict[str, dict[str, Any]]] = {}
-    for name in ("b", "a"):
+    for name in models:
         stages = recipes[name]
         t0 = time.perf_counter()
         model, cfg = pretrained_model(stages, seed, world.classes, cache)
@@ -116,18 +141,19 @@ def run_seed(
         out[name] = {}
         for seraser in serasers:
             t1 = time.perf_counter()
-            out[name][seraser.fill] = {**seraser_eval(model, test, cfg, seraser), "epoch": epoch}
+            numbers = {**seraser_eval(model, test, cfg, seraser), "epoch": epoch}
+            out[name][seraser.fill] = checked(model, val, cfg, seraser, numbers) if check else numbers
             out[name][seraser.fill].update(t_train=t_train, t_seraser=time.perf_counter() - t1)
     return out
 
 
 def _run_seed(
-    job: tuple[Any, list[SEraserConfig], int, str, int, Path | None],
+    job: tuple[Any, list[SEraserConfig], int, str, int, Path | None, bool, tuple[str, ...]],
 ) -> dict[str, dict[str, dict[str, Any]]]:
     """:func:`run_seed` in a worker process (``--workers``), with its own torch thread count."""
-    recipes, serasers, seed, split, threads, cache = job
+    recipes, serasers, seed, split, threads, cache, check, models = job
     torch.set_num_threads(threads)
-    return run_seed(recipes, serasers, seed, split, cache)
+    return run_seed(recipes, serasers, seed, split, cache, check, models)
 
 
 def _line(r: dict[str, Any]) -> str:
@@ -142,10 +168,22 @@ def _fills(text: str) -> list[str]:
     return fills
 
 
+def _check_text(m: dict[str, Any]) -> str:
+    if "trusted" not in m:
+        return ""
+    unchecked = " ".join(f"unchecked_{k}={m[f'unchecked_{k}']:.3f}" for k in ("acc_seraser", "wga_seraser"))
+    val = " ".join(f"val_{k}={m[f'val_{k}']:.3f}" for k in KEYS)
+    return f" trusted={'yes' if m['trusted'] else 'no'} {unchecked} {val}"
+
+
 def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fill", type=_fills, default=["black"], help=f"one or a comma list of {FILLS}")
+    parser.add_argument("--check", action="store_true", help="apply unspur adapt's check on the val split")
+    parser.add_argument("--models", choices=("ab", "a"), default="ab", help="a: the FLYP model only")
     args = parse_seed_args(parser, argv, "STAGE.KEY=VALUE or seraser.KEY=VALUE")
+    if args.check and args.split == "val":
+        raise SystemExit("--check tunes the val split to decide; evaluate on --split test")
     ours = [o for o in args.overrides if o.startswith("seraser.")]
     stage_overrides = [o for o in args.overrides if not o.startswith("seraser.")]
     seraser_raw = apply_overrides({}, parse_overrides([o[len("seraser.") :] for o in ours]))
@@ -156,38 +194,53 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     }
     if args.split == "val" and recipes["a"]["flyp"].get("run", {}).get("select", "last") != "last":
         raise SystemExit("run.select chooses epochs on the val split; evaluate on --split test")
+    models = tuple(m for m in ("b", "a") if m in args.models)
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
-    jobs = [(recipes, serasers, s, args.split, args.threads, args.cache) for s in seeds]
+    jobs = [(recipes, serasers, s, args.split, args.threads, args.cache, args.check, models) for s in seeds]
     results = map_seeds(_run_seed, jobs, args.workers)
     several = len(serasers) > 1
     first = serasers[0]
-    print(f"fill={','.join(args.fill)} steps={first.steps} lr={first.lr} split={args.split}", flush=True)
+    print(
+        f"fill={','.join(args.fill)} steps={first.steps} lr={first.lr} split={args.split} check={args.check}",
+        flush=True,
+    )
     for fill in args.fill:
         tag = f"fill={fill} " if several else ""
         for seed, r in zip(seeds, results, strict=True):
-            for name in ("b", "a"):
+            for name in models:
                 m = r[name][fill]
                 print(
                     f"{tag}seed={seed} model={MODELS[name]} {_line(m)} worst_model={m['worst_model']} "
                     f"worst_seraser={m['worst_seraser']} changed={m['changed']} loss_start={m['loss_start']:.3f} "
-                    f"loss_end={m['loss_end']:.3f} t_train={m['t_train']:.0f}s t_seraser={m['t_seraser']:.0f}s",
+                    f"loss_end={m['loss_end']:.3f} t_train={m['t_train']:.0f}s t_seraser={m['t_seraser']:.0f}s"
+                    f"{_check_text(m)}",
                     flush=True,
                 )
     means = {
         fill: {
-            name: {k: statistics.fmean(r[name][fill][k] for r in results) for k in KEYS} for name in MODELS
+            name: {k: statistics.fmean(r[name][fill][k] for r in results) for k in KEYS} for name in models
         }
         for fill in args.fill
     }
     for fill in reversed(args.fill):  # the first fill's lines come last
         tag = f"fill={fill} " if several else ""
+        if args.check:
+            for name in models:
+                raw = {
+                    k: statistics.fmean(r[name][fill].get(f"unchecked_{k}", 0.0) for r in results)
+                    for k in KEYS[2:]
+                }
+                print(
+                    f"unchecked {tag}model={MODELS[name]} " + " ".join(f"{k}={v:.3f}" for k, v in raw.items())
+                )
         if args.seeds > 1:
-            for name in ("b", "a"):
+            for name in models:
                 stds = " ".join(
                     f"{k}={statistics.stdev(r[name][fill][k] for r in results):.3f}" for k in KEYS
                 )
                 print(f"std {tag}model={MODELS[name]} {stds}")
-        print(f"{tag}model={MODELS['b']} {_line(means[fill]['b'])}")
+        if "b" in models:
+            print(f"{tag}model={MODELS['b']} {_line(means[fill]['b'])}")
         if fill != args.fill[0]:
             print(f"{tag}model={MODELS['a']} {_line(means[fill]['a'])}")
     print(_line(means[args.fill[0]]["a"]))

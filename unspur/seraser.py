@@ -19,19 +19,29 @@ from __future__ import annotations
 
 import math
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from unspur.config.adapt import SEraserConfig
+from unspur.config.adapt import AdaptCheckConfig, SEraserConfig
 from unspur.losses.seraser import seraser_objective
 from unspur.models.families.clip import Tokenizer, zero_shot_head
 from unspur.models.prompt import PromptContext
 
-__all__ = ["FILLS", "PromptTuner", "TuneResult", "ViewFeatures", "fill_image", "make_views", "view_seed"]
+__all__ = [
+    "FILLS",
+    "PromptTuner",
+    "TuneResult",
+    "ViewFeatures",
+    "check_verdict",
+    "fill_image",
+    "make_views",
+    "view_seed",
+]
 
 
 def _blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -249,3 +259,26 @@ class PromptTuner:
     def zero_shot(self, images: torch.Tensor) -> torch.Tensor:
         """(N, 3, S, S) in [0, 1] -> (N, C) zero-shot logits (no tuning)."""
         return (self.scale * self.encode(images) @ self.head.T).cpu()
+
+
+def check_verdict(
+    before: Mapping[str, Any], after: Mapping[str, Any], check: AdaptCheckConfig
+) -> tuple[bool, str]:
+    """Whether SEraser earns trust from its check split (:class:`unspur.config.AdaptCheckConfig`):
+    ``before`` / ``after`` are the zero-shot head's and the tuned prompts' ``acc`` and ``wga`` there
+    (:func:`unspur.metrics.summarize`). -> (trusted, a sentence that says why, with the numbers)."""
+    from unspur.training import improves
+
+    trusted = improves(
+        "best_wga", after, None, start=before, min_gain=check.min_gain, max_drop=check.max_drop
+    )
+    numbers = (
+        f"on {check.split} SEraser moved wga {before['wga']:.3f} -> {after['wga']:.3f} and acc "
+        f"{before['acc']:.3f} -> {after['acc']:.3f}"
+    )
+    bound = f"a wga gain of at least {check.min_gain:g}" + (
+        f" with at most {check.max_drop:g} acc lost" if check.max_drop is not None else ""
+    )
+    if trusted:
+        return True, f"{numbers}: {bound} holds; tuned predictions kept"
+    return False, f"{numbers}: not {bound}; kept the zero-shot head (no image tuned)"

@@ -71,11 +71,17 @@ def test_starft_effect_prints_its_result_line() -> None:
     assert all(0.0 <= float(v) <= 1.0 for v in keys.values())
 
 
+#: the SEraser test bed at smoke size: pretraining and FLYP 64 images at 32 px x 1 epoch, 2 steps
+SERASER_TINY = [
+    *(f"pretrain_data.spuriousworld.{k}={v}" for k, v in (("n_train", 64), ("image_size", 32))),
+    *(f"data.spuriousworld.{k}={v}" for k, v in (("n_train", 64), ("n_val", 16), ("n_test", 16))),
+    *("data.spuriousworld.image_size=32", "pretrain.model.img_size=32", "pretrain.train.batch_size=32"),
+    *("pretrain.train.epochs=1", "flyp.train.epochs=1", "flyp.train.batch_size=16", "seraser.steps=2"),
+]
+
+
 def test_seraser_effect_prints_both_models_lines() -> None:
-    tiny = [f"pretrain_data.spuriousworld.{k}={v}" for k, v in (("n_train", 64), ("image_size", 32))]
-    tiny += [f"data.spuriousworld.{k}={v}" for k, v in (("n_train", 64), ("n_val", 16), ("n_test", 16))]
-    tiny += ["data.spuriousworld.image_size=32", "pretrain.model.img_size=32", "pretrain.train.batch_size=32"]
-    tiny += ["pretrain.train.epochs=1", "flyp.train.epochs=1", "flyp.train.batch_size=16", "seraser.steps=2"]
+    tiny = SERASER_TINY
     lines = _output(
         "seraser_effect.py",
         ["--seeds", "1", "--split", "val", "--fill", "grey,black", "--threads", "1", *tiny],
@@ -91,6 +97,21 @@ def test_seraser_effect_prints_both_models_lines() -> None:
     assert set(grey_web) == set(last) == numbers
     grey_a = next(p for p in parsed if p.get("fill") == "grey" and p["model"] == "flyp" and "seed" in p)
     assert all(last[k] == f"{float(grey_a[k]):.3f}" for k in numbers)  # one seed: the mean is the seed's
+
+
+def test_seraser_effect_with_the_check_prints_the_val_verdict() -> None:
+    tiny = SERASER_TINY
+    lines = _output(
+        "seraser_effect.py", ["--seeds", "1", "--check", "--models", "a", "--threads", "1", *tiny]
+    )
+    seed = dict(item.split("=") for item in lines[1].split())
+    assert seed["model"] == "flyp" and seed["trusted"] in ("yes", "no")
+    assert {"val_wga_model", "val_wga_seraser", "unchecked_wga_seraser"} <= set(seed)
+    kept = "unchecked_wga_seraser" if seed["trusted"] == "yes" else "wga_model"  # what the check leaves
+    assert seed["wga_seraser"] == seed[kept]
+    assert lines[2].startswith("unchecked model=flyp")
+    last = dict(item.split("=") for item in lines[-1].split())
+    assert last["wga_seraser"] == seed["wga_seraser"] and not any("web_pretrained" in line for line in lines)
 
 
 def test_ravl_discovery_prints_its_result_line() -> None:

@@ -1,5 +1,6 @@
 """SEraser's views and tuning loop on a tiny random CLIP: fills, episodic reset (order and batch
-do not change an image's result), the cached loop equals the naive one, frozen weights."""
+do not change an image's result), the cached loop equals the naive one, frozen weights; the
+verdict of ``unspur adapt``'s check against hand values."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ from typing import get_args
 import pytest
 import torch
 
-from unspur.config import SEraserConfig
-from unspur.seraser import FILLS, PromptTuner, fill_image, make_views
+from unspur.config import AdaptCheckConfig, SEraserConfig
+from unspur.seraser import FILLS, PromptTuner, check_verdict, fill_image, make_views
 
 CLASSES = ["bird", "airplane", "bicycle", "tree"]
 
@@ -81,3 +82,25 @@ def test_cached_and_naive_loops_agree(tiny_clip) -> None:
     assert torch.equal(cached.loss_end, naive.loss_end)
     again = PromptTuner(model, tokenizer, CLASSES, cfg).run(images, masks, ids)
     assert torch.equal(cached.tuned, again.tuned)  # seeded: the same every run
+
+
+@pytest.mark.parametrize(
+    ("after", "check", "trusted"),
+    [
+        ({"acc": 0.75, "wga": 0.45}, AdaptCheckConfig(), True),  # wga up, acc up
+        ({"acc": 0.68, "wga": 0.30}, AdaptCheckConfig(), True),  # wga level, acc -0.02: at the bound
+        ({"acc": 0.67, "wga": 0.45}, AdaptCheckConfig(), False),  # acc -0.03
+        ({"acc": 0.67, "wga": 0.45}, AdaptCheckConfig(max_drop=None), True),
+        ({"acc": 0.75, "wga": 0.275}, AdaptCheckConfig(), False),  # wga down
+        ({"acc": 0.75, "wga": 0.35}, AdaptCheckConfig(min_gain=0.05), True),  # 0.30 + 0.05 admits 0.35
+        ({"acc": 0.75, "wga": 0.325}, AdaptCheckConfig(min_gain=0.05), False),
+    ],
+)
+def test_check_verdict_against_hand_values(after, check, trusted) -> None:
+    before = {"acc": 0.70, "wga": 0.30}
+    verdict, note = check_verdict(before, after, check)
+    assert verdict is trusted
+    assert f"wga 0.300 -> {after['wga']:.3f}" in note and f"acc 0.700 -> {after['acc']:.3f}" in note
+    assert ("tuned predictions kept" in note) is trusted and (
+        "kept the zero-shot head" in note
+    ) is not trusted

@@ -1,6 +1,7 @@
 """``unspur adapt`` on a local Ray: predictions with zero-shot and tuned columns, bad images and
-missing masks as error rows with reasons (or the zero-shot fallback), and SIGKILL half way then a
-rerun that finishes without tuning a finished image again."""
+missing masks as error rows with reasons (or the zero-shot fallback), SIGKILL half way then a
+rerun that finishes without tuning a finished image again, and the check on val that keeps the
+zero-shot head when SEraser does not help there."""
 
 from __future__ import annotations
 
@@ -33,13 +34,14 @@ def _checkpoint(path: Path) -> str:
     return str(path)
 
 
-def _world(tmp: Path, n: int, extra: list[dict] | None = None) -> tuple[str, str]:
-    """``n`` SpuriousWorld test images (+ ``extra`` image rows) and a masks-job style masks table."""
+def _world(tmp: Path, n: int, extra: list[dict] | None = None, n_val: int = 0) -> tuple[str, str]:
+    """``n`` SpuriousWorld test images and ``n_val`` val images (+ ``extra`` image rows) and a
+    masks-job style masks table."""
     from unspur.data.spuriousworld import sample_rows
 
     images, masks = [], []
-    for i in range(n):
-        row, parts = sample_rows(WORLD, "test", i)
+    for split, i in [("test", i) for i in range(n)] + [("val", i) for i in range(n_val)]:
+        row, parts = sample_rows(WORLD, split, i)
         images.append({k: row[k] for k in ("image_id", "image", "label", "class_name", "group", "split")})
         masks += [
             {"image_id": p["image_id"], "concept": p["part"], "rle": p["rle"], "status": "ok", "error": ""}
@@ -144,11 +146,50 @@ def test_sigkill_half_way_then_rerun_tunes_only_the_rest(kill_half_way, tmp_path
     assert not list((out / "predictions").glob(".tmp-*"))
 
 
+def test_a_failed_check_on_val_keeps_the_zero_shot_head_for_every_image(
+    ray_local, tmp_path, checkpoint
+) -> None:
+    images, masks = _world(tmp_path, 6, n_val=8)
+    out = tmp_path / "run"
+    args = [*_args(out, checkpoint, images, masks), "check.split=val", "check.min_gain=1.0"]  # cannot pass
+    assert job.main(args) == 0
+    check = json.loads((out / "metrics.json").read_text())["check"]
+    assert check["split"] == "val" and check["n"] == 8 and check["trusted"] is False
+    assert "kept the zero-shot head" in check["note"] and "on val SEraser moved wga" in check["note"]
+    val = pq.read_table(out / "check" / "predictions.parquet").to_pandas()
+    assert sorted(val["image_id"]) == [f"val-{i:06d}" for i in range(8)] and (val["status"] == "ok").all()
+    pred = pq.read_table(out / "predictions.parquet").to_pandas()
+    assert sorted(pred["image_id"]) == [f"test-{i:06d}" for i in range(6)]
+    assert (pred["status"] == "zero_shot").all() and (pred["error"] == check["note"]).all()
+    assert (pred["pred"] == pred["pred_before"]).all() and pred["loss_start"].isna().all()
+    assert all(np.array_equal(a, b) for a, b in zip(pred["probs"], pred["probs_before"], strict=True))
+
+    assert job.main(args) == 0  # a rerun finds both stores complete: nothing tuned again
+    again = json.loads((out / "metrics.json").read_text())
+    assert again["images"] == 0 and again["check"] == check
+
+
+def test_a_passed_check_tunes_the_split(ray_local, tmp_path, checkpoint, monkeypatch) -> None:
+    import unspur.seraser
+
+    monkeypatch.setattr(unspur.seraser, "check_verdict", lambda before, after, check: (True, "helps on val"))
+    images, masks = _world(tmp_path, 4, n_val=4)
+    out = tmp_path / "run"
+    assert job.main([*_args(out, checkpoint, images, masks), "check.split=val"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["check"]["trusted"] is True
+    pred = pq.read_table(out / "predictions.parquet").to_pandas()
+    assert len(pred) == 4 and (pred["status"] == "ok").all() and pred["loss_end"].notna().all()
+
+
 def test_bad_configs_are_refused(tmp_path, checkpoint, capsys) -> None:
     images, masks = _world(tmp_path, 2)
     args = _args(tmp_path / "run", checkpoint, images, masks)
     assert job.main([*args, "seraser.n_ctx=3"]) == 2
     assert "is 4 tokens" in capsys.readouterr().err
+    assert job.main([*args, "check.split=test"]) == 2
+    assert "is the split SEraser predicts" in capsys.readouterr().err
+    assert job.main([*args, "check.split=val"]) == 2  # the table holds no val rows
+    assert "has no rows in image table" in capsys.readouterr().err
     assert job.main([*args, f"masks={tmp_path / 'nope.parquet'}"]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert job.main([*args, "seraser.fill=pink"]) == 2

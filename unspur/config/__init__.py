@@ -18,7 +18,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from unspur.config.adapt import AdaptComputeConfig, AdaptConfig, SEraserConfig
+    from unspur.config.adapt import AdaptCheckConfig, AdaptComputeConfig, AdaptConfig, SEraserConfig
     from unspur.config.base import (
         ConfigError,
         StrictModel,
@@ -61,7 +61,7 @@ if TYPE_CHECKING:
     from unspur.config.sweep import SweepConfig
 
 _MODULES = {
-    "adapt": ["AdaptComputeConfig", "AdaptConfig", "SEraserConfig"],
+    "adapt": ["AdaptCheckConfig", "AdaptComputeConfig", "AdaptConfig", "SEraserConfig"],
     "base": [
         "ConfigError",
         "StrictModel",
@@ -107,6 +107,7 @@ _MODULES = {
 _WHERE = {name: module for module, names in _MODULES.items() for name in names}
 
 __all__ = [
+    "AdaptCheckConfig",
     "AdaptComputeConfig",
     "AdaptConfig",
     "CONCEPT_BACKENDS",

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from unspur.config.base import ActorPoolConfig, StrictModel
 
-__all__ = ["AdaptComputeConfig", "AdaptConfig", "SEraserConfig"]
+__all__ = ["AdaptCheckConfig", "AdaptComputeConfig", "AdaptConfig", "SEraserConfig"]
 
 
 class SEraserConfig(StrictModel):
@@ -61,6 +61,22 @@ class AdaptComputeConfig(ActorPoolConfig):
     threads: int = Field(0, ge=0)
 
 
+class AdaptCheckConfig(StrictModel):
+    """Check SEraser on a labelled split before trusting it (do no harm).
+
+    The images of ``split`` (val by default; they need labels and masks) are tuned first. SEraser's
+    predictions of the job's own split are kept only when, on the check split, its worst-group
+    accuracy is at least ``min_gain`` above the zero-shot head's and its accuracy at most
+    ``max_drop`` below (None: no bound), the rule of ``run.min_gain`` / ``run.max_drop``
+    (:func:`unspur.training.improves`). Otherwise no image is tuned: every row keeps the zero-shot
+    prediction, with status ``zero_shot`` and the check's numbers as the reason.
+    """
+
+    split: str = "val"
+    min_gain: float = Field(0.0, ge=0)
+    max_drop: float | None = Field(0.02, ge=0)
+
+
 class AdaptConfig(StrictModel):
     """``unspur adapt``: image table + masks table + CLIP checkpoint -> predictions (Parquet).
 
@@ -71,6 +87,8 @@ class AdaptConfig(StrictModel):
     checkpoint whose ``model.classes`` are the labels' class names. Writes
     ``<out>/predictions/`` (shards; a rerun skips written images), ``predictions.parquet``,
     ``metrics.json`` (zero-shot vs tuned, per group) and ``examples.png``, and an MLflow run.
+    ``check`` (:class:`AdaptCheckConfig`): tune a labelled split first (into ``<out>/check/``) and
+    keep the zero-shot head on ``split`` when SEraser does not help there; None = no check.
     """
 
     out: str = "runs/adapt"
@@ -79,7 +97,17 @@ class AdaptConfig(StrictModel):
     masks: str
     split: str | None = "test"
     seraser: SEraserConfig = Field(default_factory=SEraserConfig)
+    check: AdaptCheckConfig | None = None
     compute: AdaptComputeConfig = Field(default_factory=AdaptComputeConfig)
     examples: int = Field(6, ge=0)
     experiment: str = "adapt"
     track: bool = True
+
+    @model_validator(mode="after")
+    def _check_split(self) -> AdaptConfig:
+        if self.check is not None and self.check.split == self.split:
+            raise ValueError(
+                f"check.split {self.check.split!r} is the split SEraser predicts; check on a held-out "
+                "labelled split (e.g. check.split=val) or set check=null"
+            )
+        return self

@@ -14,6 +14,12 @@ zero-shot, ``pred`` tuned, ``probs_before``, ``probs``, ``status``, ``error``, `
 and ``examples.png`` (image, foreground / background views, zero-shot vs tuned); one MLflow run
 holds the config, the metrics, the per-group table and the figure.
 
+With ``check`` (:class:`unspur.config.AdaptCheckConfig`) the labelled check split (val) is tuned
+first, the same way, into ``<out>/check/``; when SEraser does not help there
+(:func:`unspur.seraser.check_verdict`), no image of ``split`` is tuned: every row keeps the
+zero-shot prediction, status ``zero_shot``, the check's numbers as the reason. ``metrics.json``,
+MLflow and the pipeline report carry the verdict.
+
     unspur adapt --out runs/adapt checkpoint=runs/flyp/model images=runs/synth masks=runs/masks/masks
 """
 
@@ -155,9 +161,15 @@ class PredictionShardWriter:
     """Prompt-tuner actor + shard writer: tunes a batch, writes it as one atomic shard, returns counts."""
 
     def __init__(
-        self, checkpoint: str, seraser: dict[str, Any], store: str, device: str, threads: int
+        self,
+        checkpoint: str,
+        seraser: dict[str, Any],
+        store: str,
+        device: str,
+        threads: int,
+        zero_shot_reason: str = "",
     ) -> None:
-        self.tune = PromptTunerActor(checkpoint, seraser, device, threads)
+        self.tune = PromptTunerActor(checkpoint, seraser, device, threads, zero_shot_reason)
         self.store = ShardStore(store, PREDICTION_SCHEMA)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -179,8 +191,11 @@ def _threads(cfg: AdaptConfig) -> int:
     return cfg.compute.threads or max(1, int(cfg.compute.num_cpus))
 
 
-def build(cfg: AdaptConfig, inputs: Inputs | None = None, plan: RowPlan | None = None) -> ray.data.Dataset:
-    """The unexecuted pipeline over the images not yet written (default: planned here)."""
+def build(
+    cfg: AdaptConfig, inputs: Inputs | None = None, plan: RowPlan | None = None, zero_shot_reason: str = ""
+) -> ray.data.Dataset:
+    """The unexecuted pipeline over the images not yet written (default: planned here);
+    ``zero_shot_reason`` set: no image is tuned (a failed check), each row says why."""
     inputs = inputs or prepare(cfg)
     store = _store(cfg)
     if plan is None:
@@ -201,6 +216,7 @@ def build(cfg: AdaptConfig, inputs: Inputs | None = None, plan: RowPlan | None =
             "store": store.uri,
             "device": c.device,
             "threads": _threads(cfg),
+            "zero_shot_reason": zero_shot_reason,
         },
         compute=ray.data.ActorPoolStrategy(min_size=c.min_actors, max_size=c.max_actors),
         batch_size=c.batch_size,
@@ -210,7 +226,7 @@ def build(cfg: AdaptConfig, inputs: Inputs | None = None, plan: RowPlan | None =
     )
 
 
-def _execute(cfg: AdaptConfig, inputs: Inputs) -> tuple[dict[str, Any], set[str]]:
+def _execute(cfg: AdaptConfig, inputs: Inputs, zero_shot_reason: str = "") -> tuple[dict[str, Any], set[str]]:
     store = _store(cfg)
     store.remove_partial()
     plan = plan_rows(inputs.images, inputs.columns, store.done_ids(), [cfg.split] if cfg.split else None)
@@ -219,7 +235,7 @@ def _execute(cfg: AdaptConfig, inputs: Inputs) -> tuple[dict[str, Any], set[str]
     start = time.perf_counter()
     if plan.counts["to_do"] > 0:
         init_ray()  # only now: inputs checked (prepare), and a finished run needs no Ray
-        for row in build(cfg, inputs, plan).iter_rows():
+        for row in build(cfg, inputs, plan, zero_shot_reason).iter_rows():
             totals.update({k: int(v) for k, v in row.items() if k != "seconds"})
             seconds += float(row["seconds"])
     wall = time.perf_counter() - start
@@ -255,6 +271,52 @@ def compare(pred: pd.DataFrame) -> dict[str, Any]:
     }
 
 
+def _check_config(cfg: AdaptConfig) -> AdaptConfig:
+    """The check's own run: ``check.split`` into ``<out>/check/``, no examples, no check."""
+    update = {"out": str(Path(cfg.out) / "check"), "split": cfg.check.split, "check": None, "examples": 0}
+    return cfg.model_copy(update=update)
+
+
+def _check(cfg: AdaptConfig) -> dict[str, Any]:
+    """Tune ``check.split`` (resumable, into ``<out>/check/``) and judge SEraser there ->
+    ``{split, trusted, note, before, after, n, n_error}`` (before/after: acc, wga)."""
+    from unspur.seraser import check_verdict
+
+    check = cfg.check
+    sub = _check_config(cfg)
+    inputs = prepare(sub)
+    Path(sub.out).mkdir(parents=True, exist_ok=True)
+    _, wanted = _execute(sub, inputs)
+    if not wanted:
+        raise ConfigError(
+            f"check.split {check.split!r} has no rows in image table {cfg.images}; "
+            "name a labelled split the table holds (e.g. check.split=val) or set check=null"
+        )
+    pred = _store(sub).read(ids=wanted).to_pandas()
+    tuned = pred[pred["status"] == "ok"]
+    if tuned.empty:
+        reasons = pred["error"].value_counts().head(2).index.tolist()
+        raise ConfigError(
+            f"check.split {check.split!r}: none of its {len(pred)} images could be tuned ({reasons}); "
+            "give its images masks (the masks stage's splits) or set check=null"
+        )
+    write_parquet_atomic(pred, Path(sub.out) / "predictions.parquet")
+    numbers = compare(tuned)
+    before, after = ({k: numbers[w][k] for k in ("acc", "wga")} for w in ("before", "after"))
+    trusted, note = check_verdict(before, after, check)
+    write_json_atomic(numbers, Path(sub.out) / "metrics.json", indent=2, default=str)
+    print(f"adapt check: {note}")
+    return {
+        "split": check.split,
+        "trusted": trusted,
+        "note": note,
+        "before": before,
+        "after": after,
+        "n": len(tuned),
+        "n_error": len(pred) - len(tuned),
+    }
+
+
 def _track(cfg: AdaptConfig, result: dict[str, Any], figure: Any) -> None:
     from unspur import tracking
 
@@ -263,6 +325,11 @@ def _track(cfg: AdaptConfig, result: dict[str, Any], figure: Any) -> None:
         flat = {k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         flat.update({f"before.{k}": result["before"][k] for k in ("acc", "wga")})
         flat.update({k: result["after"][k] for k in ("acc", "wga")})
+        check = result.get("check")
+        if check:
+            flat["check.trusted"] = int(check["trusted"])
+            flat.update({f"check.before.{k}": v for k, v in check["before"].items()})
+            flat.update({f"check.{k}": v for k, v in check["after"].items()})
         tracking.log_metrics(flat)
         table = result["per_group_table"]
         columns = {
@@ -276,29 +343,42 @@ def _track(cfg: AdaptConfig, result: dict[str, Any], figure: Any) -> None:
 
 
 def run(cfg: AdaptConfig) -> dict[str, Any]:
-    """Check the checkpoint and both tables (before Ray starts), tune every image not yet written
-    (joining or starting Ray), then write predictions.parquet, metrics.json, examples.png."""
+    """Check the checkpoint and both tables (before Ray starts), run the check (when set), tune every
+    image not yet written (joining or starting Ray), then write predictions.parquet, metrics.json,
+    examples.png."""
     inputs = prepare(cfg)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     dump_config(cfg, out / "config.yaml")
-    summary, wanted = _execute(cfg, inputs)
+    check = _check(cfg) if cfg.check is not None else None
+    summary, wanted = _execute(cfg, inputs, "" if check is None or check["trusted"] else check["note"])
     pred = _store(cfg).read(ids=wanted).to_pandas()
     predictions = write_parquet_atomic(pred, out / "predictions.parquet")
     result = {**summary, **compare(pred), "predictions": str(predictions.resolve())}
+    if check is not None:
+        result["check"] = check
     figure = None
     if cfg.examples:
         from unspur.workflows.adapt.report import examples_figure, pick_examples
 
-        ids = pick_examples(pred, cfg.examples)
-        figure = examples_figure(cfg, inputs, pred, ids, mask_index(inputs.masks, set(ids)))
+        shown, shown_inputs, shown_pred = cfg, inputs, pred
+        if check is not None and not check["trusted"]:  # nothing tuned here: show the check's images
+            shown = _check_config(cfg)
+            shown_inputs, shown_pred = (
+                prepare(shown),
+                pd.read_parquet(Path(shown.out) / "predictions.parquet"),
+            )
+        ids = pick_examples(shown_pred, cfg.examples)
+        figure = examples_figure(shown, shown_inputs, shown_pred, ids, mask_index(inputs.masks, set(ids)))
+        result["examples_split"] = shown.split
     if figure is not None:
         figure.savefig(out / "examples.png", dpi=100)
         result["examples"] = str((out / "examples.png").resolve())
     result["evaluation"] = {**result["after"], "n_errors": result["n_error"]}
     write_json_atomic(result, out / "metrics.json", indent=2, default=str)
+    done = "tuned" if check is None or check["trusted"] else "kept at zero-shot (the check failed)"
     print(
-        f"adapt: {summary['images']} images tuned this run ({summary['already_done']} done before); "
+        f"adapt: {summary['images']} images {done} this run ({summary['already_done']} done before); "
         f"acc {result['before']['acc']:.3f} -> {result['after']['acc']:.3f}, "
         f"wga {result['before']['wga']:.3f} -> {result['after']['wga']:.3f}; error rows {result['n_error']}"
     )

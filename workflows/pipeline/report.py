@@ -101,6 +101,17 @@ def _selection_lines(results: dict[str, Any]) -> list[str]:
     return ["", "## Weights kept by run.select", "", *lines] if lines else []
 
 
+def _check_lines(results: dict[str, Any]) -> list[str]:
+    """A section with each adapt stage's check on a held-out split: whether SEraser's predictions
+    were kept or the zero-shot head, and the numbers that decided it."""
+    lines = [
+        f"- `{name}`: {result['check']['note']}"
+        for name, result in results.items()
+        if isinstance(result, dict) and isinstance(result.get("check"), dict)
+    ]
+    return ["", "## Checked before trusting test-time tuning", "", *lines] if lines else []
+
+
 def _figure(figures: Path, source: str | None, name: str, heading: str, caption: str) -> list[str]:
     """Copy a stage's figure into ``figures/name`` and return its report section (none if absent)."""
     if not source or not Path(source).is_file():
@@ -128,6 +139,7 @@ def write_report(
     if where:
         lines += ["", where]
     lines += _selection_lines(results)
+    lines += _check_lines(results)
     lines += [
         "",
         "wga = worst-group accuracy; relevance in object = share of the relevance map "
@@ -151,7 +163,8 @@ def write_report(
             result.get("examples"),
             f"{name}_examples.png",
             f"Before / after examples: {cfg.evaluate.models.get(name, name)}",
-            "Rows: test images (those whose prediction changed first). Columns: image, foreground "
+            f"Rows: {result.get('examples_split', 'test')} images (those whose prediction changed first). "
+            "Columns: image, foreground "
             "view, background view; each titled with the label and the zero-shot and tuned predictions.",
         )
     lines += ["", "## Stages", ""] + [
