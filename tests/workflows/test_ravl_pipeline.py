@@ -44,5 +44,6 @@ def test_demo_ravl_runs_every_stage(tmp_path: Path, ray_local, monkeypatch) -> N
     report = (out / "report.md").read_text()
     for label in ("zero-shot (pretrained)", "FLYP", "RaVL"):
         assert f"| {label} |" in report
+    assert "balanced over class x marker" in report and "| group (class/marker) |" in report
     metrics = json.loads((out / "evaluate" / "ravl" / "metrics.json").read_text())
     assert 0.0 <= metrics["wga"] <= metrics["acc"] <= 1.0

@@ -91,10 +91,13 @@ class GainConfig(StrictModel):
 
 
 class ReportConfig(StrictModel):
-    """``report.md`` and the terminal table: ``title`` and the optional headline ``gain``."""
+    """``report.md`` and the terminal table: ``title``, the optional headline ``gain``, and what a
+    group of the data is (``groups``: ``class/background`` for SpuriousWorld, ``class/marker`` for
+    digits-grid), as the headings name it."""
 
     title: str = "unspur report"
     gain: GainConfig | None = None
+    groups: str = "class/background"
 
 
 class PipelineConfig(StrictModel):

@@ -73,10 +73,10 @@ def _markdown_table(evaluations: dict[str, dict[str, Any]], labels: dict[str, st
     return lines
 
 
-def _group_table(evaluations: dict[str, dict[str, Any]]) -> list[str]:
+def _group_table(evaluations: dict[str, dict[str, Any]], kind: str) -> list[str]:
     groups = sorted({g for r in evaluations.values() for g in r.get("per_group", {})})
     names = list(evaluations)
-    lines = ["| group (class/background) | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    lines = [f"| group ({kind}) | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
     for group in groups:
         cells = [_fmt(evaluations[n].get("per_group", {}).get(group)) for n in names]
         lines.append(f"| {group} | " + " | ".join(cells) + " |")
@@ -131,7 +131,7 @@ def write_report(
         "",
         f"Output folder: `{out}`",
         "",
-        f"## Held-out evaluation ({cfg.evaluate.split} split, balanced over class x background)",
+        f"## Held-out evaluation ({cfg.evaluate.split} split, balanced over {cfg.report.groups.replace('/', ' x ')})",
         "",
     ]
     lines += _markdown_table(evaluations, cfg.evaluate.models)
@@ -148,7 +148,7 @@ def write_report(
         "",
         "## Accuracy per group",
         "",
-    ] + _group_table(evaluations)
+    ] + _group_table(evaluations, cfg.report.groups)
     for name in evaluations:
         result = results.get(name) or {}
         lines += _figure(
