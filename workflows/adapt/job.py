@@ -320,12 +320,13 @@ def _check(cfg: AdaptConfig) -> dict[str, Any]:
 def _track(cfg: AdaptConfig, result: dict[str, Any], figure: Any) -> None:
     from unspur import tracking
 
-    with tracking.start_run(cfg.out, cfg.experiment, run_name=f"adapt-{cfg.split or 'all'}"):
+    check = result.get("check")
+    tags = {"check": check["note"]} if check else None  # why the predictions are tuned or zero-shot
+    with tracking.start_run(cfg.out, cfg.experiment, run_name=f"adapt-{cfg.split or 'all'}", tags=tags):
         tracking.log_config(cfg)
         flat = {k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         flat.update({f"before.{k}": result["before"][k] for k in ("acc", "wga")})
         flat.update({k: result["after"][k] for k in ("acc", "wga")})
-        check = result.get("check")
         if check:
             flat["check.trusted"] = int(check["trusted"])
             flat.update({f"check.before.{k}": v for k, v in check["before"].items()})
