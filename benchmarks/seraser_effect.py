@@ -21,7 +21,8 @@ means as the last line:
 (:class:`unspur.config.AdaptCheckConfig` defaults: keep the tuned predictions only when val wga does
 not fall and val accuracy falls by at most 0.02, else keep the zero-shot head): the per-seed lines
 add the val numbers and the verdict, ``unchecked`` lines give the means without the check, and the
-``seraser`` numbers of the last lines are SEraser as checked. ``--models a`` skips (b).
+``seraser`` numbers of the last lines are SEraser as checked. ``--models a`` skips (b), ``--models b``
+(a) (the last line is then (b)'s means).
 
 ``--fill black,grey,mean`` runs SEraser once per fill on the same trained models (how the removed
 region is filled, to be chosen on ``--split val``): the per-seed lines and the means carry
@@ -180,7 +181,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fill", type=_fills, default=["black"], help=f"one or a comma list of {FILLS}")
     parser.add_argument("--check", action="store_true", help="apply unspur adapt's check on the val split")
-    parser.add_argument("--models", choices=("ab", "a"), default="ab", help="a: the FLYP model only")
+    parser.add_argument("--models", choices=("ab", "a", "b"), default="ab", help="a or b: that model only")
     args = parse_seed_args(parser, argv, "STAGE.KEY=VALUE or seraser.KEY=VALUE")
     if args.check and args.split == "val":
         raise SystemExit("--check tunes the val split to decide; evaluate on --split test")
@@ -241,9 +242,9 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
                 print(f"std {tag}model={MODELS[name]} {stds}")
         if "b" in models:
             print(f"{tag}model={MODELS['b']} {_line(means[fill]['b'])}")
-        if fill != args.fill[0]:
+        if fill != args.fill[0] and "a" in models:
             print(f"{tag}model={MODELS['a']} {_line(means[fill]['a'])}")
-    print(_line(means[args.fill[0]]["a"]))
+    print(_line(means[args.fill[0]][models[-1]]))
     return means[args.fill[0]]
 
 
