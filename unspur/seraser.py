@@ -276,9 +276,9 @@ def check_verdict(
         f"on {check.split} SEraser moved wga {before['wga']:.3f} -> {after['wga']:.3f} and acc "
         f"{before['acc']:.3f} -> {after['acc']:.3f}"
     )
-    bound = f"a wga gain of at least {check.min_gain:g}" + (
-        f" with at most {check.max_drop:g} acc lost" if check.max_drop is not None else ""
-    )
+    bound = "wga not lower" if check.min_gain == 0 else f"wga up by at least {check.min_gain:g}"
+    if check.max_drop is not None:
+        bound += f" and acc down by at most {check.max_drop:g}"
     if trusted:
-        return True, f"{numbers}: {bound} holds; tuned predictions kept"
-    return False, f"{numbers}: not {bound}; kept the zero-shot head (no image tuned)"
+        return True, f"{numbers}: {bound}; tuned predictions kept"
+    return False, f"{numbers}: needs {bound}; kept the zero-shot head (no image tuned)"
