@@ -283,6 +283,25 @@ def test_more_concurrent_trials_than_the_cluster_fits_is_refused(ray_local, tmp_
     assert not (tmp_path / "out" / "trials").exists()
 
 
+def test_a_trial_restarted_with_every_epoch_done_reports_its_last_record(tmp_path, monkeypatch) -> None:
+    from unspur.workflows.sweep import trial
+
+    reports: list[dict] = []
+    monkeypatch.setattr(tune, "report", reports.append)
+    cfg = FinetuneConfig.model_validate({"out": str(tmp_path), "model": {"name": "vit_tiny_synth"}})
+    assert not trial.report_if_silent(cfg, "val", reported=False)  # no summary yet: nothing to say
+    history = [
+        {"epoch": -1, "eval": {"wga": 0.1}},
+        {"epoch": 3, "eval": {"wga": 0.5}, "kept": {"wga": 0.5}, "train": {"loss": 1.0}},
+    ]
+    (tmp_path / "finetune_summary.json").write_text(json.dumps({"history": history}))
+    assert not trial.report_if_silent(cfg, "val", reported=True) and reports == []
+    assert trial.report_if_silent(cfg, "val", reported=False)
+    assert reports == [
+        {"epoch": 3, "val_epoch_wga": 0.5, "val_wga": 0.5, "train_loss": 1.0, "epochs_done": 4}
+    ]
+
+
 def test_trial_metrics_and_best_trial_rules() -> None:
     from unspur.tune_spaces import load_space
     from unspur.workflows.sweep.report import best_trial
@@ -478,9 +497,14 @@ def test_a_sweep_whose_driver_is_killed_finishes_every_trial_once_with_one_child
     table = pd.read_csv(out / "trials.csv", dtype={"trial_id": str})
     assert len(table) == len(lrs) and sorted(table["train.lr"]) == lrs  # every point, once
     assert set(table["status"]) == {"complete"} and set(table["epochs"]) == {epochs}
-    # finished once: the trial done before the kill was not run again; the one killed mid-run
-    # resumed from its checkpoint instead of starting over
-    assert (out / "trials" / done / "finetune_summary.json").stat().st_mtime_ns == stamp
+    # finished once: the trial done before the kill trained no epoch again (Tune restarts it when its
+    # last snapshot predates the finish; it then finds every epoch done and reports its last record,
+    # trial.report_if_silent, so the table above has its metrics); the one killed mid-run resumed
+    # from its checkpoint instead of starting over
+    done_summary = out / "trials" / done / "finetune_summary.json"
+    rerun = done_summary.stat().st_mtime_ns != stamp
+    assert not rerun or json.loads(done_summary.read_text())["epochs_trained_this_run"] == 0
+    drill["finished_trial_restarted"] = rerun
     starts = json.loads((out / "trials" / resumed / "finetune_summary.json").read_text())["start_epochs"]
     assert len(starts) == 2 and starts[0] == 0 and starts[1] >= 1, starts
 

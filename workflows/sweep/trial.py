@@ -4,10 +4,16 @@ A trial validates its point against the sweep's finetune config, then trains wit
 of :mod:`unspur.workflows.finetune.job` (a :class:`SweepReportCallback` forwards every epoch's report to Tune),
 or in-process with ``finetune.run.num_workers: 0`` (:class:`TuneSession`). Tune sees each epoch's
 validation metrics as ``<split>_<name>`` (``val_wga``) and ``epochs_done``.
+
+A trial that Tune restarts after every epoch was already trained (the driver was killed after the trial
+finished but before Tune's experiment snapshot recorded it) trains nothing and so reports nothing; it
+then reports its last epoch's record from ``finetune_summary.json`` once, so the restored sweep still
+knows the trial's metrics and epochs (:func:`report_if_silent`).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -20,7 +26,14 @@ from unspur.workflows.finetune import job as finetune
 from unspur.workflows.finetune.loop import run_loop
 from unspur.workflows.finetune.sessions import LocalSession, flat_numbers
 
-__all__ = ["SweepReportCallback", "TuneSession", "run_trial", "trial_config", "trial_metrics"]
+__all__ = [
+    "SweepReportCallback",
+    "TuneSession",
+    "report_if_silent",
+    "run_trial",
+    "trial_config",
+    "trial_metrics",
+]
 
 
 def trial_metrics(flat: Mapping[str, Any], split: str) -> dict[str, Any]:
@@ -50,9 +63,11 @@ class SweepReportCallback(TuneReportCallback):
     def __init__(self, split: str) -> None:
         super().__init__()
         self.split = split
+        self.reported = False
 
     def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
         super().after_report(run_context, [trial_metrics(metrics[0], self.split)], checkpoint)
+        self.reported = True
 
 
 class TuneSession(LocalSession):
@@ -61,12 +76,30 @@ class TuneSession(LocalSession):
     def __init__(self, root: Path, keep: int, split: str) -> None:
         super().__init__(root, keep)
         self.split = split
+        self.reported = False
 
     def report(self, metrics: dict[str, Any], write: Any, epoch: int) -> None:
         from ray import tune
 
         super().report(metrics, write, epoch)
         tune.report(trial_metrics(flat_numbers(metrics), self.split))
+        self.reported = True
+
+
+def report_if_silent(cfg: FinetuneConfig, split: str, reported: bool) -> bool:
+    """When this run of a trial reported no epoch (every epoch was done before it started), report
+    the last epoch's record of ``<out>/finetune_summary.json`` to Tune. Returns whether it did."""
+    from ray import tune
+
+    summary = Path(cfg.out) / "finetune_summary.json"
+    if reported or not summary.is_file():
+        return False
+    history = json.loads(summary.read_text()).get("history") or []
+    last = next((h for h in reversed(history) if int(h.get("epoch", -1)) >= 0), None)
+    if last is None:
+        return False
+    tune.report(trial_metrics(flat_numbers(last), split))
+    return True
 
 
 def trial_config(setup: Mapping[str, Any], point: Mapping[str, Any], trial_id: str) -> FinetuneConfig:
@@ -107,7 +140,10 @@ def run_trial(point: dict[str, Any], setup: dict[str, Any]) -> None:
             Path(cfg.run.storage_path) / cfg.run.name, cfg.run.keep_checkpoints, setup["split"]
         )
         run_loop(cfg, setup["tables"], session)
+        report_if_silent(cfg, setup["split"], session.reported)
         return
-    result = finetune.build(cfg, callbacks=[SweepReportCallback(setup["split"])]).fit()
+    callback = SweepReportCallback(setup["split"])
+    result = finetune.build(cfg, callbacks=[callback]).fit()
     if result.error is not None:
         raise result.error
+    report_if_silent(cfg, setup["split"], callback.reported)
