@@ -289,14 +289,16 @@ def test_a_trial_restarted_with_every_epoch_done_reports_its_last_record(tmp_pat
     reports: list[dict] = []
     monkeypatch.setattr(tune, "report", reports.append)
     cfg = FinetuneConfig.model_validate({"out": str(tmp_path), "model": {"name": "vit_tiny_synth"}})
-    assert not trial.report_if_silent(cfg, "val", reported=False)  # no summary yet: nothing to say
+    assert not trial.report_if_silent(cfg, "val")  # no summary yet: nothing to say
     history = [
         {"epoch": -1, "eval": {"wga": 0.1}},
         {"epoch": 3, "eval": {"wga": 0.5}, "kept": {"wga": 0.5}, "train": {"loss": 1.0}},
     ]
-    (tmp_path / "finetune_summary.json").write_text(json.dumps({"history": history}))
-    assert not trial.report_if_silent(cfg, "val", reported=True) and reports == []
-    assert trial.report_if_silent(cfg, "val", reported=False)
+    summary = tmp_path / "finetune_summary.json"
+    summary.write_text(json.dumps({"history": history, "epochs_trained_this_run": 2}))
+    assert not trial.report_if_silent(cfg, "val") and reports == []  # this run reported its epochs
+    summary.write_text(json.dumps({"history": history, "epochs_trained_this_run": 0}))
+    assert trial.report_if_silent(cfg, "val")
     assert reports == [
         {"epoch": 3, "val_epoch_wga": 0.5, "val_wga": 0.5, "train_loss": 1.0, "epochs_done": 4}
     ]

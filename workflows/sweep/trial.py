@@ -63,11 +63,9 @@ class SweepReportCallback(TuneReportCallback):
     def __init__(self, split: str) -> None:
         super().__init__()
         self.split = split
-        self.reported = False
 
     def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
         super().after_report(run_context, [trial_metrics(metrics[0], self.split)], checkpoint)
-        self.reported = True
 
 
 class TuneSession(LocalSession):
@@ -76,26 +74,27 @@ class TuneSession(LocalSession):
     def __init__(self, root: Path, keep: int, split: str) -> None:
         super().__init__(root, keep)
         self.split = split
-        self.reported = False
 
     def report(self, metrics: dict[str, Any], write: Any, epoch: int) -> None:
         from ray import tune
 
         super().report(metrics, write, epoch)
         tune.report(trial_metrics(flat_numbers(metrics), self.split))
-        self.reported = True
 
 
-def report_if_silent(cfg: FinetuneConfig, split: str, reported: bool) -> bool:
-    """When this run of a trial reported no epoch (every epoch was done before it started), report
-    the last epoch's record of ``<out>/finetune_summary.json`` to Tune. Returns whether it did."""
+def report_if_silent(cfg: FinetuneConfig, split: str) -> bool:
+    """When this run of a trial trained no epoch (``epochs_trained_this_run`` 0 in the summary it
+    just wrote: every epoch was done before it started, so it reported nothing), report the last
+    epoch's record of ``<out>/finetune_summary.json`` to Tune. Returns whether it did. (The summary,
+    not a flag set by the report callback: on the Ray Train path that callback runs in Train's
+    controller, not here.)"""
     from ray import tune
 
-    summary = Path(cfg.out) / "finetune_summary.json"
-    if reported or not summary.is_file():
+    path = Path(cfg.out) / "finetune_summary.json"
+    summary = json.loads(path.read_text()) if path.is_file() else {}
+    if summary.get("epochs_trained_this_run", 1) != 0:
         return False
-    history = json.loads(summary.read_text()).get("history") or []
-    last = next((h for h in reversed(history) if int(h.get("epoch", -1)) >= 0), None)
+    last = next((h for h in reversed(summary.get("history") or []) if int(h.get("epoch", -1)) >= 0), None)
     if last is None:
         return False
     tune.report(trial_metrics(flat_numbers(last), split))
@@ -140,10 +139,9 @@ def run_trial(point: dict[str, Any], setup: dict[str, Any]) -> None:
             Path(cfg.run.storage_path) / cfg.run.name, cfg.run.keep_checkpoints, setup["split"]
         )
         run_loop(cfg, setup["tables"], session)
-        report_if_silent(cfg, setup["split"], session.reported)
+        report_if_silent(cfg, setup["split"])
         return
-    callback = SweepReportCallback(setup["split"])
-    result = finetune.build(cfg, callbacks=[callback]).fit()
+    result = finetune.build(cfg, callbacks=[SweepReportCallback(setup["split"])]).fit()
     if result.error is not None:
         raise result.error
-    report_if_silent(cfg, setup["split"], callback.reported)
+    report_if_silent(cfg, setup["split"])
