@@ -362,15 +362,12 @@ def run(cfg: AdaptConfig) -> dict[str, Any]:
     if cfg.examples:
         from unspur.workflows.adapt.report import examples_figure, pick_examples
 
-        shown, shown_inputs, shown_pred = cfg, inputs, pred
+        shown, shown_pred = cfg, pred
         if check is not None and not check["trusted"]:  # nothing tuned here: show the check's images
-            shown = _check_config(cfg)
-            shown_inputs, shown_pred = (
-                prepare(shown),
-                pd.read_parquet(Path(shown.out) / "predictions.parquet"),
-            )
+            shown = _check_config(cfg)  # same tables and classes: ``inputs`` serves it too
+            shown_pred = pd.read_parquet(Path(shown.out) / "predictions.parquet")
         ids = pick_examples(shown_pred, cfg.examples)
-        figure = examples_figure(shown, shown_inputs, shown_pred, ids, mask_index(inputs.masks, set(ids)))
+        figure = examples_figure(shown, inputs, shown_pred, ids, mask_index(inputs.masks, set(ids)))
         result["examples_split"] = shown.split
     if figure is not None:
         figure.savefig(out / "examples.png", dpi=100)
