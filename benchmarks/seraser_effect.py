@@ -48,7 +48,14 @@ from typing import Any
 import pandas as pd
 import torch
 
-from unspur.clip_testbed import map_seeds, parse_seed_args, pretrained_model, recipe, stage_world, train_stage
+from unspur.clip_testbed import (
+    fine_tuned_model,
+    map_seeds,
+    parse_seed_args,
+    pretrained_model,
+    recipe,
+    stage_world,
+)
 from unspur.config import AdaptCheckConfig, ClipModelConfig, SEraserConfig
 from unspur.config.base import apply_overrides, parse_overrides
 from unspur.data.spuriousworld import generate_tables
@@ -137,7 +144,7 @@ def run_seed(
         stages = recipes[name]
         t0 = time.perf_counter()
         model, cfg = pretrained_model(stages, seed, world.classes, cache)
-        epoch = train_stage(model, train, cfg, stages["flyp"], seed, val=val) if name == "a" else None
+        epoch = fine_tuned_model(model, cfg, stages, "flyp", seed, train, val, cache) if name == "a" else None
         t_train = time.perf_counter() - t0
         out[name] = {}
         for seraser in serasers:

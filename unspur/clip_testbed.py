@@ -41,6 +41,7 @@ __all__ = [
     "STARFT_PIPELINE",
     "clip_dataset",
     "evaluate_clip",
+    "fine_tuned_model",
     "map_seeds",
     "parse_seed_args",
     "pretrained_model",
@@ -121,6 +122,23 @@ def train_stage(model, df, cfg, stage, seed, *, teacher=None, templates=None, va
     return best.get("epoch")
 
 
+def _cache_path(cache: Path | None, name: str, key: Sequence[Any], seed: int) -> Path | None:
+    """Where a trained model of ``key`` (stage configs, classes, seed) is kept in ``cache``."""
+    if cache is None:
+        return None
+    digest = hashlib.sha256(json.dumps(list(key), sort_keys=True, default=str).encode()).hexdigest()
+    return Path(cache) / f"{name}-seed{seed}-{digest[:16]}.pt"
+
+
+def _keep(path: Path | None, obj: Any) -> None:
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(f".{os.getpid()}.partial")
+    torch.save(obj, partial)
+    partial.replace(path)  # atomic: parallel seeds never read a half-written file
+
+
 def pretrained_model(
     stages: dict[str, dict[str, Any]], seed: int, classes: Sequence[str], cache: Path | None = None
 ) -> tuple[Any, ClipModelConfig]:
@@ -131,22 +149,48 @@ def pretrained_model(
     cfg = ClipModelConfig(**{**stages["pretrain"]["model"], "classes": list(classes)})
     seed_everything(seed)
     model = FAMILY.build(cfg)
-    path = None
-    if cache is not None:
-        recipe_key = [stages["pretrain_data"], stages["pretrain"], list(classes), seed]
-        digest = hashlib.sha256(json.dumps(recipe_key, sort_keys=True, default=str).encode()).hexdigest()
-        path = Path(cache) / f"pretrained-seed{seed}-{digest[:16]}.pt"
-        if path.is_file():
-            model.load_state_dict(torch.load(path, map_location="cpu"))
-            return model, cfg
+    path = _cache_path(
+        cache, "pretrained", [stages["pretrain_data"], stages["pretrain"], list(classes), seed], seed
+    )
+    if path is not None and path.is_file():
+        model.load_state_dict(torch.load(path, map_location="cpu"))
+        return model, cfg
     images, _ = generate_tables(stage_world(stages["pretrain_data"], seed), splits=("train",))
     train_stage(model, images, cfg, stages["pretrain"], seed)
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(f".{os.getpid()}.partial")
-        torch.save(model.state_dict(), partial)
-        partial.replace(path)  # atomic: parallel seeds never read a half-written file
+    _keep(path, model.state_dict())
     return model, cfg
+
+
+def fine_tuned_model(
+    model,
+    cfg: ClipModelConfig,
+    stages: dict[str, dict[str, Any]],
+    stage: str,
+    seed: int,
+    train,
+    val,
+    cache: Path | None = None,
+) -> int | None:
+    """``model`` (the pretrained model of :func:`pretrained_model`) fitted in place by the ``stage``
+    stage (e.g. ``flyp``) on ``train``, epochs chosen on ``val`` -> the kept epoch (None = last).
+    With ``cache`` the weights and the epoch are kept there, keyed by the pretraining, the
+    fine-tuning world and the stage's configs, the classes and the seed."""
+    key = [
+        stages["pretrain_data"],
+        stages["pretrain"],
+        stages["data"],
+        stages[stage],
+        list(cfg.classes),
+        seed,
+    ]
+    path = _cache_path(cache, stage, key, seed)
+    if path is not None and path.is_file():
+        kept = torch.load(path, map_location="cpu")
+        model.load_state_dict(kept["state"])
+        return kept["epoch"]
+    epoch = train_stage(model, train, cfg, stages[stage], seed, val=val)
+    _keep(path, {"state": model.state_dict(), "epoch": epoch})
+    return epoch
 
 
 def map_seeds(fn: Callable[[Any], Any], jobs: Sequence[Any], workers: int) -> list[Any]:
@@ -173,7 +217,7 @@ def parse_seed_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
         "--cache",
         type=Path,
         default=None,
-        help="folder keeping pretrained models between runs (per recipe, seed)",
+        help="folder keeping trained models between runs (per recipe, seed)",
     )
     parser.add_argument("overrides", nargs="*", help=overrides_help)
     args = parser.parse_args(argv)

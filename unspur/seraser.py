@@ -206,6 +206,9 @@ class PromptTuner:
         reference = None
         if cfg.fg_term == "kl_reference":
             reference = self.scale * torch.einsum("pvd,cd->pvc", feats.fg, self.start_text)
+        raw_logits = None
+        if cfg.lambda_label > 0:
+            raw_logits = self.scale * torch.einsum("pd,pcd->pc", feats.raw, text)
         return seraser_objective(
             fg_logits,
             bg_logits,
@@ -213,11 +216,16 @@ class PromptTuner:
             fg_reference_logits=reference,
             lambda_bg=cfg.lambda_bg,
             lambda_fg=cfg.lambda_fg,
+            raw_logits=raw_logits,
+            lambda_label=cfg.lambda_label,
         )
 
     def _episode_loss(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
         fg = terms.get("entropy_fg", terms.get("kl_fg"))
-        return self.cfg.lambda_bg * terms["kl_bg"] + self.cfg.lambda_fg * fg
+        episode = self.cfg.lambda_bg * terms["kl_bg"] + self.cfg.lambda_fg * fg
+        if "ce_raw" in terms:
+            episode = episode + self.cfg.lambda_label * terms["ce_raw"]
+        return episode
 
     def tune(self, features: Callable[[], ViewFeatures]) -> TuneResult:
         """One episode per image: a fresh context each, ``steps`` AdamW steps, then the raw images'

@@ -54,9 +54,11 @@ def test_views_and_fills() -> None:
     assert torch.equal(a[0], b[0]) and not torch.equal(a[0], make_views(image, mask, aug, "y")[0])
 
 
-def test_episodes_are_reset_per_image_whatever_the_order(tiny_clip) -> None:
+@pytest.mark.parametrize("lambda_label", [0.0, 1.0])
+def test_episodes_are_reset_per_image_whatever_the_order(tiny_clip, lambda_label) -> None:
     model, tokenizer = tiny_clip
-    tuner = PromptTuner(model, tokenizer, CLASSES, SEraserConfig(steps=5, augment_views=1))
+    cfg = SEraserConfig(steps=5, augment_views=1, lambda_label=lambda_label)
+    tuner = PromptTuner(model, tokenizer, CLASSES, cfg)
     images, masks, ids = _batch()
     forward = tuner.run(images, masks, ids)
     backward = tuner.run(images.flip(0), masks.flip(0), ids[::-1])

@@ -27,7 +27,9 @@ class SEraserConfig(StrictModel):
     from ``seed`` and the image id.
     Objective (:mod:`unspur.losses.seraser`): ``lambda_bg`` KL(U || p(y|x_bg)) + ``lambda_fg``
     H(p(y|x_fg)) (``fg_term: entropy``) or KL to the untuned prompt's foreground prediction
-    (``fg_term: kl_reference``). Loop: AdamW (``lr``, ``weight_decay``: torch's default 0.01),
+    (``fg_term: kl_reference``), plus ``lambda_label`` x the cross-entropy of the raw image toward
+    the foreground views' pseudo-label (the released code's ``LABEL`` option; 0 = the paper's
+    objective). Loop: AdamW (``lr``, ``weight_decay``: torch's default 0.01),
     ``steps`` steps, the context reset for every image; the raw image is then predicted with the
     tuned prompt. ``episodes`` images are tuned together (independent contexts, one text forward).
     ``on_missing_mask``: ``error`` (an image without a mask is an error row with the reason) or
@@ -42,6 +44,7 @@ class SEraserConfig(StrictModel):
     fg_term: Literal["entropy", "kl_reference"] = "entropy"
     lambda_bg: float = Field(1.0, ge=0)
     lambda_fg: float = Field(1.0, ge=0)
+    lambda_label: float = Field(0.0, ge=0)
     fill: Literal["black", "grey", "mean", "blur"] = "black"
     blur_sigma: float = Field(0.05, gt=0, description="fraction of the image side")
     augment_views: int = Field(0, ge=0)

@@ -8,11 +8,14 @@ every step with the logits of ``P`` episodes at once (``P`` images, each its own
 - ``entropy_fg`` = H(p(y | x_fg)), mean over the foreground views (``fg_term: entropy``, as
   published), or ``kl_fg`` = KL(p_0(y | x_fg) || p(y | x_fg)) to the untuned prompt's foreground
   prediction (``fg_term: kl_reference``, the variant);
-- ``loss`` = sum over episodes of ``lambda_bg * kl_bg + lambda_fg * <fg term>``: a sum, so each
-  episode's context gets exactly the gradient it would get alone.
+- ``ce_raw`` (only with ``raw_logits``) = CE(p(y | x), argmax_y mean_views logit(y | x_fg)): the
+  raw image pulled toward the foreground views' pseudo-label (the released code's ``LABEL``
+  option; not in the paper's objective, off unless ``lambda_label`` > 0);
+- ``loss`` = sum over episodes of ``lambda_bg * kl_bg + lambda_fg * <fg term> + lambda_label *
+  ce_raw``: a sum, so each episode's context gets exactly the gradient it would get alone.
 
-Shapes: ``fg_logits`` (P, Vf, C), ``bg_logits`` (P, Vb, C), ``fg_reference_logits`` (P, Vf, C).
-The named terms are per episode, (P,).
+Shapes: ``fg_logits`` (P, Vf, C), ``bg_logits`` (P, Vb, C), ``fg_reference_logits`` (P, Vf, C),
+``raw_logits`` (P, C). The named terms are per episode, (P,).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-__all__ = ["FG_TERMS", "FgTerm", "entropy", "kl_to_uniform", "seraser_objective"]
+__all__ = ["FG_TERMS", "FgTerm", "entropy", "foreground_label_ce", "kl_to_uniform", "seraser_objective"]
 
 FgTerm = Literal["entropy", "kl_reference"]
 FG_TERMS: tuple[str, ...] = ("entropy", "kl_reference")
@@ -48,6 +51,13 @@ def _kl(reference_logits: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
     return (ref.exp() * (ref - F.log_softmax(logits, dim=-1))).sum(-1).mean(-1)
 
 
+def foreground_label_ce(raw_logits: torch.Tensor, fg_logits: torch.Tensor) -> torch.Tensor:
+    """(P, C) raw-image logits, (P, Vf, C) foreground logits -> (P,) cross-entropy of the raw image
+    toward the class of the highest mean foreground logit (the pseudo-label, no gradient)."""
+    pseudo = fg_logits.detach().mean(1).argmax(-1)
+    return F.cross_entropy(raw_logits, pseudo, reduction="none")
+
+
 def seraser_objective(
     fg_logits: torch.Tensor,
     bg_logits: torch.Tensor,
@@ -56,8 +66,11 @@ def seraser_objective(
     fg_reference_logits: torch.Tensor | None = None,
     lambda_bg: float = 1.0,
     lambda_fg: float = 1.0,
+    raw_logits: torch.Tensor | None = None,
+    lambda_label: float = 0.0,
 ) -> dict[str, torch.Tensor]:
-    """``{"loss": (), "kl_bg": (P,), "entropy_fg" or "kl_fg": (P,)}``; see the module docstring."""
+    """``{"loss": (), "kl_bg": (P,), "entropy_fg" or "kl_fg": (P,)[, "ce_raw": (P,)]}``; see the
+    module docstring (``ce_raw`` when ``raw_logits`` is given)."""
     if fg_logits.dim() != 3 or bg_logits.dim() != 3 or fg_logits.shape[::2] != bg_logits.shape[::2]:
         raise ValueError(
             f"fg_logits (P, Vf, C) and bg_logits (P, Vb, C) must agree on P and C; got "
@@ -72,5 +85,14 @@ def seraser_objective(
         name, fg = "kl_fg", _kl(fg_reference_logits, fg_logits)
     else:
         raise ValueError(f"unknown fg_term {fg_term!r}; choose one of {FG_TERMS}")
-    loss = (lambda_bg * kl_bg + lambda_fg * fg).sum()
-    return {"loss": loss, "kl_bg": kl_bg.detach(), name: fg.detach()}
+    episode = lambda_bg * kl_bg + lambda_fg * fg
+    out = {"kl_bg": kl_bg.detach(), name: fg.detach()}
+    if raw_logits is not None:
+        if raw_logits.shape != (fg_logits.shape[0], fg_logits.shape[2]):
+            raise ValueError(
+                f"raw_logits must be (P, C) = {(fg_logits.shape[0], fg_logits.shape[2])}; got {tuple(raw_logits.shape)}"
+            )
+        ce_raw = foreground_label_ce(raw_logits, fg_logits)
+        episode = episode + lambda_label * ce_raw
+        out["ce_raw"] = ce_raw.detach()
+    return {"loss": episode.sum(), **out}

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from unspur.losses.seraser import entropy, kl_to_uniform, seraser_objective
+from unspur.losses.seraser import entropy, foreground_label_ce, kl_to_uniform, seraser_objective
 
 
 def test_terms_against_hand_values() -> None:
@@ -53,3 +53,23 @@ def test_kl_reference_variant() -> None:
         seraser_objective(fg, bg, fg_term="kl_reference")
     with pytest.raises(ValueError, match="agree on P and C"):
         seraser_objective(fg, torch.zeros(1, 1, 3))
+
+
+def test_label_term_pulls_the_raw_image_to_the_foreground_pseudo_label() -> None:
+    # foreground views of episode 0 disagree; their mean logit picks class 1 (mean (0.5, 1.0))
+    fg = torch.tensor([[[1.0, 0.0], [0.0, 2.0]], [[3.0, 0.0], [1.0, 0.0]]])  # (P=2, Vf=2, C=2)
+    raw = torch.tensor([[math.log(3.0), 0.0], [0.0, 0.0]], requires_grad=True)  # p = (3/4, 1/4), (1/2, 1/2)
+    bg = torch.zeros(2, 1, 2)
+    ce = foreground_label_ce(raw, fg)  # labels 1 and 0: -log 1/4, -log 1/2
+    torch.testing.assert_close(ce, torch.tensor([math.log(4.0), math.log(2.0)]))
+    out = seraser_objective(fg, bg, raw_logits=raw, lambda_label=0.5)
+    h = entropy(fg)
+    assert out["loss"].item() == pytest.approx(
+        float(h.sum()) + 0.5 * (math.log(4.0) + math.log(2.0)), abs=1e-6
+    )
+    torch.testing.assert_close(out["ce_raw"], ce.detach())
+    out["loss"].backward()  # d CE / d raw = p - onehot, times lambda
+    torch.testing.assert_close(raw.grad, 0.5 * torch.tensor([[0.75, -0.75], [-0.5, 0.5]]))
+    assert "ce_raw" not in seraser_objective(fg, bg)
+    with pytest.raises(ValueError, match="raw_logits"):
+        seraser_objective(fg, bg, raw_logits=torch.zeros(2, 3), lambda_label=1.0)
