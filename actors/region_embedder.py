@@ -23,6 +23,7 @@ import torch
 
 from unspur.regions import (
     Region,
+    background_region,
     drop_blank,
     grid_regions,
     mask_regions,
@@ -53,8 +54,8 @@ OUTPUT_COLUMNS = (
 def image_regions(image: np.ndarray, regions: Mapping[str, Any], mask_rles: str = "") -> list[Region]:
     """The candidate regions of an (H, W, 3) image under a
     :class:`unspur.config.regions.RegionSourceConfig` (as a dict); ``mask_rles``: the image's ok
-    masks as a JSON list of COCO RLEs (mask regions, largest first, at most ``max_regions``);
-    blank regions are dropped when ``blank_std`` is set."""
+    masks as a JSON list of COCO RLEs (mask regions, largest first, at most ``max_regions``, then
+    with ``background`` what no mask covers); blank regions are dropped when ``blank_std`` is set."""
     from unspur.masks import decode, resize_mask
 
     h, w = image.shape[:2]
@@ -67,10 +68,14 @@ def image_regions(image: np.ndarray, regions: Mapping[str, Any], mask_rles: str 
         mask = decode(rle)
         masks.append(mask if mask.shape == (h, w) else resize_mask(mask, (h, w)))
     found = mask_regions(masks, int(regions["min_pixels"]))
+    rest = background_region(masks, (h, w), int(regions["min_pixels"])) if regions.get("background") else None
     if blank_std is not None:
         found = drop_blank(image, found, float(blank_std))
     found.sort(key=lambda r: -int(r.mask.sum()))
-    return found[: int(regions["max_regions"])]
+    found = found[: int(regions["max_regions"])]
+    if rest is not None and (blank_std is None or drop_blank(image, [rest], float(blank_std))):
+        found.append(rest)
+    return found
 
 
 class RegionEmbedder:

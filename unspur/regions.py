@@ -21,6 +21,7 @@ import torch
 
 __all__ = [
     "Region",
+    "background_region",
     "crop_region",
     "drop_blank",
     "grid_boxes",
@@ -91,6 +92,21 @@ def mask_regions(masks: Sequence[np.ndarray], min_pixels: int = 1) -> list[Regio
         if box is not None and int(mask.sum()) >= min_pixels:
             regions.append(Region(box, mask, f"mask_{i}"))
     return regions
+
+
+def background_region(
+    masks: Sequence[np.ndarray], shape: tuple[int, int], min_pixels: int = 1
+) -> Region | None:
+    """What none of the (H, W) ``masks`` covers (the image's background when the masks are its
+    object's parts), named ``background``; None when that is under ``min_pixels`` pixels."""
+    covered = np.zeros(shape, dtype=bool)
+    for mask in masks:
+        covered |= np.asarray(mask, dtype=bool)
+    rest = ~covered
+    box = mask_box(rest)
+    if box is None or int(rest.sum()) < min_pixels:
+        return None
+    return Region(box, rest, "background")
 
 
 def region_mask(region: Region, shape: tuple[int, int]) -> np.ndarray:

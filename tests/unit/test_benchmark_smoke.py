@@ -128,6 +128,22 @@ def test_ravl_mitigation_prints_its_result_line() -> None:
     assert set(keys) == {"acc_ft", "wga_ft", "acc_ravl", "wga_ravl"}
 
 
+def test_ravl_spuriousworld_prints_its_result_line(tmp_path: Path) -> None:
+    tiny = [a for a in SERASER_TINY if not a.startswith("seraser.")]
+    lines = _output(
+        "ravl_spuriousworld.py", ["--seeds", "1", "--threads", "1", "--out", str(tmp_path), *tiny]
+    )
+    seed = dict(item.split("=", 1) for item in lines[-2].split() if "=" in item)
+    assert seed["seed"] == "0" and seed["tied_class"] in ("bird", "airplane", "bicycle", "tree", "none")
+    top10 = seed["top10"].split(",")
+    assert 1 <= len(top10) <= 10  # a top cluster of fewer than 10 regions: the share of those
+    assert float(seed["p10_background"]) == pytest.approx(top10.count("background") / len(top10), abs=0.005)
+    assert float(seed["p10_tied"]) <= float(seed["p10_background"])
+    keys = dict(item.split("=") for item in lines[-1].split())
+    assert set(keys) == {"p10_background", "p10_tied", "top_is_tied"}
+    assert (tmp_path / "seed0" / "regions" / "regions.parquet").is_file()
+
+
 def _benchmark_module(name: str):
     spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)

@@ -1,4 +1,4 @@
-"""Region crops against hand boxes; grid cells; mask boxes; ground-truth overlap; blank regions."""
+"""Region crops against hand boxes; grid cells; mask boxes; the background region; ground-truth overlap; blank regions."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import torch
 from unspur.data.digits_grid import quadrant_boxes
 from unspur.regions import (
     Region,
+    background_region,
     crop_region,
     drop_blank,
     grid_boxes,
@@ -86,3 +87,34 @@ def test_blank_regions_are_dropped_and_an_all_blank_image_has_none():
     mask[5, 1] = False  # ... inside the mask's box but outside the mask: not counted
     assert drop_blank(image, mask_regions([mask]), 1.0) == []
     assert len(drop_blank(image, mask_regions([mask | ~mask]), 1.0)) == 1
+
+
+def test_the_background_region_is_what_no_mask_covers():
+    import json
+
+    from unspur.actors.region_embedder import image_regions
+    from unspur.config import RegionSourceConfig
+    from unspur.masks import encode
+
+    head, wing = np.zeros((8, 8), bool), np.zeros((8, 8), bool)
+    head[1:3, 1:3] = True
+    wing[2:6, 3:5] = True
+    rest = background_region([head, wing], (8, 8))
+    assert rest.name == "background" and rest.box == (0, 0, 8, 8)
+    np.testing.assert_array_equal(rest.mask, ~(head | wing))
+    assert int(rest.mask.sum()) == 64 - 4 - 8
+    assert background_region([head | ~head], (8, 8)) is None  # everything covered
+    assert background_region([head], (8, 8), min_pixels=61) is None  # 60 pixels left
+    image = np.random.default_rng(0).integers(0, 255, (8, 8, 3), dtype=np.uint8)
+    source = RegionSourceConfig(source="masks", masks="m.parquet", min_pixels=1, background=True).model_dump()
+    rles = json.dumps([encode(head), encode(wing)])
+    found = image_regions(image, source, rles)
+    assert [r.name for r in found] == ["mask_1", "mask_0", "background"]  # parts largest first, then the rest
+    np.testing.assert_array_equal(found[-1].mask, rest.mask)
+    assert [r.name for r in image_regions(image, {**source, "max_regions": 1}, rles)] == [
+        "mask_1",
+        "background",
+    ]
+    assert "background" not in [r.name for r in image_regions(image, {**source, "background": False}, rles)]
+    with pytest.raises(ValueError, match="needs regions.source masks"):
+        RegionSourceConfig(source="grid", background=True)

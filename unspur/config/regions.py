@@ -18,7 +18,9 @@ class RegionSourceConfig(StrictModel):
     ``source``: ``grid`` (the ``grid`` x ``grid`` cells; RaVL's synthetic setting: 2, the
     quadrants) or ``masks`` (one region per ok mask of the image in the ``masks`` table of
     ``unspur masks``: the box around the mask, outside it zeroed; masks under ``min_pixels``
-    pixels are skipped, at most ``max_regions`` per image, largest first). ``truth_column``: an
+    pixels are skipped, at most ``max_regions`` per image, largest first; with ``background``
+    one more region, named ``background``: what none of the image's masks covers, i.e. the
+    background when the masks are the object's parts). ``truth_column``: an
     image-table column holding a COCO RLE of the spurious feature (digits-grid: ``marker_rle``);
     a region's ``truth`` flag is ``|region & truth| / min(|region|, |truth|) >= min_overlap``
     (null where the table has no such column). ``blank_std``: regions whose pixel standard
@@ -30,6 +32,7 @@ class RegionSourceConfig(StrictModel):
     masks: str | None = None
     min_pixels: int = Field(16, ge=1)
     max_regions: int = Field(16, ge=1)
+    background: bool = Field(False, description="masks: add the region no mask covers")
     truth_column: str | None = None
     truth_invert: bool = Field(False, description="the feature is everything OUTSIDE the truth mask")
     min_overlap: float = Field(0.5, gt=0, le=1)
@@ -41,6 +44,8 @@ class RegionSourceConfig(StrictModel):
             raise ValueError(
                 "regions.source is masks: set regions.masks to the masks table of `unspur masks`"
             )
+        if self.background and self.source != "masks":
+            raise ValueError("regions.background is the part no mask covers: it needs regions.source masks")
         return self
 
 
