@@ -6,7 +6,8 @@
 ``mask_rles`` JSON lists for mask regions) to region rows (:data:`OUTPUT_COLUMNS`): per image one
 ``kind: image`` row (the whole image, ``region_id`` -1) then one ``kind: region`` row per region
 (:mod:`unspur.regions`: grid cells or the image's masks, cropped, outside the mask zeroed,
-resized to the model's input). Every row holds the L2-normalised CLIP image embedding,
+resized to the model's input; ``rle`` holds a mask region's mask as a JSON COCO RLE, "" for a
+box). Every row holds the L2-normalised CLIP image embedding,
 ``scores`` = softmax(emb @ head.T / temperature) over the classes and ``pred`` (its arg-max).
 An image that cannot be read, or has no region, is one ``error`` row with the reason; rows in
 (images) == images with rows out.
@@ -42,6 +43,7 @@ OUTPUT_COLUMNS = (
     "kind",
     "name",
     "box",
+    "rle",
     "embedding",
     "scores",
     "pred",
@@ -140,6 +142,7 @@ class RegionEmbedder:
 
     def _one(self, row: Mapping[str, Any]) -> list[dict[str, Any]]:
         from unspur.data.torch_dataset import load_image
+        from unspur.masks import encode
 
         image = load_image(row)
         h, w = image.shape[:2]
@@ -163,6 +166,7 @@ class RegionEmbedder:
                     "kind": "image" if i == 0 else "region",
                     "name": region.name,
                     "box": list(region.box),
+                    "rle": "" if region.mask is None else json.dumps(encode(region.mask)),
                     "embedding": emb[i],
                     "scores": scores[i],
                     "pred": int(scores[i].argmax()),
@@ -189,6 +193,7 @@ class RegionEmbedder:
                         "kind": "image",
                         "name": "",
                         "box": [],
+                        "rle": "",
                         "embedding": np.zeros(0, np.float32),
                         "scores": np.zeros(0, np.float32),
                         "pred": -1,

@@ -64,6 +64,7 @@ def test_region_rows_truth_flags_and_error_rows(ray_local, tmp_path, checkpoint)
         np.linalg.norm(np.stack(ok["embedding"]), axis=1), 1
     )
     assert np.allclose(np.stack(ok["scores"]).sum(1), 1, atol=1e-5)
+    assert (ok["rle"] == "").all()  # grid cells are boxes: no mask
     for i in range(6):
         row = sample_rows(GRID, "val", i)[0]
         mine = ok[(ok["image_id"] == row["image_id"]) & (ok["kind"] == "region")].sort_values("region_id")
@@ -123,3 +124,25 @@ def test_discover_writes_ranked_clusters_flags_and_figures(ray_local, tmp_path, 
     base = tmp_path / "image_level"
     assert discover_job.main([*argv[:1], str(base), *argv[2:], "level=image"]) == 0
     assert json.loads((base / "metrics.json").read_text())["n_points"] == 24
+
+
+def test_mask_regions_keep_their_masks_and_the_background_region(checkpoint) -> None:
+    from unspur.actors.region_embedder import RegionEmbedder
+    from unspur.config import RegionSourceConfig
+    from unspur.masks import decode, encode
+
+    row = sample_rows(GRID, "val", 0)[0]
+    part = np.zeros((32, 32), bool)
+    part[4:12, 6:20] = True
+    source = RegionSourceConfig(
+        source="masks", masks="masks.parquet", background=True, truth_column="marker_rle"
+    )
+    embed = RegionEmbedder(checkpoint, source.model_dump(), threads=1)
+    batch = {
+        k: np.asarray([row[k]], dtype=object) for k in ("image_id", "image", "label", "split", "marker_rle")
+    }
+    out = pd.DataFrame(embed({**batch, "mask_rles": np.asarray([json.dumps([encode(part)])], dtype=object)}))
+    assert out["name"].tolist() == ["image", "mask_0", "background"]
+    assert out["rle"].iloc[0] == ""  # the whole image is a box
+    np.testing.assert_array_equal(decode(json.loads(out["rle"].iloc[1])), part)
+    np.testing.assert_array_equal(decode(json.loads(out["rle"].iloc[2])), ~part)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +18,13 @@ __all__ = ["cluster_figures", "write_report"]
 
 
 def _crops(cfg: DiscoverConfig, rows: pd.DataFrame) -> list[np.ndarray]:
-    """The box crops of ``rows`` (image_id, box) from the image table (mask regions show their box)."""
+    """The crops of ``rows`` (image_id, box, rle) from the image table: a mask region (its ``rle``
+    set) shows its box with the pixels outside the mask black, as it was embedded."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
     from unspur.data.torch_dataset import load_image
+    from unspur.masks import decode, resize_mask
 
     ids = sorted(set(rows["image_id"]))
     table = read_table(
@@ -29,9 +32,11 @@ def _crops(cfg: DiscoverConfig, rows: pd.DataFrame) -> list[np.ndarray]:
     )
     by_id = {r["image_id"]: r for r in table.to_pylist()}
     crops = []
-    for image_id, box in zip(rows["image_id"], rows["box"], strict=True):
+    rles = rows["rle"] if "rle" in rows else [""] * len(rows)  # tables written before masks were kept
+    for image_id, box, rle in zip(rows["image_id"], rows["box"], rles, strict=True):
         image = load_image(by_id[image_id])
-        crops.append(crop_region(image, Region(tuple(int(v) for v in box))))
+        mask = resize_mask(decode(json.loads(rle)), image.shape[:2]) if rle else None
+        crops.append(crop_region(image, Region(tuple(int(v) for v in box), mask)))
     return crops
 
 

@@ -53,6 +53,7 @@ REGION_SCHEMA = pa.schema(
         ("kind", pa.string()),
         ("name", pa.string()),
         ("box", pa.list_(pa.int32())),
+        ("rle", pa.string()),
         ("embedding", pa.list_(pa.float32())),
         ("scores", pa.list_(pa.float32())),
         ("pred", pa.int64()),
