@@ -228,23 +228,37 @@ class PromptTuner:
         return episode
 
     def tune(self, features: Callable[[], ViewFeatures]) -> TuneResult:
-        """One episode per image: a fresh context each, ``steps`` AdamW steps, then the raw images'
-        logits. ``features()`` gives the view features at each step (cached: the same object)."""
+        """One episode per image: a fresh context each, ``steps`` AdamW steps (an episode whose
+        objective is at most ``stop_below`` stops there and keeps that context), then the raw
+        images' logits. ``features()`` gives the view features at each step (cached: the same
+        object). ``loss_end`` is the objective of the context each episode ends with, before its
+        last update when it ran every step."""
         feats = features()
         n = feats.raw.shape[0]
         ctx = self.prompt.reset(n)
         optimizer = torch.optim.AdamW([ctx], lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
         start = end = torch.full((n,), float("nan"))
+        stopped = torch.zeros(n, dtype=torch.bool)
+        kept = ctx.detach().clone()
         for step in range(self.cfg.steps):
             if step:
                 feats = features()
             terms = self._step_terms(feats, self.prompt.features())
-            optimizer.zero_grad(set_to_none=True)
-            terms["loss"].backward()
-            optimizer.step()
             episode = self._episode_loss(terms).cpu()
             start = episode if step == 0 else start
             end = episode
+            if self.cfg.stop_below is not None:
+                newly = (episode <= self.cfg.stop_below) & ~stopped
+                kept[newly] = ctx.detach()[newly.to(ctx.device)]
+                stopped |= newly
+                if bool(stopped.all()):
+                    break
+            optimizer.zero_grad(set_to_none=True)
+            terms["loss"].backward()
+            optimizer.step()
+            if bool(stopped.any()):
+                with torch.no_grad():  # a stopped episode keeps its context as it was when it stopped
+                    ctx[stopped.to(ctx.device)] = kept[stopped.to(ctx.device)]
         with torch.no_grad():
             if self.cfg.steps:
                 feats = features()

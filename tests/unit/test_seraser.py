@@ -73,6 +73,34 @@ def test_episodes_are_reset_per_image_whatever_the_order(tiny_clip, lambda_label
     assert not torch.equal(untuned.tuned, forward.tuned) and untuned.loss_start.isnan().all()
 
 
+def test_an_episode_stops_below_the_floor_and_keeps_that_context(tiny_clip) -> None:
+    model, tokenizer = tiny_clip
+    images, masks, ids = _batch()
+    cfg = SEraserConfig(steps=8, augment_views=1)
+    full = PromptTuner(model, tokenizer, CLASSES, cfg).run(images, masks, ids)
+    untuned = PromptTuner(model, tokenizer, CLASSES, cfg.model_copy(update={"steps": 0})).run(
+        images, masks, ids
+    )
+    high = cfg.model_copy(update={"stop_below": float(full.loss_start.max()) + 1})
+    at_once = PromptTuner(model, tokenizer, CLASSES, high).run(images, masks, ids)
+    torch.testing.assert_close(at_once.tuned, untuned.tuned)  # every episode stops before its first update
+    torch.testing.assert_close(at_once.loss_end, full.loss_start)
+    floor = (
+        float(full.loss_end.min() + full.loss_start.min()) / 2
+    )  # some episodes reach it, not necessarily all
+    mid = cfg.model_copy(update={"stop_below": floor})
+    tuner = PromptTuner(model, tokenizer, CLASSES, mid)
+    stopped = tuner.run(images, masks, ids)
+    reached = stopped.loss_end <= floor
+    assert reached.any() and not torch.equal(stopped.tuned, full.tuned)
+    assert torch.all(
+        stopped.loss_end[reached] > full.loss_end[reached] - 1e-6
+    )  # stopped early: less far down
+    for i in range(len(ids)):  # per episode: the same as tuned alone
+        alone = tuner.run(images[i : i + 1], masks[i : i + 1], ids[i : i + 1])
+        torch.testing.assert_close(stopped.tuned[i], alone.tuned[0], rtol=1e-4, atol=1e-4)
+
+
 def test_cached_and_naive_loops_agree(tiny_clip) -> None:
     model, tokenizer = tiny_clip
     cfg = SEraserConfig(steps=4, augment_views=2, fg_term="kl_reference", fill="mean")

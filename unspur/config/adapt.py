@@ -30,8 +30,9 @@ class SEraserConfig(StrictModel):
     (``fg_term: kl_reference``), plus ``lambda_label`` x the cross-entropy of the raw image toward
     the foreground views' pseudo-label (the released code's ``LABEL`` option; 0 = the paper's
     objective). Loop: AdamW (``lr``, ``weight_decay``: torch's default 0.01),
-    ``steps`` steps, the context reset for every image; the raw image is then predicted with the
-    tuned prompt. ``episodes`` images are tuned together (independent contexts, one text forward).
+    ``steps`` steps, the context reset for every image; ``stop_below``: an image's episode stops
+    at the first step its objective is at most this (None: every step runs); the raw image is
+    then predicted with the tuned prompt. ``episodes`` images are tuned together (independent contexts, one text forward).
     ``on_missing_mask``: ``error`` (an image without a mask is an error row with the reason) or
     ``zero_shot`` (its row keeps the zero-shot prediction, status ``zero_shot``, reason kept).
     """
@@ -39,6 +40,7 @@ class SEraserConfig(StrictModel):
     context_init: str | None = "a photo of a"
     n_ctx: int | None = Field(None, ge=1)
     steps: int = Field(20, ge=0)
+    stop_below: float | None = Field(None, ge=0)
     lr: float = Field(5e-4, gt=0)
     weight_decay: float = Field(0.01, ge=0)
     fg_term: Literal["entropy", "kl_reference"] = "entropy"
