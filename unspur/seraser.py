@@ -101,17 +101,19 @@ def make_views(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(3, S, S) image in [0, 1] and (S, S) bool mask -> (foreground (1 + A, 3, S, S), background
     (2 + A, 3, S, S)) in [0, 1], ``A`` = ``cfg.augment_views``. The first view of each is the
-    whole image; the background batch ends with the all-fill image (all black as published)."""
+    whole image; the background batch ends with the all-fill image (all black as published). The
+    foreground views' removed background is filled with ``cfg.fg_fill``, the background views'
+    removed object with ``cfg.bg_fill`` (each None: ``cfg.fill``)."""
     pairs = [(image, mask.bool())]
     gen = torch.Generator().manual_seed(view_seed(cfg.seed, image_id))
     pairs += [_crop_flip(image, mask.bool(), gen, cfg.min_scale) for _ in range(cfg.augment_views)]
+    fg_fill, bg_fill = cfg.fg_fill or cfg.fill, cfg.bg_fill or cfg.fill
     fg, bg = [], []
     for x, m in pairs:
-        fill = fill_image(x, cfg.fill, cfg.blur_sigma)
         m = m.to(x.dtype)[None]
-        fg.append(x * m + fill * (1 - m))
-        bg.append(x * (1 - m) + fill * m)
-    bg.append(fill_image(image, cfg.fill, cfg.blur_sigma))
+        fg.append(x * m + fill_image(x, fg_fill, cfg.blur_sigma) * (1 - m))
+        bg.append(x * (1 - m) + fill_image(x, bg_fill, cfg.blur_sigma) * m)
+    bg.append(fill_image(image, bg_fill, cfg.blur_sigma))
     return torch.stack(fg), torch.stack(bg)
 
 

@@ -43,6 +43,10 @@ def test_views_and_fills() -> None:
     grey_fg, grey_bg = make_views(image, mask, SEraserConfig(fill="grey"))
     assert torch.all(grey_fg[0][:, ~mask] == 0.5) and torch.equal(grey_fg[0][:, mask], image[:, mask])
     assert torch.all(grey_bg[1] == 0.5)
+    split_fg, split_bg = make_views(image, mask, SEraserConfig(fg_fill="grey"))  # background views stay black
+    assert torch.equal(split_fg, grey_fg) and torch.equal(split_bg, bg)
+    split_fg, split_bg = make_views(image, mask, SEraserConfig(fill="grey", bg_fill="black"))
+    assert torch.equal(split_fg, grey_fg) and torch.equal(split_bg, bg)
     mean = fill_image(image, "mean")
     torch.testing.assert_close(mean[:, 0, 0], image.mean(dim=(1, 2)))
     blurred = fill_image(image, "blur", 0.2)

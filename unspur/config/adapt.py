@@ -22,7 +22,10 @@ class SEraserConfig(StrictModel):
     Views: foreground ``x*m + f*(1-m)`` and background ``x*(1-m) + f*m`` of the union ``m`` of the
     image's masks, ``f`` the ``fill`` (``black`` as published, ``grey`` 0.5, ``mean`` the image's
     mean colour, ``blur`` the image blurred with a Gaussian of ``blur_sigma`` x its side); the
-    background batch also holds the all-fill image (all black as published). ``augment_views``
+    background batch also holds the all-fill image (all black as published). ``fg_fill`` /
+    ``bg_fill`` set the fill of the foreground views (what replaces the background) / of the
+    background views and the all-fill image (what replaces the object) apart (None: ``fill``).
+    ``augment_views``
     adds that many random resized crops (scale ``min_scale``..1) + flips of each view, drawn
     from ``seed`` and the image id.
     Objective (:mod:`unspur.losses.seraser`): ``lambda_bg`` KL(U || p(y|x_bg)) + ``lambda_fg``
@@ -48,6 +51,8 @@ class SEraserConfig(StrictModel):
     lambda_fg: float = Field(1.0, ge=0)
     lambda_label: float = Field(0.0, ge=0)
     fill: Literal["black", "grey", "mean", "blur"] = "black"
+    fg_fill: Literal["black", "grey", "mean", "blur"] | None = None
+    bg_fill: Literal["black", "grey", "mean", "blur"] | None = None
     blur_sigma: float = Field(0.05, gt=0, description="fraction of the image side")
     augment_views: int = Field(0, ge=0)
     min_scale: float = Field(0.5, gt=0, le=1)
