@@ -119,9 +119,14 @@ def regions(
     model: str, images: str, out: Path, splits: list[str], source: dict[str, Any], threads: int = 1
 ) -> str:
     """The region table of ``splits`` under the regions stage's ``regions`` section -> Parquet path."""
-    embed = RegionEmbedder(model, RegionSourceConfig.model_validate(source).model_dump(), threads=threads)
     rows = pd.read_parquet(images, columns=["image_id", "image", "label", "split", "marker_rle"])
-    rows = rows[rows["split"].isin(splits)]
+    return str(embed_rows(model, rows[rows["split"].isin(splits)], source, out, threads))
+
+
+def embed_rows(model: str, rows: pd.DataFrame, source: dict[str, Any], out: Path, threads: int = 1) -> Path:
+    """The regions job's actor over image ``rows`` (its input columns) under a ``regions`` section,
+    in chunks of 128 images -> ``out/regions.parquet``."""
+    embed = RegionEmbedder(model, RegionSourceConfig.model_validate(source).model_dump(), threads=threads)
     parts = []
     for start in range(0, len(rows), 128):
         chunk = rows.iloc[start : start + 128]
@@ -130,7 +135,7 @@ def regions(
     table = pd.concat(parts, ignore_index=True)
     table["truth"] = table["truth"].astype(object)
     table.to_parquet(out / "regions.parquet")
-    return str(out / "regions.parquet")
+    return out / "regions.parquet"
 
 
 def discover(region_table: str, out: Path, level: str = "region", **update: Any) -> dict[str, Any]:

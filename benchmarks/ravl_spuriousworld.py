@@ -39,7 +39,6 @@ import pandas as pd
 import ravl_flow as flow
 import torch
 
-from unspur.actors.region_embedder import RegionEmbedder
 from unspur.clip_testbed import (
     fine_tuned_model,
     map_seeds,
@@ -48,7 +47,6 @@ from unspur.clip_testbed import (
     recipe,
     stage_world,
 )
-from unspur.config import RegionSourceConfig
 from unspur.data.spuriousworld import generate_tables
 from unspur.models.checkpoint import save_checkpoint
 
@@ -66,24 +64,11 @@ SOURCE = {
 
 
 def region_table(checkpoint: Path, val: pd.DataFrame, parts: pd.DataFrame, out: Path, threads: int) -> Path:
-    """The regions job's rows for ``val`` (its actor, in this process) -> Parquet path."""
-    embed = RegionEmbedder(
-        str(checkpoint), RegionSourceConfig.model_validate(SOURCE).model_dump(), threads=threads
-    )
+    """The regions job's rows for ``val``, each image's part masks as its mask regions -> Parquet path."""
     rles = parts.groupby("image_id")["rle"].apply(lambda r: json.dumps(list(r)))
     rows = val.assign(mask_rles=val["image_id"].map(rles).fillna(""))
     rows = rows[["image_id", "image", "label", "split", "object_rle", "mask_rles"]]
-    table = pd.concat(
-        [
-            pd.DataFrame(embed({k: chunk[k].to_numpy() for k in chunk.columns}))
-            for chunk in (rows.iloc[i : i + 128] for i in range(0, len(rows), 128))
-        ],
-        ignore_index=True,
-    )
-    table["truth"] = table["truth"].astype(object)
-    out.mkdir(parents=True, exist_ok=True)
-    table.to_parquet(out / "regions.parquet")
-    return out / "regions.parquet"
+    return flow.embed_rows(str(checkpoint), rows, SOURCE, out, threads)
 
 
 def tied_background(train: pd.DataFrame, label: int) -> tuple[str, float]:

@@ -222,13 +222,6 @@ class PromptTuner:
             lambda_label=cfg.lambda_label,
         )
 
-    def _episode_loss(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
-        fg = terms.get("entropy_fg", terms.get("kl_fg"))
-        episode = self.cfg.lambda_bg * terms["kl_bg"] + self.cfg.lambda_fg * fg
-        if "ce_raw" in terms:
-            episode = episode + self.cfg.lambda_label * terms["ce_raw"]
-        return episode
-
     def tune(self, features: Callable[[], ViewFeatures]) -> TuneResult:
         """One episode per image: a fresh context each, ``steps`` AdamW steps (an episode whose
         objective is at most ``stop_below`` stops there and keeps that context), then the raw
@@ -246,7 +239,7 @@ class PromptTuner:
             if step:
                 feats = features()
             terms = self._step_terms(feats, self.prompt.features())
-            episode = self._episode_loss(terms).cpu()
+            episode = terms["episode"].cpu()
             start = episode if step == 0 else start
             end = episode
             if self.cfg.stop_below is not None:

@@ -11,6 +11,10 @@ from unspur.config.base import ActorPoolConfig, StrictModel
 __all__ = ["AdaptCheckConfig", "AdaptComputeConfig", "AdaptConfig", "SEraserConfig"]
 
 
+#: how the removed region of a view is filled (:data:`unspur.seraser.FILLS`)
+Fill = Literal["black", "grey", "mean", "blur"]
+
+
 class SEraserConfig(StrictModel):
     """Test-time prompt tuning that erases spurious features, per image (episodic).
 
@@ -50,9 +54,9 @@ class SEraserConfig(StrictModel):
     lambda_bg: float = Field(1.0, ge=0)
     lambda_fg: float = Field(1.0, ge=0)
     lambda_label: float = Field(0.0, ge=0)
-    fill: Literal["black", "grey", "mean", "blur"] = "black"
-    fg_fill: Literal["black", "grey", "mean", "blur"] | None = None
-    bg_fill: Literal["black", "grey", "mean", "blur"] | None = None
+    fill: Fill = "black"
+    fg_fill: Fill | None = None
+    bg_fill: Fill | None = None
     blur_sigma: float = Field(0.05, gt=0, description="fraction of the image side")
     augment_views: int = Field(0, ge=0)
     min_scale: float = Field(0.5, gt=0, le=1)

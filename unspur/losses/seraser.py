@@ -69,8 +69,9 @@ def seraser_objective(
     raw_logits: torch.Tensor | None = None,
     lambda_label: float = 0.0,
 ) -> dict[str, torch.Tensor]:
-    """``{"loss": (), "kl_bg": (P,), "entropy_fg" or "kl_fg": (P,)[, "ce_raw": (P,)]}``; see the
-    module docstring (``ce_raw`` when ``raw_logits`` is given)."""
+    """``{"loss": (), "episode": (P,) each episode's weighted loss, "kl_bg": (P,), "entropy_fg" or
+    "kl_fg": (P,)[, "ce_raw": (P,)]}``; see the module docstring (``ce_raw`` when ``raw_logits`` is
+    given)."""
     if fg_logits.dim() != 3 or bg_logits.dim() != 3 or fg_logits.shape[::2] != bg_logits.shape[::2]:
         raise ValueError(
             f"fg_logits (P, Vf, C) and bg_logits (P, Vb, C) must agree on P and C; got "
@@ -95,4 +96,4 @@ def seraser_objective(
         ce_raw = foreground_label_ce(raw_logits, fg_logits)
         episode = episode + lambda_label * ce_raw
         out["ce_raw"] = ce_raw.detach()
-    return {"loss": episode.sum(), **out}
+    return {"loss": episode.sum(), "episode": episode.detach(), **out}
