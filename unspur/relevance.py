@@ -15,7 +15,11 @@ forward with hooks, then the AttnLRP rules (LN rule, identity rule, softmax rule
 the attention matmuls, LRP-epsilon elsewhere) as an explicit backward from the target logit to the
 tokens entering the first block; Phi is the patch tokens' signed relevance, reshaped, upsampled and
 min-max normalised as above. It stays differentiable: a loss on Phi trains through the rule
-backward (second order, as a double backward).
+backward (second order, as a double backward). Its sign matters to CFT: min-max of the *signed*
+relevance puts the most negative evidence at Phi = 0, so CFT's background term is met by making the
+background count strongly *against* the other classes - still a shortcut, and CFT on signed AttnLRP
+makes it grow (benchmarks/README.md "AttnLRP against rollout"). ``attnlrp_abs`` maps the magnitude
+|R| (Phi near 0: not used for or against the class), ``attnlrp_pos`` the positive part max(R, 0).
 It is not taken from ``lxt``: lxt 2.1 does not import next to transformers 5.x (``lxt.efficient``
 imports ``find_pruneable_heads_and_indices``, ``lxt.explicit.core`` imports
 ``transformers.utils.fx``; both are gone) and ships rule maps only for Hugging Face models and
@@ -33,7 +37,17 @@ from torch import nn
 from unspur.attnlrp import token_relevance
 from unspur.models.attention import capture_attention, num_prefix_tokens, patch_grid, unwrap
 
-__all__ = ["RELEVANCE", "attnlrp", "minmax", "relevance_map", "rollout", "rollout_from_attention", "upsample"]
+__all__ = [
+    "RELEVANCE",
+    "attnlrp",
+    "attnlrp_abs",
+    "attnlrp_pos",
+    "minmax",
+    "relevance_map",
+    "rollout",
+    "rollout_from_attention",
+    "upsample",
+]
 
 RelevanceFn = Callable[[nn.Module, torch.Tensor, torch.Tensor | None], tuple[torch.Tensor, torch.Tensor]]
 EPS = 1e-8
@@ -116,13 +130,30 @@ def _phi_from_tokens(model: nn.Module, patches: torch.Tensor, size: tuple[int, i
     return minmax(upsample(patches.reshape(-1, rows, cols), size))
 
 
-def attnlrp(model: nn.Module, images: torch.Tensor, target: torch.Tensor | None = None):
-    """AttnLRP. images (B, 3, H, W) -> (logits (B, K), phi (B, H, W)); see :mod:`unspur.attnlrp`."""
-    logits, tokens = token_relevance(model, images, target)
-    return logits, _phi_from_tokens(model, tokens[:, num_prefix_tokens(model) :], tuple(images.shape[-2:]))
+def _attnlrp_phi(sign: Callable[[torch.Tensor], torch.Tensor]) -> RelevanceFn:
+    def fn(model: nn.Module, images: torch.Tensor, target: torch.Tensor | None = None):
+        logits, tokens = token_relevance(model, images, target)
+        patches = sign(tokens[:, num_prefix_tokens(model) :])
+        return logits, _phi_from_tokens(model, patches, tuple(images.shape[-2:]))
+
+    return fn
 
 
-RELEVANCE: dict[str, RelevanceFn] = {"rollout": rollout, "attnlrp": attnlrp}
+#: AttnLRP, signed relevance min-max normalised: the lowest Phi is the most *negative* evidence
+attnlrp = _attnlrp_phi(lambda r: r)
+attnlrp.__doc__ = "AttnLRP. images (B, 3, H, W) -> (logits (B, K), phi (B, H, W)); see :mod:`unspur.attnlrp`."
+#: AttnLRP's magnitude |R|: Phi near 0 means "not used" for or against the class
+attnlrp_abs = _attnlrp_phi(torch.abs)
+#: AttnLRP's positive part max(R, 0): evidence for the class only
+attnlrp_pos = _attnlrp_phi(lambda r: r.clamp(min=0))
+
+
+RELEVANCE: dict[str, RelevanceFn] = {
+    "rollout": rollout,
+    "attnlrp": attnlrp,
+    "attnlrp_abs": attnlrp_abs,
+    "attnlrp_pos": attnlrp_pos,
+}
 
 
 def relevance_map(

@@ -225,6 +225,25 @@ def test_matches_the_slow_per_layer_reference_values_and_gradients(variant: str,
         assert f.abs().sum() > 0
 
 
+def test_the_sign_variants_map_magnitude_and_positive_part() -> None:
+    """``attnlrp_abs`` / ``attnlrp_pos`` min-max |R| / max(R, 0) of the same patch relevances."""
+    model = _model()
+    images = _images()
+    _, tokens = token_relevance(model, images)
+    patches = tokens[:, 1:].reshape(-1, 4, 4)
+    assert (patches < 0).any() and (patches > 0).any()  # signed, so the three maps differ
+    for method, expected in (
+        ("attnlrp", patches),
+        ("attnlrp_abs", patches.abs()),
+        ("attnlrp_pos", patches.clamp(min=0)),
+    ):
+        _, phi = relevance_map(model, images, method=method)
+        torch.testing.assert_close(phi, minmax(upsample(expected, (32, 32))))
+    _, signed = relevance_map(model, images, method="attnlrp")
+    _, magnitude = relevance_map(model, images, method="attnlrp_abs")
+    assert not torch.allclose(signed, magnitude)
+
+
 def test_training_logits_carry_the_true_gradient() -> None:
     """The classification term must not be trained through the rule-modified backward."""
     model = _model()

@@ -15,7 +15,12 @@ HEADLINE = (("acc", "avg acc"), ("wga", "wga (worst-group acc)"), ("align_mass_i
 
 
 #: how the report names a relevance method (``evaluate.relevance``)
-_METHOD_NAMES = {"rollout": "gradient-weighted attention rollout", "attnlrp": "AttnLRP"}
+_METHOD_NAMES = {
+    "rollout": "gradient-weighted attention rollout",
+    "attnlrp": "AttnLRP (signed)",
+    "attnlrp_abs": "AttnLRP (magnitude)",
+    "attnlrp_pos": "AttnLRP (positive part)",
+}
 
 
 def _fmt(value: Any) -> str:
