@@ -569,3 +569,18 @@ def test_a_promotion_sweep_whose_driver_is_killed_resumes_its_trials_once_each(t
     drill.update({"started": started, "adopted": adopted, "trial_epochs": int(table["epochs"].sum())})
     drill["statuses"] = sorted(table["status"])
     print("promotion sweep drill:", json.dumps(drill))
+
+
+def test_the_relevance_space_trains_one_trial_per_map_and_keeps_the_better_on_val(
+    ray_local, tmp_path: Path
+) -> None:
+    """``tune_spaces/cft_relevance.yaml``: rollout and AttnLRP's magnitude, chosen by val wga."""
+    changes = {"run.select": "best_wga", "run.eval_every": 1, "train.params": "qk"}
+    path = _config(tmp_path, Path("cft_relevance"), finetune=changes)
+    summary = sweep.run(load_config(SweepConfig, path, [f"out={tmp_path / 'out'}"]))
+    assert summary["trials"] == 2 and summary["failed"] == 0
+    table = pd.read_csv(tmp_path / "out" / "trials.csv")
+    assert sorted(table["relevance"]) == ["attnlrp_abs", "rollout"]
+    assert summary["best"]["val_wga"] == table["val_wga"].max()
+    exported = load_config(FinetuneConfig, summary["best_config"])
+    assert exported.relevance == summary["best"]["params"]["relevance"]
