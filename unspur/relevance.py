@@ -130,22 +130,26 @@ def _phi_from_tokens(model: nn.Module, patches: torch.Tensor, size: tuple[int, i
     return minmax(upsample(patches.reshape(-1, rows, cols), size))
 
 
-def _attnlrp_phi(sign: Callable[[torch.Tensor], torch.Tensor]) -> RelevanceFn:
-    def fn(model: nn.Module, images: torch.Tensor, target: torch.Tensor | None = None):
-        logits, tokens = token_relevance(model, images, target)
-        patches = sign(tokens[:, num_prefix_tokens(model) :])
-        return logits, _phi_from_tokens(model, patches, tuple(images.shape[-2:]))
-
-    return fn
+def _attnlrp(model: nn.Module, images: torch.Tensor, target: torch.Tensor | None, sign: Callable):
+    logits, tokens = token_relevance(model, images, target)
+    patches = sign(tokens[:, num_prefix_tokens(model) :])
+    return logits, _phi_from_tokens(model, patches, tuple(images.shape[-2:]))
 
 
-#: AttnLRP, signed relevance min-max normalised: the lowest Phi is the most *negative* evidence
-attnlrp = _attnlrp_phi(lambda r: r)
-attnlrp.__doc__ = "AttnLRP. images (B, 3, H, W) -> (logits (B, K), phi (B, H, W)); see :mod:`unspur.attnlrp`."
-#: AttnLRP's magnitude |R|: Phi near 0 means "not used" for or against the class
-attnlrp_abs = _attnlrp_phi(torch.abs)
-#: AttnLRP's positive part max(R, 0): evidence for the class only
-attnlrp_pos = _attnlrp_phi(lambda r: r.clamp(min=0))
+def attnlrp(model: nn.Module, images: torch.Tensor, target: torch.Tensor | None = None):
+    """AttnLRP, signed. images (B, 3, H, W) -> (logits (B, K), phi (B, H, W)); the lowest Phi is the
+    most *negative* evidence; see :mod:`unspur.attnlrp`."""
+    return _attnlrp(model, images, target, lambda r: r)
+
+
+def attnlrp_abs(model: nn.Module, images: torch.Tensor, target: torch.Tensor | None = None):
+    """AttnLRP's magnitude |R|, as :func:`attnlrp`: Phi near 0 means not used for or against the class."""
+    return _attnlrp(model, images, target, torch.abs)
+
+
+def attnlrp_pos(model: nn.Module, images: torch.Tensor, target: torch.Tensor | None = None):
+    """AttnLRP's positive part max(R, 0), as :func:`attnlrp`: evidence for the class only."""
+    return _attnlrp(model, images, target, lambda r: r.clamp(min=0))
 
 
 RELEVANCE: dict[str, RelevanceFn] = {
