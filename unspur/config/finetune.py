@@ -103,7 +103,9 @@ class FinetuneDataConfig(StrictModel):
     ``spurious``: StarFT's spurious captions (:class:`SpuriousCaptionConfig`). ``regions``: the
     region flags of ``unspur discover`` (``flags.parquet``), read by losses whose batch holds
     region views (``ravl``); ``region_view``: how a region is shown to the model, ``crop`` (its box
-    cut out and resized to the input) or ``in_place`` (the whole image, zero outside the box).
+    cut out and resized to the input) or ``in_place`` (the whole image, zero outside the box);
+    ``region_paste``: also show each train image without a spurious region with one pasted in from
+    another image (RaVL's counterfactual views, ``unspur.losses.ravl``).
     """
 
     images: list[str] | None = None
@@ -117,6 +119,7 @@ class FinetuneDataConfig(StrictModel):
     spurious: SpuriousCaptionConfig = Field(default_factory=SpuriousCaptionConfig)
     regions: str | None = None
     region_view: Literal["crop", "in_place"] = "crop"
+    region_paste: bool = False
 
     @model_validator(mode="after")
     def _check(self) -> FinetuneDataConfig:
@@ -200,6 +203,15 @@ class FinetuneConfig(StrictModel):
             raise ValueError(
                 f"loss {self.loss.name!r} reads region flags: set data.regions to the flags.parquet of "
                 "`unspur discover`"
+            )
+        if self.data.region_paste and (
+            "pasted" not in LOSSES[self.loss.name].batch_keys
+            or getattr(self.loss, "push", None) != "contribution"
+        ):
+            raise ValueError(
+                f"data.region_paste makes counterfactual views that only loss ravl with push: contribution "
+                f"reads; loss {self.loss.name!r} (push {getattr(self.loss, 'push', None)!r}) would ignore them: "
+                "drop data.region_paste or set loss.push=contribution"
             )
         needs_masks = LOSSES[self.loss.name].needs_relevance
         if needs_masks and self.data.masks is None and self.data.spuriousworld is None:

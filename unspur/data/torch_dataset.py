@@ -37,23 +37,21 @@ __all__ = [
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 _ASPECT_TOL = 0.02
-#: what an item can hold besides image_id and group
-FIELDS = (
-    "image",
-    "label",
-    "mask",
-    "has_mask",
-    "tokens",
-    "spurious_tokens",
+#: the region entries (RaVL's region-aware loss); they need ``region_flags``
+REGION_FIELDS = (
     "regions",
     "region_spurious",
     "region_tied",
     "region_valid",
     "erased",
     "erased_tied",
+    "pasted",
+    "pasted_tied",
 )
-#: the region entries (RaVL's region-aware loss); they need ``region_flags``
-REGION_FIELDS = ("regions", "region_spurious", "region_tied", "region_valid", "erased", "erased_tied")
+#: what an item can hold besides image_id and group
+FIELDS = ("image", "label", "mask", "has_mask", "tokens", "spurious_tokens", *REGION_FIELDS)
+#: donors tried per image for a pasted view before it goes without one
+_PASTE_TRIES = 8
 #: what it holds unless asked otherwise (no caption tokens)
 DEFAULT_FIELDS = ("image", "label", "mask", "has_mask")
 
@@ -123,7 +121,13 @@ class ImageMaskDataset(Dataset):
     most regions any image has, shorter lists padded with zero views that are not valid;
     ``erased`` (3, S, S) the image with every spurious region's box zeroed (flipped with the image)
     and ``erased_tied`` () int64 the class its spurious regions are tied to (-1: none, then
-    ``erased`` is the image).
+    ``erased`` is the image). With ``region_paste`` an image without a spurious region gets a
+    counterfactual: ``pasted`` (3, S, S) the image with the pixels of a spurious region of
+    another image of the table (the donor, drawn with torch's RNG like the flip) copied in at the
+    donor's box, where the box overlaps none of the image's own flagged regions (up to
+    8 donors are tried), and ``pasted_tied`` () int64 the donor region's tied class (-1 when
+    ``region_paste`` is off, the image has no flags or a spurious region of its own, or no donor
+    fits; then ``pasted`` is zeros).
     """
 
     def __init__(
@@ -141,6 +145,7 @@ class ImageMaskDataset(Dataset):
         spurious_templates: Sequence[str] | None = None,
         region_flags: Any = None,
         region_view: str = "crop",
+        region_paste: bool = False,
     ) -> None:
         if img_size <= 0:
             raise ValueError(f"img_size must be > 0, got {img_size}")
@@ -192,6 +197,15 @@ class ImageMaskDataset(Dataset):
         self._error_ids: set[str] = set()
         self._regions, self.max_regions = _region_rows(region_flags)
         self.region_view = region_view
+        self.region_paste = region_paste
+        index_of = {str(r["image_id"]): i for i, r in enumerate(self.rows)}
+        self._donors = [  # (row index, box, tied class) of every spurious region of this table
+            (index_of[image_id], box, tied)
+            for image_id, regions in sorted(self._regions.items())
+            if image_id in index_of
+            for box, is_spurious, tied in regions
+            if is_spurious and tied >= 0
+        ]
         self._sizes: dict[int, tuple[int, int]] = {}  # stored image size, to scale region boxes
 
     def spurious_caption(self, index: int) -> str:
@@ -261,23 +275,14 @@ class ImageMaskDataset(Dataset):
         from unspur.regions import Region, region_tensor
 
         r_max = max(self.max_regions, 1)
+        own = self._regions.get(str(self.rows[index]["image_id"]), [])
         crops = torch.zeros(r_max, 3, self.img_size, self.img_size)
         spurious, tied = torch.zeros(r_max, dtype=torch.bool), torch.full((r_max,), -1, dtype=torch.int64)
         valid = torch.zeros(r_max, dtype=torch.bool)
         erased, erased_tied = image.copy(), -1
-        h, w = self._sizes.get(index, image.shape[:2])
-        sx, sy = self.img_size / w, self.img_size / h
         mean, std = self.mean.flatten().tolist(), self.std.flatten().tolist()
-        for r, (box, is_spurious, tied_class) in enumerate(
-            self._regions.get(str(self.rows[index]["image_id"]), [])
-        ):
-            x0, y0, x1, y1 = box
-            scaled = (
-                int(x0 * sx),
-                int(y0 * sy),
-                max(int(x0 * sx) + 1, round(x1 * sx)),
-                max(int(y0 * sy) + 1, round(y1 * sy)),
-            )
+        for r, (box, is_spurious, tied_class) in enumerate(own):
+            scaled = self._scaled(index, box, image.shape[:2])
             if self.region_view == "in_place":  # the whole image, zero outside the box
                 inside = np.zeros(image.shape[:2], dtype=bool)
                 inside[scaled[1] : scaled[3], scaled[0] : scaled[2]] = True
@@ -290,6 +295,12 @@ class ImageMaskDataset(Dataset):
                 erased[scaled[1] : scaled[3], scaled[0] : scaled[2]] = 0
                 erased_tied = tied_class if erased_tied < 0 else erased_tied
         erased_pixels = torch.from_numpy(erased).permute(2, 0, 1).float() / 255.0  # already S x S
+        pasted, pasted_tied = torch.zeros(3, self.img_size, self.img_size), -1
+        if self.region_paste and own and not any(is_spurious for _, is_spurious, _ in own):
+            found = self._paste(image, [self._scaled(index, b, image.shape[:2]) for b, _, _ in own])
+            if found is not None:
+                pixels, pasted_tied = found
+                pasted = (torch.from_numpy(pixels).permute(2, 0, 1).float() / 255.0 - self.mean) / self.std
         return {
             "regions": crops,
             "region_spurious": spurious,
@@ -297,7 +308,37 @@ class ImageMaskDataset(Dataset):
             "region_valid": valid,
             "erased": (erased_pixels - self.mean) / self.std,
             "erased_tied": torch.tensor(erased_tied, dtype=torch.int64),
+            "pasted": pasted,
+            "pasted_tied": torch.tensor(pasted_tied, dtype=torch.int64),
         }
+
+    def _scaled(self, index: int, box: Sequence[int], shape: tuple[int, ...]) -> tuple[int, int, int, int]:
+        """Region ``box`` of row ``index`` (stored image pixels) in the S x S item's pixels."""
+        h, w = self._sizes.get(index, shape[:2])
+        sx, sy = self.img_size / w, self.img_size / h
+        x0, y0, x1, y1 = box
+        return (
+            int(x0 * sx),
+            int(y0 * sy),
+            max(int(x0 * sx) + 1, round(x1 * sx)),
+            max(int(y0 * sy) + 1, round(y1 * sy)),
+        )
+
+    def _paste(
+        self, image: np.ndarray, own: list[tuple[int, int, int, int]]
+    ) -> tuple[np.ndarray, int] | None:
+        """(image with a donor's spurious region pasted in, its tied class), or None when none of
+        the donors tried has a box clear of ``own`` (the image's regions, item pixels)."""
+        for _ in range(min(_PASTE_TRIES, len(self._donors))):  # the image itself is no donor
+            donor, box, tied = self._donors[int(torch.randint(len(self._donors), ()))]
+            donor_image = self._load(donor)[0]
+            x0, y0, x1, y1 = self._scaled(donor, box, donor_image.shape[:2])
+            if any(x0 < b[2] and b[0] < x1 and y0 < b[3] and b[1] < y1 for b in own):
+                continue
+            out = image.copy()
+            out[y0:y1, x0:x1] = donor_image[y0:y1, x0:x1]
+            return out, tied
+        return None
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         image, mask, has_mask = self._load(index)
@@ -325,6 +366,7 @@ class ImageMaskDataset(Dataset):
             item.update(self._region_items(index, image))
             if flipped:
                 item["erased"] = item["erased"].flip(-1)
+                item["pasted"] = item["pasted"].flip(-1)
         return {k: v for k, v in item.items() if k in self.fields or k in ("group", "image_id", "view_id")}
 
 

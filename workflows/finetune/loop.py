@@ -117,6 +117,7 @@ def datasets(
         spurious_templates=templates,
         region_flags=pd.read_parquet(cfg.data.regions) if "regions" in fields else None,
         region_view=cfg.data.region_view,
+        region_paste=cfg.data.region_paste,
         **norm,
     )
     return (

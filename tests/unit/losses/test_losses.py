@@ -137,6 +137,7 @@ def test_registry_contract(name: str) -> None:
         "region_tied": torch.tensor([[0, -1]] * 4),
         "region_valid": torch.ones(4, 2, dtype=torch.bool),
         "erased_tied": torch.tensor([0, -1, 1, 2]),
+        "pasted_tied": torch.tensor([-1, 0, -1, -1]),
         "epoch": 0,
         "epochs": 2,
     }

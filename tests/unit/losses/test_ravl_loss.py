@@ -70,6 +70,7 @@ def test_total_is_flyp_plus_weighted_terms_and_gradients_reach_regions():
         "region_tied": torch.tensor([[0, -1]] * 3),
         "region_valid": torch.ones(3, 2, dtype=torch.bool),
         "erased_tied": torch.tensor([0, -1, 1]),
+        "pasted_tied": torch.tensor([-1, -1, -1]),
     }
     outputs = {
         "image_features": image,
@@ -78,6 +79,7 @@ def test_total_is_flyp_plus_weighted_terms_and_gradients_reach_regions():
         "region_features": regions,
         "class_text_features": heads,
         "erased_features": norm(torch.randn(3, 4), dim=1),
+        "pasted_features": norm(torch.randn(3, 4), dim=1),
     }
     out = LOSSES["ravl"](outputs, batch, cfg)
     pull, push = region_terms(
@@ -119,3 +121,41 @@ def test_contribution_push_by_hand():
 def test_bad_shapes_are_refused():
     with pytest.raises(ValueError, match=r"\(B, R, D\)"):
         region_terms(torch.ones(2, 4), TEXT, 1.0, torch.tensor([0, 1]), *_flags([[True]], [[0]]))
+
+
+def test_contribution_push_covers_pasted_views_against_the_detached_image():
+    # image 0: natural pair as in the test above (region adds 1 - 1/sqrt 2 to class 0); image 2
+    # has no spurious region but a pasted view tied to class 1 that adds 1 to class 1's
+    # similarity; image 1's pasted view lowers class 0's similarity -> 0; both hinge terms share
+    # one mean over the three pairs
+    r = 1 / math.sqrt(2)
+    image = torch.tensor([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0]], requires_grad=True)
+    erased = torch.tensor([[r, r], [r, r], [1.0, 0.0]])
+    pasted = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0]], requires_grad=True)
+    push = contribution_push(
+        image, erased, TEXT, 3.0, torch.tensor([0, -1, -1]), pasted, torch.tensor([-1, 0, 1])
+    )
+    assert push.item() == pytest.approx((3.0 * (1 - r) + 0.0 + 3.0 * 1.0) / 3, rel=1e-6)
+    push.backward()
+    assert image.grad[2].abs().sum() == 0  # the clean image is the pasted view's fixed reference
+    assert pasted.grad[2].abs().sum() > 0 and pasted.grad[0].abs().sum() == 0
+    none = contribution_push(image, erased, TEXT, 3.0, torch.tensor([-1] * 3), pasted, torch.tensor([-1] * 3))
+    assert none.item() == 0.0
+
+
+def test_pasted_views_are_refused_where_no_loss_reads_them():
+    from unspur.config import ConfigError, FinetuneConfig, load_config
+
+    ravl = [
+        "loss.name=ravl",
+        "data.images=[t.parquet]",
+        "data.regions=flags.parquet",
+        "data.region_paste=true",
+    ]
+    assert load_config(FinetuneConfig, None, ravl).data.region_paste
+    with pytest.raises(ConfigError, match="would ignore them"):
+        load_config(FinetuneConfig, None, [*ravl, "loss.push=probability"])
+    with pytest.raises(ConfigError, match="would ignore them"):
+        load_config(
+            FinetuneConfig, None, ["loss.name=flyp", "data.images=[t.parquet]", "data.region_paste=true"]
+        )

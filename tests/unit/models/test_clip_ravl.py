@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader
 
 from unspur.config import ClipModelConfig, DigitsGridConfig
 from unspur.data.digits_grid import DIGIT_NAMES, sample_rows
-from unspur.data.torch_dataset import ImageMaskDataset
+from unspur.data.torch_dataset import REGION_FIELDS, ImageMaskDataset
 from unspur.losses import LOSSES, RavlLossConfig
 from unspur.models.families import get_family, input_norm
 from unspur.regions import grid_boxes
@@ -106,3 +106,62 @@ def test_in_place_region_view_is_the_image_zeroed_outside_the_box():
         outside = torch.ones(32, 32, dtype=torch.bool)
         outside[y0:y1, x0:x1] = False
         assert torch.allclose(view[:, outside], black.expand(3, int(outside.sum())), atol=1e-6)
+
+
+def test_pasted_view_carries_a_donor_region_clear_of_the_image_and_encodes_as_that_view():
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    rows = [sample_rows(GRID, "train", i)[0] for i in range(4)]
+    boxes = grid_boxes(32, 32, 2)
+    donor = next(r for r in rows if r["has_marker"])
+    receivers = [r for r in rows if not r["has_marker"]]
+    assert receivers, "the grid draw must hold an image without the marker"
+
+    def flag(r, q, spurious):
+        return {
+            "image_id": r["image_id"],
+            "region_id": q,
+            "box": list(boxes[q]),
+            "spurious": spurious,
+            "tied_class": 1 if spurious else -1,
+        }
+
+    flags = [flag(donor, donor["marker_region"], True), flag(donor, donor["digit_region"], False)]
+    for r in receivers:  # each receiver lists its digit's quadrant
+        flags.append(flag(r, r["digit_region"], False))
+    table = pd.DataFrame(rows)
+    kwargs = {"fields": ("image", "label", *REGION_FIELDS), "region_flags": pd.DataFrame(flags)}
+    ds = ImageMaskDataset(table, None, 32, region_paste=True, **kwargs)
+    off = ImageMaskDataset(table, None, 32, **kwargs)
+    x0, y0, x1, y1 = boxes[donor["marker_region"]]
+    donor_item = ds[table.index[table["image_id"] == donor["image_id"]][0]]
+    assert donor_item["pasted_tied"].item() == -1  # it has a spurious region of its own
+    for r in receivers:
+        index = table.index[table["image_id"] == r["image_id"]][0]
+        item = ds[index]
+        assert off[index]["pasted_tied"].item() == -1 and not off[index]["pasted"].any()
+        if r["digit_region"] == donor["marker_region"]:  # the donor's box would cover the digit
+            assert item["pasted_tied"].item() == -1
+            continue
+        assert item["pasted_tied"].item() == 1
+        pasted, image = item["pasted"], item["image"]
+        assert torch.allclose(pasted[:, y0:y1, x0:x1], donor_item["image"][:, y0:y1, x0:x1], atol=1e-6)
+        outside = torch.ones(32, 32, dtype=torch.bool)
+        outside[y0:y1, x0:x1] = False
+        assert torch.allclose(pasted[:, outside], image[:, outside], atol=1e-6)
+
+    cfg = ClipModelConfig(img_size=32, classes=[DIGIT_NAMES[d] for d in GRID.digits])
+    family = get_family("clip")
+    model = family.build(cfg).eval()
+    batch = {
+        "image": torch.stack([ds[i]["image"] for i in range(4)]),
+        "pasted": torch.stack([ds[i]["pasted"] for i in range(4)]),
+        "pasted_tied": torch.tensor([ds[i]["pasted_tied"].item() for i in range(4)]),
+    }
+    with torch.no_grad():
+        out = family.forward(model, batch, frozenset({"image_features", "pasted_features"}))
+        alone = family.forward(model, {"image": batch["pasted"]}, frozenset({"image_features"}))
+    has = batch["pasted_tied"] >= 0
+    assert has.any()
+    assert torch.allclose(out["pasted_features"][has], alone["image_features"][has], atol=1e-5)
+    assert torch.allclose(out["pasted_features"][~has], out["image_features"][~has], atol=1e-6)

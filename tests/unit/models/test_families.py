@@ -51,6 +51,8 @@ def _clip_batches() -> list[dict[str, Any]]:
             "spurious_tokens": tokens.flip(0),
             "regions": batch["image"][:, None].flip(-1),
             "erased": batch["image"].flip(-2),
+            "pasted": batch["image"].flip(-1).flip(-2),
+            "pasted_tied": (torch.arange(len(batch["image"])) % 2) - 1,  # every other row: class 0
         }
         for batch in _timm_batches()
     ]

@@ -14,6 +14,10 @@ Outputs of :meth:`ClipFamily.forward` (B = batch size, D = the embedding width):
   (B, R, 3, S, S), each image's region crops (RaVL), encoded in the same image forward;
 - ``erased_features`` (B, D): L2-normalised image embeddings of ``batch["erased"]`` (B, 3, S, S),
   each image with its spurious regions zeroed (RaVL), in the same image forward;
+- ``pasted_features`` (B, D): L2-normalised image embeddings of ``batch["pasted"]`` (B, 3, S, S),
+  the counterfactual views with a donor's spurious region pasted in (RaVL), for the rows with
+  ``batch["pasted_tied"] >= 0`` only (the others hold the row's ``image_features``), in the same
+  image forward;
 - ``class_text_features`` (C, D): the zero-shot head (as for ``logits``) with gradient;
 - ``teacher_image_features``, ``teacher_spurious_text_features`` (B, D) and
   ``teacher_logit_scale`` (): the same from the frozen initial model (``base_model``), no grad.
@@ -215,6 +219,7 @@ class ClipFamily:
             "spurious_text_features",
             "region_features",
             "erased_features",
+            "pasted_features",
             "class_text_features",
             *TEACHER_OUTPUTS,
         }
@@ -275,7 +280,7 @@ class ClipFamily:
         n_captions = sum(len(t) for t in text)
         if needs & {"logits", "class_text_features"}:
             text.append(unwrap(model).zero_shot.prompt_tokens().to(batch["image"].device))
-        image_outputs = {"image_features", "logits", "region_features", "erased_features"}
+        image_outputs = {"image_features", "logits", "region_features", "erased_features", "pasted_features"}
         images = batch["image"] if needs & image_outputs else None
         n_images = 0 if images is None else len(images)
         extra: dict[str, torch.Tensor] = {}  # regions and erased images ride in the same image forward
@@ -284,6 +289,9 @@ class ClipFamily:
             extra["region_features"] = regions.flatten(0, 1)
         if "erased_features" in needs:
             extra["erased_features"] = _tokens(batch, "erased", "erased_features")
+        if "pasted_features" in needs:  # only the rows that have a counterfactual view
+            pasted_rows = _tokens(batch, "pasted_tied", "pasted_features") >= 0
+            extra["pasted_features"] = _tokens(batch, "pasted", "pasted_features")[pasted_rows]
         if extra:
             images = torch.cat([images, *extra.values()])
         distinct, inverse = None, None
@@ -298,7 +306,11 @@ class ClipFamily:
         start = n_images
         for output, pixels in extra.items():
             features = res["image_features"][start : start + len(pixels)]
-            out[output] = features.view(*regions.shape[:2], -1) if output == "region_features" else features
+            if output == "region_features":
+                features = features.view(*regions.shape[:2], -1)
+            elif output == "pasted_features":
+                features = res["image_features"][:n_images].clone().index_put((pasted_rows,), features)
+            out[output] = features
             start += len(pixels)
         for output, span in spans.items():
             out[output] = res["text_features"][span]
