@@ -30,9 +30,11 @@ push in one of two forms (``push``):
   with a donor's spurious region pasted in, ``batch["pasted"]``, embedding g_j, tied class t_j)
   the same hinge covers them, the pasted view against the image itself, over I and P together:
   L_push = (1 / (|I| + |P|)) [sum_{i in I} max(0, s (f_i - e_i) . T[t_i])
-                              + sum_{j in P} max(0, s (g_j - f_j) . T[t_j])].
-  f_j is a fixed reference there (detached): the term lowers the pasted view's similarity to t_j
-  and never raises the clean image's. Where the correlation is strong, images of other classes that carry the spurious region are
+                              + sum_{j in P} max(0, s (g_j - f_j) . d_j)]
+  with d_j = T[t_j] (``paste_target: tied``: the pasted region must not raise the similarity to
+  the tied class) or d_j = T[t_j] - T[y_j] (``margin``: it must not move the image from its own
+  class y_j toward the tied one). f_j is a fixed reference there (detached): the term moves the
+  pasted view, never the clean image. Where the correlation is strong, images of other classes that carry the spurious region are
   rare (1% of digits-grid's train split at V = 0.9), so I holds almost only images whose own
   class is the tied one; P shows the region on every class.
   Measured on digits-grid: the red rectangle alone (crop or in place) scores digit 0 at
@@ -109,17 +111,20 @@ def contribution_push(
     tied: torch.Tensor,
     pasted_features: torch.Tensor | None = None,
     pasted_tied: torch.Tensor | None = None,
+    labels: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """L_push of the ``contribution`` form (module docstring): image_features, erased_features,
     pasted_features (B, D) and class_text_features (C, D) L2-normalised, tied (B,) int (-1: the
-    image has no spurious region), pasted_tied (B,) int (-1: no counterfactual view)."""
-    pairs = [(image_features, erased_features, tied)]
+    image has no spurious region), pasted_tied (B,) int (-1: no counterfactual view); with
+    ``labels`` (B,) the pasted views' direction is the margin T[t] - T[y], else T[t]."""
+    has = tied >= 0
+    gains = [((image_features[has] - erased_features[has]) * class_text_features[tied[has]]).sum(-1)]
     if pasted_features is not None and pasted_tied is not None:
-        pairs.append((pasted_features, image_features.detach(), pasted_tied))
-    gains = [
-        ((with_[tied_ >= 0] - without[tied_ >= 0]) * class_text_features[tied_[tied_ >= 0]]).sum(-1)
-        for with_, without, tied_ in pairs
-    ]
+        has = pasted_tied >= 0
+        direction = class_text_features[pasted_tied[has]]
+        if labels is not None:
+            direction = direction - class_text_features[labels[has]]
+        gains.append(((pasted_features[has] - image_features[has].detach()) * direction).sum(-1))
     gain = torch.cat(gains)
     if not len(gain):
         return image_features.new_zeros(())
@@ -144,13 +149,16 @@ def ravl_inputs(outputs: Outputs, batch: Batch) -> dict[str, Any]:
 
 class RavlLossConfig(LossConfig):
     """``loss.name: ravl``: FLYP + ``lambda_pull`` L_pull + ``lambda_push`` L_push (module docstring);
-    ``push``: ``contribution`` (in context) or ``probability`` (the region alone); ``scale``: the
+    ``push``: ``contribution`` (in context) or ``probability`` (the region alone);
+    ``paste_target``: what a pasted region must not raise, the tied class or its margin over the
+    image's own class (counterfactual views, ``data.region_paste``); ``scale``: the
     temperature of the region logits (None = the model's logit scale)."""
 
     name: Literal["ravl"] = "ravl"
     lambda_pull: float = Field(1.0, ge=0)
     lambda_push: float = Field(1.0, ge=0)
     push: Literal["contribution", "probability"] = "contribution"
+    paste_target: Literal["tied", "margin"] = "tied"
     scale: float | None = Field(None, gt=0, description="None = the model's exp'd logit scale")
 
 
@@ -195,6 +203,7 @@ def ravl_loss(
             erased_tied.long(),
             pasted_features,
             None if pasted_tied is None else pasted_tied.long(),
+            labels.long() if cfg.paste_target == "margin" else None,
         )
     loss = (
         contrastive

@@ -159,3 +159,15 @@ def test_pasted_views_are_refused_where_no_loss_reads_them():
         load_config(
             FinetuneConfig, None, ["loss.name=flyp", "data.images=[t.parquet]", "data.region_paste=true"]
         )
+
+
+def test_margin_target_measures_the_pasted_region_against_the_image_own_class():
+    # one image of class 1 (text along y) with a pasted view tied to class 0 (along x): the view
+    # moves the embedding by (+0.5, -0.5), raising class 0 by 0.5 and lowering class 1 by 0.5
+    image = torch.tensor([[0.0, 1.0]])
+    pasted = torch.tensor([[0.5, 0.5]])
+    args = (image, image, TEXT, 2.0, torch.tensor([-1]), pasted, torch.tensor([0]))
+    assert contribution_push(*args).item() == pytest.approx(2.0 * 0.5)
+    assert contribution_push(*args, torch.tensor([1])).item() == pytest.approx(2.0 * (0.5 + 0.5))
+    cfg = RavlLossConfig(paste_target="margin")
+    assert cfg.paste_target == "margin" and RavlLossConfig().paste_target == "tied"
