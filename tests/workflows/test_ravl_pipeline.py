@@ -35,7 +35,12 @@ def test_demo_ravl_runs_every_stage(tmp_path: Path, ray_local, monkeypatch) -> N
     flyp, ravl = stages["flyp"].config, stages["ravl"].config
     # RaVL is FLYP's run with another loss: same start, model and optimisation
     assert ravl.init_from == flyp.init_from and ravl.train == flyp.train and ravl.model == flyp.model
-    assert ravl.loss.name == "ravl" and ravl.data.region_view == "in_place"
+    assert (
+        ravl.loss.name == "ravl"
+        and ravl.data.region_view == "in_place"
+        and ravl.data.region_paste
+        and ravl.loss.paste_target == "margin"
+    )
     regions = pd.read_parquet(out / "regions" / "regions.parquet")
     cells = regions[regions["kind"] == "region"]
     assert 0 < cells.groupby("image_id").size().max() <= 2  # digit and rectangle; blank cells dropped
