@@ -281,8 +281,8 @@ class ImageMaskDataset(Dataset):
         valid = torch.zeros(r_max, dtype=torch.bool)
         erased, erased_tied = image.copy(), -1
         mean, std = self.mean.flatten().tolist(), self.std.flatten().tolist()
-        for r, (box, is_spurious, tied_class) in enumerate(own):
-            scaled = self._scaled(index, box, image.shape[:2])
+        boxes = [self._scaled(index, box, image.shape[:2]) for box, _, _ in own]
+        for r, (scaled, (_, is_spurious, tied_class)) in enumerate(zip(boxes, own, strict=True)):
             if self.region_view == "in_place":  # the whole image, zero outside the box
                 inside = np.zeros(image.shape[:2], dtype=bool)
                 inside[scaled[1] : scaled[3], scaled[0] : scaled[2]] = True
@@ -297,7 +297,7 @@ class ImageMaskDataset(Dataset):
         erased_pixels = torch.from_numpy(erased).permute(2, 0, 1).float() / 255.0  # already S x S
         pasted, pasted_tied = torch.zeros(3, self.img_size, self.img_size), -1
         if self.region_paste and own and not any(is_spurious for _, is_spurious, _ in own):
-            found = self._paste(image, [self._scaled(index, b, image.shape[:2]) for b, _, _ in own])
+            found = self._paste(image, boxes)
             if found is not None:
                 pixels, pasted_tied = found
                 pasted = (torch.from_numpy(pixels).permute(2, 0, 1).float() / 255.0 - self.mean) / self.std

@@ -34,8 +34,8 @@ push in one of two forms (``push``):
   with d_j = T[t_j] (``paste_target: tied``: the pasted region must not raise the similarity to
   the tied class) or d_j = T[t_j] - T[y_j] (``margin``: it must not move the image from its own
   class y_j toward the tied one). f_j is a fixed reference there (detached): the term moves the
-  pasted view, never the clean image. Where the correlation is strong, images of other classes that carry the spurious region are
-  rare (1% of digits-grid's train split at V = 0.9), so I holds almost only images whose own
+  pasted view, never the clean image. Where the correlation is strong, images of other classes
+  that carry the spurious region are rare (1% of digits-grid's train split at V = 0.9), so I holds almost only images whose own
   class is the tied one; P shows the region on every class.
   Measured on digits-grid: the red rectangle alone (crop or in place) scores digit 0 at
   p ~ 0.001-0.05, so the probability form has no gradient, while the rectangle next to a digit
