@@ -40,6 +40,15 @@ FILE`` appends each seed's CFT evaluations (val, and the eval split for analysis
 so the choice any selection rule makes on val can be replayed.
 
     python benchmarks/cft_effect.py --world-ids 1 --rho 0.985 --seed-ids 2 --cache bases --trace t.jsonl
+
+A choice made on validation: ``--space cft_relevance`` (a grid space of ``tune_spaces/``, or a
+path) runs CFT once per grid point from the same base and reports as "CFT" the point whose kept
+model has the highest val wga, as ``unspur sweep`` over that space picks its best trial (the seed
+line adds ``picked=`` and each point's ``val_wga``; the control uses the picked point's
+optimisation). The benchmark scores the kept models every ``run.eval_every`` epochs of the CFT
+config (5); a sweep evaluates every epoch.
+
+    python benchmarks/cft_effect.py --seeds 3 --world-ids 2,4 --rho 0.985 --space cft_relevance
 """
 
 from __future__ import annotations
@@ -65,6 +74,7 @@ from unspur.digest import config_digest
 from unspur.losses import get_loss
 from unspur.models import build_model
 from unspur.training import evaluate, fit, improves, seed_everything
+from unspur.tune_spaces import grid_points, load_space, validate_point
 
 KEYS = ("acc_base", "wga_base", "acc_cft", "wga_cft", "acc_control", "wga_control", "align_base", "align_cft")
 CURVE_KEYS = KEYS[:6]
@@ -84,7 +94,7 @@ def _loader(ds: ImageMaskDataset, batch_size: int, shuffle: bool) -> DataLoader:
     return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, drop_last=False)
 
 
-def _fit(model, ds, cfg: FinetuneConfig, loss_cfg, base_model, val_loader, trace=None) -> int:
+def _fit(model, ds, cfg: FinetuneConfig, loss_cfg, base_model, val_loader, trace=None) -> tuple[int, Any]:
     """``fit`` plus the config's ``run.select``, as ``unspur finetune`` applies it: the starting
     weights are scored on the validation split before the first epoch, then every ``eval_every``
     epochs the model is; an epoch replaces the weights kept so far when ``unspur.training.improves``
@@ -124,12 +134,12 @@ def _fit(model, ds, cfg: FinetuneConfig, loss_cfg, base_model, val_loader, trace
     )
     if "state" in best:
         model.load_state_dict(best["state"])
-    return int(best["epoch"])
+    return int(best["epoch"]), best.get("eval")
 
 
 def _finetune(
     model, sub, parts, cfg: FinetuneConfig, loss_cfg, base_model, img_size: int, val_loader, trace=None
-) -> int:
+) -> tuple[int, Any]:
     seed_everything(cfg.train.seed)
     ds = ImageMaskDataset(sub, parts, img_size, train_aug=cfg.train.augment)
     return _fit(model, ds, cfg, loss_cfg, base_model, val_loader, trace)
@@ -189,9 +199,15 @@ def run_seed(
     split: str,
     cache: Path | None = None,
     traced: bool = False,
+    candidates: list[tuple[str, FinetuneConfig]] | None = None,
 ) -> dict[str, Any]:
     """One seed: base, CFT, control -> the eight numbers of the last line (plus timings; with
-    ``traced`` the CFT run's evaluations as ``trace_cft``)."""
+    ``traced`` the CFT run's evaluations as ``trace_cft``).
+
+    ``candidates`` (label, CFT config) pairs: CFT runs once per candidate from the same base and
+    the candidate whose kept model has the highest val wga is "the" CFT run (the first on ties),
+    as a grid sweep of ``unspur sweep`` picks its trial; the control then uses the picked
+    candidate's optimisation. ``picked`` and ``trial_val_wga`` say which and why."""
     sw = base_cfg.data.spuriousworld.model_copy(update={"seed": seed})
     t0 = time.perf_counter()
     images, parts = generate_tables(sw, splits=tuple(dict.fromkeys(("train", "val", split))))
@@ -208,14 +224,23 @@ def run_seed(
         p.requires_grad_(False)
     fs = cft_cfg.fewshot
     sub = few_shot(train_rows, fs.per_class, fs.class_fraction, seed) if fs.enabled else train_rows
-    cft_cfg = cft_cfg.model_copy(update={"train": cft_cfg.train.model_copy(update={"seed": seed})})
-    cft_model, control = copy.deepcopy(base), copy.deepcopy(base)
+    trials = candidates or [("", cft_cfg)]
     t1 = time.perf_counter()
-    trace_rows: list[dict[str, float]] = []
-    trace = _tracer(trace_rows, cft_model, eval_loader) if traced else None
-    kept_cft = _finetune(cft_model, sub, parts, cft_cfg, cft_cfg.loss, frozen, size, val_loader, trace)
+    picked: dict[str, Any] = {}
+    for label, trial_cfg in trials:
+        trial_cfg = trial_cfg.model_copy(update={"train": trial_cfg.train.model_copy(update={"seed": seed})})
+        model = copy.deepcopy(base)
+        rows: list[dict[str, float]] = []
+        trace = _tracer(rows, model, eval_loader) if traced else None
+        kept, val = _finetune(model, sub, parts, trial_cfg, trial_cfg.loss, frozen, size, val_loader, trace)
+        trial = {"label": label, "cfg": trial_cfg, "model": model, "kept": kept, "val": val, "trace": rows}
+        picked.setdefault("trials", []).append(trial)
+        if "model" not in picked or (val is not None and val["wga"] > picked["val"]["wga"]):
+            picked.update({k: trial[k] for k in ("label", "cfg", "model", "kept", "val", "trace")})
     t_cft = time.perf_counter() - t1
-    kept_control = _finetune(control, sub, parts, cft_cfg, LossConfig(name="erm"), None, size, val_loader)
+    cft_cfg, cft_model, kept_cft, trace_rows = picked["cfg"], picked["model"], picked["kept"], picked["trace"]
+    control = copy.deepcopy(base)
+    kept_control, _ = _finetune(control, sub, parts, cft_cfg, LossConfig(name="erm"), None, size, val_loader)
     rel = cft_cfg.relevance
     ev = {
         name: evaluate(m, eval_loader, with_relevance=name != "control", relevance=rel)
@@ -233,6 +258,9 @@ def run_seed(
         worst_base=ev["base"]["worst_group"],
         worst_cft=ev["cft"]["worst_group"],
     )
+    if candidates:
+        out["picked"] = picked["label"]
+        out["trial_val_wga"] = {t["label"]: t["val"]["wga"] for t in picked["trials"]}
     if traced:
         out["trace_cft"] = trace_rows
     return out
@@ -281,17 +309,30 @@ def _with_world(cfg: FinetuneConfig, world: int, rho: float | None) -> FinetuneC
 def _run_seeds(base_cfg: FinetuneConfig, cft_cfg: FinetuneConfig, args: argparse.Namespace, prefix: str):
     rows = []
     for seed in args.seed_ids or range(args.seeds):
-        r = run_seed(base_cfg, cft_cfg, seed, args.split, args.cache, traced=args.trace is not None)
+        r = run_seed(
+            base_cfg,
+            cft_cfg,
+            seed,
+            args.split,
+            args.cache,
+            traced=args.trace is not None,
+            candidates=args.candidates,
+        )
         rows.append(r)
         if args.trace is not None:
             with open(args.trace, "a") as f:
                 f.write(json.dumps({"line": f"{prefix}seed={seed}", "cft": r["trace_cft"]}) + "\n")
+        picked = ""
+        if args.candidates:
+            vals = ",".join(f"{label}:{v:.3f}" for label, v in r["trial_val_wga"].items())
+            picked = f" picked={r['picked']} val_wga={vals}"
         print(
             f"{prefix}seed={seed} "
             + " ".join(f"{k}={r[k]:.3f}" for k in KEYS)
             + f" worst_base={r['worst_base']} worst_cft={r['worst_cft']} n_fewshot={r['n_fewshot']}"
             + f" kept_cft={r['kept_cft']} kept_control={r['kept_control']}"
-            + f" t_base={r['t_base']:.0f}s t_cft={r['t_cft']:.0f}s t_total={r['t_total']:.0f}s",
+            + f" t_base={r['t_base']:.0f}s t_cft={r['t_cft']:.0f}s t_total={r['t_total']:.0f}s"
+            + picked,
             flush=True,
         )
     return rows
@@ -315,6 +356,26 @@ def _ids(text: str) -> list[int]:
     if not values or min(values) < 0:
         raise argparse.ArgumentTypeError(f"must be integers >= 0, got {text!r}")
     return values
+
+
+def _candidates(space_ref: str, cft_cfg: FinetuneConfig) -> list[tuple[str, FinetuneConfig]]:
+    """The CFT configs of a grid space's points in the space's given order, each labelled by its
+    values joined with ``+`` (``rollout+0.003``; the keys are the space file's)."""
+    space = load_space(space_ref)
+    if space.search != "grid" or space.metric != "val_wga" or space.mode != "max":
+        raise SystemExit(
+            f"--space {space_ref}: the benchmark replays a grid picked on max val_wga; this space has "
+            f"search {space.search!r}, metric {space.metric!r}, mode {space.mode!r}"
+        )
+    if cft_cfg.run.select == "last":
+        raise SystemExit("--space picks on the kept models' val wga; run.select: last keeps none on val")
+    return [
+        (
+            "+".join(str(v) for v in point.values()),
+            validate_point(cft_cfg, point, space_ref),
+        )
+        for point in grid_points(space)
+    ]
 
 
 def _curve(args: argparse.Namespace, base_cfg: FinetuneConfig, cft_cfg: FinetuneConfig) -> dict[str, float]:
@@ -365,6 +426,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         type=Path,
         help="append each seed's CFT evaluations (val, and the eval split) as JSON lines",
     )
+    parser.add_argument(
+        "--space",
+        help="a grid search space (tune_spaces/NAME.yaml or a path): CFT runs at every point and the "
+        "point whose kept model has the highest val wga is reported, as `unspur sweep` picks it",
+    )
     parser.add_argument("overrides", nargs="*", help="base.KEY=VALUE or cft.KEY=VALUE (dotted config keys)")
     args = parser.parse_args(argv)
     if args.seeds < 1 or (args.worlds is not None and args.worlds < 1):
@@ -377,6 +443,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         raise SystemExit("run.select chooses epochs on the val split; evaluate on --split test")
     if base_cfg.data.spuriousworld is None:
         raise SystemExit(f"{args.base_config} must render SpuriousWorld (data.spuriousworld)")
+    args.candidates = _candidates(args.space, cft_cfg) if args.space else None
     if args.worlds is not None or args.rho is not None or args.world_ids is not None:
         return _curve(args, base_cfg, cft_cfg)
     rows = _run_seeds(base_cfg, cft_cfg, args, "")

@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from unspur.config import FinetuneConfig, load_config
 from unspur.data.spuriousworld import BACKGROUNDS
+from unspur.tune_spaces import validate_point
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -197,6 +199,31 @@ def test_cft_effect_curve_prints_a_line_per_world_and_rho_then_the_summary() -> 
     keys = dict(item.split("=") for item in out[-1].split())
     assert {"worst_harm", "worst_acc_drop", "min_gain_biased", "mean_gain_biased"} <= set(keys)
     assert float(keys["worst_harm"]) >= 0.0 and float(keys["worst_acc_drop"]) >= 0.0
+
+
+def test_cft_effect_space_reports_the_candidate_with_the_best_val_wga(monkeypatch) -> None:
+    bench = _benchmark_module("cft_effect")
+    tiny = ["train.epochs=1", "data.spuriousworld.n_train=160", "data.spuriousworld.image_size=32"]
+    tiny += ["model.img_size=32", "data.spuriousworld.n_val=32", "data.spuriousworld.n_test=32"]
+    base_cfg = load_config(FinetuneConfig, ROOT / "workflows/configs/finetune_base.yaml", tiny)
+    cft_cfg = load_config(FinetuneConfig, ROOT / "workflows/configs/finetune_cft.yaml", ["model.img_size=32"])
+    val_wga = {1e-4: 0.5, 1e-3: 0.75, 1e-2: 0.75}  # a tie: the first of the two wins, as in a sweep
+    candidates = [(str(lr), validate_point(cft_cfg, {"train.lr": lr})) for lr in val_wga]
+    runs = []
+
+    def finetune(model, sub, parts, cfg, loss_cfg, *args, **kwargs):
+        runs.append((cfg.train.lr, loss_cfg.name, cfg.train.seed))
+        return 4, {"acc": 0.9, "wga": val_wga[cfg.train.lr]}
+
+    monkeypatch.setattr(bench, "_finetune", finetune)
+    r = bench.run_seed(base_cfg, cft_cfg, 3, "test", candidates=candidates)
+    assert r["picked"] == "0.001" and r["kept_cft"] == 4
+    assert r["trial_val_wga"] == {"0.0001": 0.5, "0.001": 0.75, "0.01": 0.75}
+    # every candidate from the same base at the run's seed; the control with the picked optimisation
+    assert runs == [(1e-4, "cft", 3), (1e-3, "cft", 3), (1e-2, "cft", 3), (1e-3, "erm", 3)]
+    with pytest.raises(SystemExit, match="grid"):
+        bench._candidates("cft", cft_cfg)  # a random space: nothing for the benchmark to replay
+    assert [label for label, _ in bench._candidates("cft_relevance", cft_cfg)] == ["rollout", "attnlrp_abs"]
 
 
 def _curve_output(path: Path, world: int, rho: float, wga: tuple[float, float, float]) -> Path:
