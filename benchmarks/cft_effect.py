@@ -43,7 +43,8 @@ so the choice any selection rule makes on val can be replayed.
 
 A choice made on validation: ``--space cft_relevance`` (a grid space of ``tune_spaces/``, or a
 path) runs CFT once per grid point from the same base and reports as "CFT" the point whose kept
-model has the highest val wga, as ``unspur sweep`` over that space picks its best trial (the seed
+model has the highest val wga (accuracy breaking ties), as ``unspur sweep`` over that space
+picks its best trial (the seed
 line adds ``picked=`` and each point's ``val_wga``; the control uses the picked point's
 optimisation). The benchmark scores the kept models every ``run.eval_every`` epochs of the CFT
 config (5); a sweep evaluates every epoch.
@@ -73,7 +74,7 @@ from unspur.data.torch_dataset import ImageMaskDataset, few_shot
 from unspur.digest import config_digest
 from unspur.losses import get_loss
 from unspur.models import build_model
-from unspur.training import evaluate, fit, improves, seed_everything
+from unspur.training import evaluate, fit, improves, seed_everything, selection_score
 from unspur.tune_spaces import grid_points, load_space, validate_point
 
 KEYS = ("acc_base", "wga_base", "acc_cft", "wga_cft", "acc_control", "wga_control", "align_base", "align_cft")
@@ -205,8 +206,9 @@ def run_seed(
     ``traced`` the CFT run's evaluations as ``trace_cft``).
 
     ``candidates`` (label, CFT config) pairs: CFT runs once per candidate from the same base and
-    the candidate whose kept model has the highest val wga is "the" CFT run (the first on ties),
-    as a grid sweep of ``unspur sweep`` picks its trial; the control then uses the picked
+    the candidate whose kept model ranks first on val is "the" CFT run, ranked as ``unspur sweep``
+    ranks its trials (``selection_score``: wga, accuracy breaking ties; then the first listed);
+    only the picked model is kept; the control then uses the picked
     candidate's optimisation. ``picked`` and ``trial_val_wga`` say which and why."""
     sw = base_cfg.data.spuriousworld.model_copy(update={"seed": seed})
     t0 = time.perf_counter()
@@ -226,17 +228,26 @@ def run_seed(
     sub = few_shot(train_rows, fs.per_class, fs.class_fraction, seed) if fs.enabled else train_rows
     trials = candidates or [("", cft_cfg)]
     t1 = time.perf_counter()
-    picked: dict[str, Any] = {}
+    picked: dict[str, Any] | None = None
+    trial_val_wga: dict[str, float] = {}
     for label, trial_cfg in trials:
         trial_cfg = trial_cfg.model_copy(update={"train": trial_cfg.train.model_copy(update={"seed": seed})})
         model = copy.deepcopy(base)
         rows: list[dict[str, float]] = []
         trace = _tracer(rows, model, eval_loader) if traced else None
         kept, val = _finetune(model, sub, parts, trial_cfg, trial_cfg.loss, frozen, size, val_loader, trace)
-        trial = {"label": label, "cfg": trial_cfg, "model": model, "kept": kept, "val": val, "trace": rows}
-        picked.setdefault("trials", []).append(trial)
-        if "model" not in picked or (val is not None and val["wga"] > picked["val"]["wga"]):
-            picked.update({k: trial[k] for k in ("label", "cfg", "model", "kept", "val", "trace")})
+        if val is not None:
+            trial_val_wga[label] = val["wga"]
+        score = selection_score("best_wga", val) if val is not None else None
+        if picked is None or (score is not None and score > picked["score"]):
+            picked = {
+                "label": label,
+                "cfg": trial_cfg,
+                "model": model,
+                "kept": kept,
+                "score": score,
+                "trace": rows,
+            }
     t_cft = time.perf_counter() - t1
     cft_cfg, cft_model, kept_cft, trace_rows = picked["cfg"], picked["model"], picked["kept"], picked["trace"]
     control = copy.deepcopy(base)
@@ -260,7 +271,7 @@ def run_seed(
     )
     if candidates:
         out["picked"] = picked["label"]
-        out["trial_val_wga"] = {t["label"]: t["val"]["wga"] for t in picked["trials"]}
+        out["trial_val_wga"] = trial_val_wga
     if traced:
         out["trace_cft"] = trace_rows
     return out
