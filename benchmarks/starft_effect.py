@@ -28,13 +28,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from unspur.clip_testbed import evaluate_clip as _evaluate
-from unspur.clip_testbed import map_seeds, parse_seed_args, pretrained_model, recipe
+from unspur.clip_testbed import (
+    fine_tuned_model,
+    parse_seed_args,
+    pretrained_model,
+    recipe,
+    run_seeds,
+    starft_stage,
+)
 from unspur.clip_testbed import stage_world as _world
 from unspur.clip_testbed import train_stage as _train
-from unspur.config.base import apply_overrides
 from unspur.data.spuriousworld import generate_tables
 from unspur.models.families import get_family
 from unspur.models.wise import wise_ft
@@ -48,7 +52,7 @@ FAMILY = get_family("clip")
 def run_seed(
     stages: dict[str, dict[str, Any]], seed: int, split: str, cache: Path | None = None
 ) -> dict[str, Any]:
-    """One seed: pretrain (or read it from ``cache``), FLYP, WiSE-FT, StarFT -> the eight numbers
+    """One seed: pretrain and FLYP (or read them from ``cache``), WiSE-FT, StarFT -> the eight numbers
     of the last line (+ timings)."""
     t0 = time.perf_counter()
     world = _world(stages["data"], seed)
@@ -60,14 +64,12 @@ def run_seed(
     teacher = copy.deepcopy(model).eval().requires_grad_(False)
     out: dict[str, Any] = {}
     ev = {"zs": _evaluate(model, test, cfg)}
-    out["epoch_flyp"] = _train(model, train, cfg, stages["flyp"], seed, val=val)
+    out["epoch_flyp"] = fine_tuned_model(model, cfg, stages, "flyp", seed, train, val, cache)
     ev["flyp"] = _evaluate(model, test, cfg)
     wise = copy.deepcopy(model)
     wise.load_state_dict(wise_ft(zero_shot, model.state_dict(), alpha=0.5))
     ev["wise"] = _evaluate(wise, test, cfg)
-    starft = apply_overrides(stages["flyp"], {k: v for k, v in stages["starft"].items() if k != "loss"})
-    starft["loss"] = stages["starft"]["loss"]
-    kinds = starft.get("data", {}).get("spurious", {}).get("kinds", ["background", "texture", "resolution"])
+    starft, kinds = starft_stage(stages)
     model.load_state_dict(zero_shot)
     t1 = time.perf_counter()
     out["epoch_starft"] = _train(
@@ -80,13 +82,6 @@ def run_seed(
     return out
 
 
-def _run_seed(job: tuple[dict[str, dict[str, Any]], int, str, int, Path | None]) -> dict[str, Any]:
-    """:func:`run_seed` in a worker process (``--workers``), with its own torch thread count."""
-    stages, seed, split, threads, cache = job
-    torch.set_num_threads(threads)
-    return run_seed(stages, seed, split, cache)
-
-
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     args = parse_seed_args(parser, argv, "STAGE.KEY=VALUE (e.g. starft.loss.lam=10)")
@@ -95,9 +90,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         stages[s].get("run", {}).get("select", "last") != "last" for s in ("flyp",)
     ):
         raise SystemExit("run.select chooses epochs on the val split; evaluate on --split test")
-    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
-    jobs = [(stages, s, args.split, args.threads, args.cache) for s in seeds]
-    results = map_seeds(_run_seed, jobs, args.workers)
+    seeds, results = run_seeds(run_seed, stages, args)
     rows = []
     for seed, r in zip(seeds, results, strict=True):
         rows.append(r)

@@ -46,7 +46,9 @@ __all__ = [
     "parse_seed_args",
     "pretrained_model",
     "recipe",
+    "run_seeds",
     "stage_world",
+    "starft_stage",
     "train_stage",
 ]
 
@@ -120,6 +122,15 @@ def train_stage(model, df, cfg, stage, seed, *, teacher=None, templates=None, va
     if best:
         model.load_state_dict(best["state"])
     return best.get("epoch")
+
+
+def starft_stage(stages: dict[str, dict[str, Any]]) -> tuple[dict[str, Any], list[str]]:
+    """The pipeline's ``starft`` stage resolved as the pipeline does (``extends: ${flyp.config}``
+    with its loss replaced) -> (stage config, its spurious template kinds)."""
+    starft = apply_overrides(stages["flyp"], {k: v for k, v in stages["starft"].items() if k != "loss"})
+    starft["loss"] = stages["starft"]["loss"]
+    kinds = starft.get("data", {}).get("spurious", {}).get("kinds", ["background", "texture", "resolution"])
+    return starft, list(kinds)
 
 
 def _cache_path(cache: Path | None, name: str, key: Sequence[Any], seed: int) -> Path | None:
@@ -200,6 +211,24 @@ def map_seeds(fn: Callable[[Any], Any], jobs: Sequence[Any], workers: int) -> li
         return [fn(job) for job in jobs]
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         return list(pool.map(fn, jobs))
+
+
+def _seed_job(job: tuple[Callable[..., Any], dict[str, dict[str, Any]], int, str, int, Path | None]) -> Any:
+    fn, stages, seed, split, threads, cache = job
+    torch.set_num_threads(threads)
+    return fn(stages, seed, split, cache)
+
+
+def run_seeds(
+    fn: Callable[[dict[str, dict[str, Any]], int, str, Path | None], Any],
+    stages: dict[str, dict[str, Any]],
+    args: argparse.Namespace,
+) -> tuple[list[int], list[Any]]:
+    """``fn(stages, seed, split, cache)`` for the seeds of :func:`parse_seed_args`'s ``args``, in
+    ``args.workers`` processes with ``args.threads`` torch threads each -> (seeds, results)."""
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+    jobs = [(fn, stages, s, args.split, args.threads, args.cache) for s in seeds]
+    return seeds, map_seeds(_seed_job, jobs, args.workers)
 
 
 def parse_seed_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None, overrides_help: str):

@@ -62,15 +62,33 @@ def test_seraser_cache_prints_its_result_line() -> None:
     assert float(keys["speedup"]) > 0 and keys["same_predictions"] == "True"
 
 
-def test_starft_effect_prints_its_result_line() -> None:
+def test_starft_effect_and_kl_parts_print_their_lines_and_agree(tmp_path: Path) -> None:
+    """starft_kl_parts reads the pretrained and FLYP models starft_effect left in the cache and
+    retrains StarFT: the same accuracies; the zero-shot model has no divergence from itself."""
     tiny = [f"pretrain_data.spuriousworld.{k}={v}" for k, v in (("n_train", 64), ("image_size", 32))]
     tiny += [f"data.spuriousworld.{k}={v}" for k, v in (("n_train", 64), ("n_val", 16), ("n_test", 16))]
     tiny += ["data.spuriousworld.image_size=32", "pretrain.model.img_size=32", "pretrain.train.batch_size=32"]
     tiny += ["pretrain.train.epochs=1", "flyp.train.epochs=2", "flyp.train.batch_size=16", "--threads", "1"]
-    keys = _result_line("starft_effect.py", ["--seeds", "1", "--split", "val", *tiny])
+    tiny += ["--seeds", "1", "--split", "val", "--cache", str(tmp_path)]
+    keys = _result_line("starft_effect.py", tiny)
     expected = {f"{m}_{n}" for n in ("zs", "flyp", "wise", "starft") for m in ("acc", "wga")}
     assert set(keys) == expected
     assert all(0.0 <= float(v) <= 1.0 for v in keys.values())
+    assert {p.name.split("-")[0] for p in tmp_path.glob("*.pt")} == {"pretrained", "flyp"}
+
+    lines = _output("starft_kl_parts.py", tiny)
+    rows = {r["model"]: r for r in (dict(i.split("=") for i in line.split()) for line in lines[:-1])}
+    assert set(rows) == {"zs", "flyp", "starft"}
+    for name in rows:
+        assert float(rows[name]["acc"]) == pytest.approx(float(keys[f"acc_{name}"]), abs=1e-3)
+        assert float(rows[name]["wga"]) == pytest.approx(float(keys[f"wga_{name}"]), abs=1e-3)
+    parts = [f"{p}@{s}" for p in ("class_marginal", "within_class") for s in ("s0", "kl_scale")]
+    assert all(float(rows["zs"][k]) == pytest.approx(0.0, abs=1e-5) for k in parts)
+    assert all(float(rows["flyp"][k]) >= 0.0 for k in parts)
+    means = dict(item.split("=") for item in lines[-1].split())
+    assert float(means["kl_class_flyp"]) == pytest.approx(
+        float(rows["flyp"]["class_marginal@kl_scale"]), abs=1e-4
+    )
 
 
 #: the SEraser test bed at smoke size: pretraining and FLYP 64 images at 32 px x 1 epoch, 2 steps

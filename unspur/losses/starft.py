@@ -25,6 +25,13 @@ student's (B, D) features of ``batch["spurious_tokens"]``); ``teacher_image_feat
 (0.001-0.06) whatever the model does; a number replaces s0 in both the teacher's and the
 student's logits (a prototype needed 100, with lam 50). Choose it on validation.
 
+``kl_part`` (an ablation; ``full``, the paper's, is the default): over the class c of each
+column the chain rule splits R into a class-marginal term KL(P_T || P_S), P(c) = a row's mass on
+class c's captions (which *other class* the image resembles), and a within-class term
+sum_c P_T(c) KL(p_T(.|c) || p_S(.|c)) (which spurious *words* it resembles among one class's
+captions); ``class_marginal`` or ``within_class`` keeps one. benchmarks/starft_kl_parts.py
+measures both terms for FLYP and StarFT; benchmarks/README.md "StarFT effect" what each alone did.
+
 Cost: the teacher is frozen, so its text features for the finite set of spurious captions, and
 its image features of un-augmented inputs, can be computed once and cached instead of every
 step (a naive step costs about 1.5x a FLYP step). That cache belongs to the model family, which
@@ -79,8 +86,13 @@ def spuriosity_kl(
     teacher_spurious_text_features: torch.Tensor,
     labels: torch.Tensor,
     scale: torch.Tensor | float,
+    part: str = "full",
 ) -> torch.Tensor:
     """R = KL(softmax(z_T) || softmax(z_S)) over rows, batchmean; features (B, D), labels (B,).
+
+    ``part="within_class"`` keeps only the within-class term of the KL's chain rule over the
+    class of each column: sum_c P_T(c) KL(p_T(. | c) || p_S(. | c)), where P(c) is a row's mass on
+    class c's captions and p(. | c) its distribution among them (see :class:`StarftLossConfig`).
 
     z = scale * image @ spurious_text^T for the student and the teacher (teacher detached),
     entries with equal labels set to :data:`MASK_VALUE`; computed in float32 (the mask value
@@ -97,7 +109,22 @@ def spuriosity_kl(
         )
     log_p_s = F.log_softmax(z_s.masked_fill(same, MASK_VALUE), dim=1)
     log_p_t = F.log_softmax(z_t.masked_fill(same, MASK_VALUE), dim=1)
-    return F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True)
+    if part == "full":
+        return F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True)
+    if part not in ("within_class", "class_marginal"):
+        raise ValueError(f"part must be 'full', 'within_class' or 'class_marginal', got {part!r}")
+    # chain rule over the class c of column j: p(j) = P(c) p(j | c), so
+    # KL(p_T || p_S) = KL(P_T || P_S) [class-marginal] + sum_c P_T(c) KL(p_T(.|c) || p_S(.|c)).
+    onehot = (labels.reshape(-1, 1) == labels.unique().reshape(1, -1)).float()  # (B, C)
+    log_cls_t = torch.logsumexp(log_p_t.unsqueeze(2) + onehot.log().unsqueeze(0), dim=1)  # (B, C)
+    log_cls_s = torch.logsumexp(log_p_s.unsqueeze(2) + onehot.log().unsqueeze(0), dim=1)
+    if part == "class_marginal":  # a row's own class has mass 0 (masked): its term vanishes
+        return (log_cls_t.exp() * (log_cls_t - log_cls_s)).sum() / len(labels)
+    col = onehot.argmax(dim=1)  # the class index of column j
+    cond_t = log_p_t - log_cls_t[:, col]  # log p(j | c): log p(j) - log P(c)
+    cond_s = log_p_s - log_cls_s[:, col]
+    p_t = log_p_t.exp()  # P_T(c) p_T(j | c): the within-class KL's weights, zero on masked entries
+    return (p_t * (cond_t - cond_s)).sum() / len(labels)
 
 
 def starft_inputs(outputs: Outputs, batch: Batch) -> dict[str, Any]:
@@ -122,12 +149,15 @@ class StarftLossConfig(LossConfig):
 
     ``lam``: lambda (0.5 in the paper); ``decay``: ``linear`` (lambda_e = lam * (1 - (e+1)/E),
     the paper's) or ``none``; ``kl_scale``: the scale of both KL logits (None = the initial
-    model's logit scale s0, the paper's; see the module docstring for why to raise it)."""
+    model's logit scale s0, the paper's; see the module docstring for why to raise it);
+    ``kl_part``: ``full`` (the paper's R) or one term of its chain rule over classes,
+    ``class_marginal`` or ``within_class`` (an ablation; see the module docstring)."""
 
     name: Literal["starft"] = "starft"
     lam: float = Field(0.5, ge=0)
     decay: Literal["linear", "none"] = "linear"
     kl_scale: float | None = Field(None, gt=0, description="None = the initial logit scale s0")
+    kl_part: Literal["full", "within_class", "class_marginal"] = "full"
 
 
 @register_loss("starft", StarftLossConfig, batch_keys=STARFT_BATCH, needs=STARFT_NEEDS, inputs=starft_inputs)
@@ -156,6 +186,7 @@ def starft_loss(
         teacher_spurious_text_features,
         labels,
         scale,
+        cfg.kl_part,
     ).to(contrastive.dtype)
     weight = decayed_weight(cfg.lam, epoch, epochs, cfg.decay)
     loss = contrastive + weight * kl

@@ -120,6 +120,62 @@ def test_with_two_samples_of_two_labels_only_the_diagonal_is_masked_and_kl_is_ze
     assert kl.item() == pytest.approx(0.0, abs=1e-9)
 
 
+def _hand_rows(labels, scale, img, spur, t_img, t_spur):
+    """Per row i: {class c: (teacher probs, student probs)} over the columns of c != label_i."""
+    rows = []
+    for i in range(len(labels)):
+        cols = [j for j in range(len(labels)) if labels[j] != labels[i]]
+        zs = {j: math.exp(scale * _dot(img[i], spur[j])) for j in cols}
+        zt = {j: math.exp(scale * _dot(t_img[i], t_spur[j])) for j in cols}
+        ns, nt = sum(zs.values()), sum(zt.values())
+        rows.append(
+            {
+                c: (
+                    [zt[j] / nt for j in cols if labels[j] == c],
+                    [zs[j] / ns for j in cols if labels[j] == c],
+                )
+                for c in {labels[j] for j in cols}
+            }
+        )
+    return rows
+
+
+def test_kl_parts_are_the_class_marginal_and_the_teacher_weighted_within_class_kls() -> None:
+    """Chain rule over the class of each column: full KL = class-marginal KL + within-class part."""
+    gen = torch.Generator().manual_seed(3)
+    img, spur, t_img, t_spur = (F.normalize(torch.randn(7, 4, generator=gen), dim=1) for _ in range(4))
+    labels = [0, 1, 2, 0, 1, 2, 2]
+    marginal = within = 0.0
+    for row in _hand_rows(labels, 4.0, img, spur, t_img, t_spur):
+        for pt, ps in row.values():
+            mt, ms = sum(pt), sum(ps)
+            marginal += mt * math.log(mt / ms)
+            within += mt * sum(a / mt * math.log((a / mt) / (b / ms)) for a, b in zip(pt, ps, strict=True))
+    y = torch.tensor(labels)
+    got = spuriosity_kl(img, spur, t_img, t_spur, y, 4.0, part="within_class")
+    assert got.item() == pytest.approx(within / len(labels), rel=1e-5)
+    got_marginal = spuriosity_kl(img, spur, t_img, t_spur, y, 4.0, part="class_marginal")
+    assert got_marginal.item() == pytest.approx(marginal / len(labels), rel=1e-5)
+    full = spuriosity_kl(img, spur, t_img, t_spur, y, 4.0)
+    assert full.item() == pytest.approx((marginal + within) / len(labels), rel=1e-5)
+    assert 0 < got.item() < full.item()
+    with pytest.raises(ValueError, match="within_class"):
+        spuriosity_kl(img, spur, t_img, t_spur, y, 4.0, part="classes")
+
+
+def test_within_class_part_is_zero_with_one_caption_per_other_class() -> None:
+    """Each class's conditional is one-hot: only the class-marginal part is left."""
+    kl = spuriosity_kl(IMG, SPUR, T_IMG, T_SPUR, torch.tensor([0, 1, 2]), 3.0, part="within_class")
+    assert kl.item() == pytest.approx(0.0, abs=1e-7)
+    assert spuriosity_kl(IMG, SPUR, T_IMG, T_SPUR, torch.tensor([0, 1, 2]), 3.0).item() > 1e-4
+
+
+def test_kl_part_reaches_the_loss() -> None:
+    full = _starft([0, 1, 2])
+    within = _starft([0, 1, 2], cfg=StarftLossConfig(kl_part="within_class"))
+    assert full["kl"].item() > 1e-4 and within["kl"].item() == pytest.approx(0.0, abs=1e-7)
+
+
 def test_kl_scale_overrides_the_scale_of_both_logits() -> None:
     out = _starft([0, 1, 2], cfg=StarftLossConfig(kl_scale=7.0))
     assert out["kl"].item() == pytest.approx(_hand_kl([0, 1, 2], 7.0), rel=1e-5)
