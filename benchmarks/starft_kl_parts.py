@@ -65,6 +65,11 @@ def kl_parts(student, teacher, ds, batch_size: int, scale: float) -> dict[str, f
         for part in PARTS:
             sums[part] += spuriosity_kl(img, spur, t_img, t_spur, batch["label"], scale, part).item()
         n += 1
+    if n == 0:
+        raise ValueError(
+            f"the eval split has {len(ds)} images, fewer than one batch of {batch_size}: "
+            "render more (data.spuriousworld.n_val / n_test) or lower flyp.train.batch_size"
+        )
     return {part: total / n for part, total in sums.items()}
 
 

@@ -90,9 +90,10 @@ def spuriosity_kl(
 ) -> torch.Tensor:
     """R = KL(softmax(z_T) || softmax(z_S)) over rows, batchmean; features (B, D), labels (B,).
 
-    ``part="within_class"`` keeps only the within-class term of the KL's chain rule over the
-    class of each column: sum_c P_T(c) KL(p_T(. | c) || p_S(. | c)), where P(c) is a row's mass on
-    class c's captions and p(. | c) its distribution among them (see :class:`StarftLossConfig`).
+    ``part`` keeps one term of the KL's chain rule over the class of each column, where P(c) is
+    a row's mass on class c's captions and p(. | c) its distribution among them:
+    ``class_marginal`` KL(P_T || P_S), ``within_class`` sum_c P_T(c) KL(p_T(. | c) || p_S(. | c));
+    ``full`` (default) is their sum, the paper's R.
 
     z = scale * image @ spurious_text^T for the student and the teacher (teacher detached),
     entries with equal labels set to :data:`MASK_VALUE`; computed in float32 (the mask value

@@ -159,6 +159,14 @@ def test_kl_parts_are_the_class_marginal_and_the_teacher_weighted_within_class_k
     full = spuriosity_kl(img, spur, t_img, t_spur, y, 4.0)
     assert full.item() == pytest.approx((marginal + within) / len(labels), rel=1e-5)
     assert 0 < got.item() < full.item()
+    student = [t.clone().requires_grad_(True) for t in (img, spur)]
+    teacher = [t.clone().requires_grad_(True) for t in (t_img, t_spur)]
+    for part in ("class_marginal", "within_class"):
+        spuriosity_kl(*student, *teacher, y, 100.0, part=part).backward()
+    assert all(
+        t.grad is not None and torch.isfinite(t.grad).all() and t.grad.abs().sum() > 0 for t in student
+    )
+    assert all(t.grad is None for t in teacher)
     with pytest.raises(ValueError, match="within_class"):
         spuriosity_kl(img, spur, t_img, t_spur, y, 4.0, part="classes")
 
