@@ -49,28 +49,39 @@ from unspur.spurious_templates import run_templates
 PARTS = ("class_marginal", "within_class")
 
 
+def _encode(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """(image features, spurious-caption features) of ``batch``, L2-normalised."""
+    return (
+        model.encode_image(batch["image"], normalize=True),
+        model.encode_text(batch["spurious_tokens"], normalize=True),
+    )
+
+
 @torch.no_grad()
-def kl_parts(student, teacher, ds, batch_size: int, scale: float) -> dict[str, float]:
-    """Mean of each KL term (:data:`PARTS`) over ``ds`` in shuffled batches (fixed order)."""
+def kl_parts(models, teacher, ds, batch_size: int, scales: dict[str, float]) -> dict[str, dict[str, float]]:
+    """{model name: {"<part>@<scale name>": mean over ``ds``}} for each KL term (:data:`PARTS`) at
+    each scale, in shuffled batches (fixed order); every model and the teacher encode a batch once."""
     loader = DataLoader(
         ds, batch_size=batch_size, shuffle=True, drop_last=True, generator=torch.Generator().manual_seed(0)
     )
-    sums = dict.fromkeys(PARTS, 0.0)
+    keys = [f"{part}@{name}" for part in PARTS for name in scales]
+    sums = {m: dict.fromkeys(keys, 0.0) for m in models}
     n = 0
     for batch in loader:
-        feats = [m.encode_image(batch["image"], normalize=True) for m in (student, teacher)] + [
-            m.encode_text(batch["spurious_tokens"], normalize=True) for m in (student, teacher)
-        ]
-        img, t_img, spur, t_spur = feats
-        for part in PARTS:
-            sums[part] += spuriosity_kl(img, spur, t_img, t_spur, batch["label"], scale, part).item()
+        t_img, t_spur = _encode(teacher, batch)
+        for name, model in models.items():
+            img, spur = _encode(model, batch)
+            for part in PARTS:
+                for scale_name, scale in scales.items():
+                    kl = spuriosity_kl(img, spur, t_img, t_spur, batch["label"], scale, part)
+                    sums[name][f"{part}@{scale_name}"] += kl.item()
         n += 1
     if n == 0:
         raise ValueError(
             f"the eval split has {len(ds)} images, fewer than one batch of {batch_size}: "
             "render more (data.spuriousworld.n_val / n_test) or lower flyp.train.batch_size"
         )
-    return {part: total / n for part, total in sums.items()}
+    return {m: {k: total / n for k, total in row.items()} for m, row in sums.items()}
 
 
 def run_seed(stages: dict[str, dict[str, Any]], seed: int, split: str, cache: Path | None) -> dict[str, Any]:
@@ -88,15 +99,13 @@ def run_seed(stages: dict[str, dict[str, Any]], seed: int, split: str, cache: Pa
     ds = clip_dataset(test, model, cfg, ("image", "spurious_tokens", "label"), "caption", templates)
     scales = {"s0": float(teacher.logit_scale.exp()), "kl_scale": starft["loss"].get("kl_scale")}
     scales["kl_scale"] = scales["kl_scale"] or scales["s0"]
+    for m in models.values():
+        m.eval()
+    kls = kl_parts(models, teacher, ds, starft["train"]["batch_size"], scales)
     out: dict[str, Any] = {"scales": scales}
     for name, m in models.items():
-        m.eval()
         r = evaluate_clip(m, test, cfg)
-        row = {"acc": r["acc"], "wga": r["wga"]}
-        for scale_name, scale in scales.items():
-            for part, value in kl_parts(m, teacher, ds, starft["train"]["batch_size"], scale).items():
-                row[f"{part}@{scale_name}"] = value
-        out[name] = row
+        out[name] = {"acc": r["acc"], "wga": r["wga"], **kls[name]}
     return out
 
 

@@ -31,6 +31,8 @@ from torch.utils.data import DataLoader
 
 from unspur.config import ClipModelConfig, PipelineConfig, SpuriousWorldConfig, TrainConfig
 from unspur.config.base import apply_overrides, parse_overrides
+from unspur.config.finetune import SpuriousCaptionConfig
+from unspur.config.pipeline import resolve
 from unspur.data.spuriousworld import generate_tables
 from unspur.data.torch_dataset import ImageMaskDataset
 from unspur.losses import LOSSES, get_loss
@@ -125,12 +127,13 @@ def train_stage(model, df, cfg, stage, seed, *, teacher=None, templates=None, va
 
 
 def starft_stage(stages: dict[str, dict[str, Any]]) -> tuple[dict[str, Any], list[str]]:
-    """The pipeline's ``starft`` stage resolved as the pipeline does (``extends: ${flyp.config}``
-    with its loss replaced) -> (stage config, its spurious template kinds)."""
-    starft = apply_overrides(stages["flyp"], {k: v for k, v in stages["starft"].items() if k != "loss"})
-    starft["loss"] = stages["starft"]["loss"]
-    kinds = starft.get("data", {}).get("spurious", {}).get("kinds", ["background", "texture", "resolution"])
-    return starft, list(kinds)
+    """The pipeline's ``starft`` stage resolved as the pipeline resolves it (``extends:
+    ${flyp.config}``, ``replace: [loss]``), with the built-in spurious bank in place of the
+    concepts stage's -> (stage config, its spurious template kinds)."""
+    outputs = {"flyp": {"config": stages["flyp"]}, "concepts": {"bank": None}}
+    starft = resolve(stages["starft"], outputs, "stage starft")
+    spurious = SpuriousCaptionConfig(**starft.get("data", {}).get("spurious", {}))
+    return starft, list(spurious.kinds)
 
 
 def _cache_path(cache: Path | None, name: str, key: Sequence[Any], seed: int) -> Path | None:

@@ -116,12 +116,12 @@ def spuriosity_kl(
         raise ValueError(f"part must be 'full', 'within_class' or 'class_marginal', got {part!r}")
     # chain rule over the class c of column j: p(j) = P(c) p(j | c), so
     # KL(p_T || p_S) = KL(P_T || P_S) [class-marginal] + sum_c P_T(c) KL(p_T(.|c) || p_S(.|c)).
-    onehot = (labels.reshape(-1, 1) == labels.unique().reshape(1, -1)).float()  # (B, C)
-    log_cls_t = torch.logsumexp(log_p_t.unsqueeze(2) + onehot.log().unsqueeze(0), dim=1)  # (B, C)
-    log_cls_s = torch.logsumexp(log_p_s.unsqueeze(2) + onehot.log().unsqueeze(0), dim=1)
+    _, col = labels.reshape(-1).unique(return_inverse=True)  # the class index of column j
+    log_onehot = F.one_hot(col).float().log().unsqueeze(0)  # (1, B, C): 0 on j's class, -inf elsewhere
+    log_cls_t = torch.logsumexp(log_p_t.unsqueeze(2) + log_onehot, dim=1)  # (B, C): log P(c) per row
+    log_cls_s = torch.logsumexp(log_p_s.unsqueeze(2) + log_onehot, dim=1)
     if part == "class_marginal":  # a row's own class has mass 0 (masked): its term vanishes
         return (log_cls_t.exp() * (log_cls_t - log_cls_s)).sum() / len(labels)
-    col = onehot.argmax(dim=1)  # the class index of column j
     cond_t = log_p_t - log_cls_t[:, col]  # log p(j | c): log p(j) - log P(c)
     cond_s = log_p_s - log_cls_s[:, col]
     p_t = log_p_t.exp()  # P_T(c) p_T(j | c): the within-class KL's weights, zero on masked entries
